@@ -1,0 +1,1 @@
+"""The `metacl` command line. Each subcommand lives in its own module with a `register()`."""

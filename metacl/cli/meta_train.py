@@ -1,0 +1,24 @@
+"""`metacl meta-train token-weighting|optimizer`: each meta-learner registers its own subcommand."""
+
+from __future__ import annotations
+
+import importlib
+
+SUBCOMMANDS = [
+    "metacl.meta.cli",   # token-weighting
+    "metacl.optim.cli",  # optimizer
+]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("meta-train", help="meta-train a meta-learner (token-weighting, optimizer)")
+    subsub = p.add_subparsers(dest="meta_command", metavar="META_LEARNER")
+    for name in SUBCOMMANDS:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        mod.register(subsub)
+    p.set_defaults(func=lambda args: p.print_help())

@@ -1,0 +1,144 @@
+"""The strategy interface: a small set of hooks the training loop calls.
+
+Why hooks and not subclasses of a trainer: continual-learning methods differ in *where* they
+act (the batch, the per-token weights, an extra loss term, the gradient, the end of a task),
+and several can act at once (`--strategy taalm recadam`). The training loop in
+`metacl.ckl.train` owns the order; each strategy implements only the hooks it needs and the
+loop composes them:
+
+    for each task:          before_task(ctx)          # wrap model, snapshot, importance, ...
+      for each epoch:
+        for each batch:
+          batch = train_batch(ctx, batch)             # mix in replay / pre-training text
+          nll   = per-token NLL of ctx.model on batch (B, T), 0 on padding
+          w     = product of token_weights(ctx, batch, nll) (default: the label mask)
+          loss  = sum(w * nll) / sum(w) + sum(extra_loss(ctx, batch, out))
+          loss.backward()
+          before_step(ctx)                            # edit .grad: A-GEM, SPG, OSFT, ...
+          optimizer.step(); after_step(ctx)
+        after_epoch(ctx)                              # then TL/NF probes are evaluated
+      after_task(ctx)                                 # Fisher, importance, freeze columns
+
+A strategy that must not train at all (in-context learning) sets `trains = False` and
+provides `probe_prefix`. Old data reaches a strategy only through `ctx.old_corpus` (the
+pre-training text) and `ctx.seen_docs` (documents of earlier tasks): never the probe sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+Batch = dict[str, torch.Tensor]  # input_ids, attention_mask, labels (-100 = ignored), all (B, T)
+
+
+@dataclass
+class TrainContext:
+    """Everything a strategy may read or change while the loop runs.
+
+    `model` may be replaced in `before_task` (LoRA and adapters wrap it); the loop builds the
+    optimizer *after* `before_task`, over the parameters with `requires_grad=True`.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    device: torch.device
+    train_docs: list[str]                       # documents of the current task
+    old_corpus: list[str] = field(default_factory=list)  # pre-training text (for replay-like methods)
+    seen_docs: list[str] = field(default_factory=list)   # documents of earlier tasks
+    optimizer: torch.optim.Optimizer | None = None
+    task_index: int = 0
+    epoch: int = 0
+    step: int = 0
+    total_steps: int = 1
+    batch_size: int = 8
+    max_length: int = 256
+    seed: int = 0
+    generator: torch.Generator | None = None
+    last_loss: float = float("nan")
+    scratch: dict[str, Any] = field(default_factory=dict)  # per-strategy state, keyed by strategy name
+    _reference: nn.Module | None = None
+
+    def trainable(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def reference_model(self) -> nn.Module:
+        """A frozen copy of the model as it was when the current task began (LwF, RHO-1, ...)."""
+        if self._reference is None:
+            ref = copy.deepcopy(self.model).eval()
+            for p in ref.parameters():
+                p.requires_grad_(False)
+            self._reference = ref
+        return self._reference
+
+    def reset_reference(self) -> None:
+        self._reference = None
+
+
+class Strategy:
+    """Base class with no-op hooks. Subclasses override what they need.
+
+    Class attributes: `name` (CLI name), `description` (one line for `metacl ckl strategies`),
+    `trains` (False for methods that never update weights). `add_args` declares CLI options;
+    the constructor receives the parsed options as keyword arguments (unknown ones ignored by
+    `from_args`).
+    """
+
+    name: ClassVar[str] = "base"
+    description: ClassVar[str] = ""
+    trains: ClassVar[bool] = True
+
+    @classmethod
+    def add_args(cls, parser: argparse.ArgumentParser) -> None:
+        """Add this strategy's options (prefix them with the strategy name, e.g. --ewc-lambda)."""
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Strategy":
+        import inspect
+
+        params = inspect.signature(cls.__init__).parameters
+        kwargs = {k: v for k, v in vars(args).items() if k in params and v is not None}
+        return cls(**kwargs)
+
+    # --- hooks, in the order the loop calls them -------------------------------------
+    def before_task(self, ctx: TrainContext) -> None: ...
+    def train_batch(self, ctx: TrainContext, batch: Batch) -> Batch:
+        return batch
+    def token_weights(self, ctx: TrainContext, batch: Batch, nll: torch.Tensor) -> torch.Tensor | None:
+        """(B, T) non-negative weights for the per-token NLL, or None to leave them alone."""
+        return None
+    def extra_loss(self, ctx: TrainContext, batch: Batch, logits: torch.Tensor) -> torch.Tensor | None:
+        return None
+    def before_step(self, ctx: TrainContext) -> None: ...
+    def after_step(self, ctx: TrainContext) -> None: ...
+    def after_epoch(self, ctx: TrainContext) -> None: ...
+    def after_task(self, ctx: TrainContext) -> None: ...
+    def probe_prefix(self, ctx: TrainContext, item: Any) -> str | None:
+        """Text put before a probe at evaluation time (in-context learning); None = nothing."""
+        return None
+
+
+REGISTRY: dict[str, type[Strategy]] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator: make a strategy available by `cls.name` on the CLI."""
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise ValueError(f"strategy name {cls.name!r} registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_strategy(name: str) -> type[Strategy]:
+    from metacl.errors import MetaclError
+    import metacl.strategies  # noqa: F401  (registers every built-in strategy)
+
+    if name not in REGISTRY:
+        known = ", ".join(sorted(REGISTRY))
+        raise MetaclError(f"unknown strategy {name!r}; choose from: {known} (see `metacl ckl strategies`)")
+    return REGISTRY[name]
