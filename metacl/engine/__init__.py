@@ -1,1 +1,23 @@
-"""See docs/architecture.md."""
+"""metacl.engine: differentiable inner loops for meta-learning (see docs/engine.md).
+
+    from metacl.engine import unroll, sgd, adamw, lm_loss
+    params_K, state_K = unroll(model, params, loss_fn, batches, optimizer=adamw(lr=1e-3))
+"""
+
+from metacl.engine.attention import find_non_double_differentiable, second_order_attention
+from metacl.engine.losses import functional_loss, label_mask, lm_loss, token_nll
+from metacl.engine.optimizers import FunctionalOptimizer, adamw, sgd
+from metacl.engine.unroll import unroll
+
+__all__ = [
+    "unroll",
+    "sgd",
+    "adamw",
+    "FunctionalOptimizer",
+    "lm_loss",
+    "token_nll",
+    "label_mask",
+    "functional_loss",
+    "second_order_attention",
+    "find_non_double_differentiable",
+]

@@ -1,0 +1,342 @@
+"""The task-sequence benchmark: strategies learn P world updates in order (`metacl ckl sequence`).
+
+Why: one-shot LAMA-ckl has one new task, so it cannot tell whether learning period 3 erases
+period 1. Here each strategy learns the periods of a `metacl.data.world_sequence` one after the
+other, in one model, with the same training loop as `ckl run` (`metacl.ckl.train.train_task`;
+`ctx.seen_docs` grows with every finished period, `ctx.old_corpus` is the pre-training text).
+After each period every period's probes and the old world's (NF) probes are scored with the
+LAMA-ckl metric (teacher-forced object-token accuracy), giving
+
+    R[i, j] = accuracy on period j after learning periods 1..i+1           (P x P)
+    b[j]    = accuracy of the base model on period j                       (for FWT)
+    ACC, BWT, FWT from `metacl.benchmarks.cl_metrics` (GEM definitions), NF after each period.
+
+Outputs in `--out`: `sequence/` (the generated periods), `runs/<strategy>/seed_<s>.json` (one
+per finished seed: a rerun skips it, so a killed run resumes), `summary.json` (per strategy:
+mean matrix, ACC/BWT/FWT/NF mean ± std over seeds, the per-seed numbers), `table.md`, and
+`heatmap_<strategy>.png` (the mean accuracy matrix plus the NF column).
+
+Strategies are run one at a time; `a+b` composes them within one run (e.g. `taalm+recadam`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from metacl.benchmarks.cl_metrics import cl_summary
+from metacl.errors import MetaclError
+from metacl.utils import write_json_atomic
+
+
+@dataclass
+class SequenceConfig:
+    model: str = ""
+    world: str = ""
+    out: str = ""
+    strategies: list[str] = field(default_factory=lambda: ["finetune"])
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    periods: int = 4
+    facts_per_period: int = 25
+    data_seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0])
+    epochs: int = 5
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    batch_size: int = 8
+    max_length: int = 256
+    eval_batch_size: int = 32
+    max_nf: int | None = None
+    device: str | None = None
+    progress: bool = True
+
+    def validate(self) -> "SequenceConfig":
+        if not self.model:
+            raise MetaclError("no model given; pass --model PATH (a base LM pretrained on the world's pretrain_corpus)")
+        if not self.world:
+            raise MetaclError("no world given; pass --world DIR (a folder written by `metacl data world`)")
+        if not self.out:
+            raise MetaclError("no output folder given; pass --out DIR")
+        if not self.strategies:
+            raise MetaclError("no strategy given; pass e.g. --strategies finetune spg (see `metacl ckl strategies`)")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise MetaclError(f"--epochs and --batch-size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if not self.seeds:
+            raise MetaclError("no seeds given; pass e.g. --seeds 0 1 2")
+        return self
+
+    def hash(self) -> str:
+        d = asdict(self)
+        for k in ("out", "device", "progress", "eval_batch_size", "strategies", "seeds"):
+            d.pop(k)
+        d["model"], d["world"] = str(Path(self.model).resolve()), str(Path(self.world).resolve())
+        return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- metrics
+
+def sequence_metrics(R, baseline=None) -> dict[str, float]:
+    """ACC, BWT, FWT of one accuracy matrix (R[i, j]: acc on period j after period i)."""
+    return cl_summary(R, baseline)
+
+
+def mean_std(xs) -> dict[str, Any]:
+    xs = [float(x) for x in xs]
+    m = sum(xs) / len(xs) if xs else float("nan")
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return {"mean": m, "std": sd, "values": xs}
+
+
+# --------------------------------------------------------------------------- running
+
+def _evaluate(model, tok, probe_sets: list[list], nf: list, cfg: SequenceConfig, device, prefix_fn=None):
+    from metacl.ckl.metrics import probe_accuracy
+
+    accs = [probe_accuracy(model, tok, items, batch_size=cfg.eval_batch_size, device=device, exact_match=False,
+                           prefix_fn=prefix_fn)["acc"] for items in probe_sets]
+    nf_acc = probe_accuracy(model, tok, nf, batch_size=cfg.eval_batch_size, device=device, exact_match=False,
+                            prefix_fn=prefix_fn)["acc"]
+    return accs, nf_acc
+
+
+def _prefix_fn(strategies, ctx) -> Callable | None:
+    """Every strategy's probe_prefix joined (in-context learning); None if none defines one."""
+    from metacl.strategies.base import Strategy
+
+    own = [s for s in strategies if type(s).probe_prefix is not Strategy.probe_prefix]
+    if not own:
+        return None
+    return lambda item: "\n".join(p for p in (s.probe_prefix(ctx, item) for s in own) if p) or None
+
+
+def run_strategy_seed(cfg: SequenceConfig, spec: str, seed: int, periods: list[list[dict]], nf: list[dict],
+                      old_corpus: list[str], device, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Learn the periods in order with strategy `spec` ('a+b' composes); return R, NF curve, timing."""
+    import torch
+
+    from metacl.ckl.optimizers import build_optimizer
+    from metacl.ckl.protocol import build_strategies
+    from metacl.ckl.train import train_task
+    from metacl.models.loading import load_model_and_tokenizer
+    from metacl.strategies.base import TrainContext
+    from metacl.utils import seed_everything
+
+    names = spec.split("+")
+    gen = seed_everything(seed)
+    model, tok = load_model_and_tokenizer(cfg.model, device=device)
+    strategies = build_strategies(names, cfg.strategy_options)
+    trains = any(s.trains for s in strategies)
+    ctx = TrainContext(model=model, tokenizer=tok, device=device, train_docs=[], old_corpus=old_corpus,
+                       batch_size=cfg.batch_size, max_length=cfg.max_length, seed=seed, generator=gen)
+    R, nf_curve, losses = [], [], []
+    t0 = time.time()
+    for i, rows in enumerate(periods):
+        ctx.task_index = i
+        ctx.train_docs = [r["evidence"] for r in rows]
+        if trains:
+            stats = train_task(ctx, strategies, cfg.epochs,
+                               lambda params: build_optimizer("adamw", params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+                               grad_clip=cfg.grad_clip or None, progress=cfg.progress)
+            losses.append(stats["losses"])
+        else:
+            for s in strategies:
+                s.before_task(ctx)
+            for s in strategies:
+                s.after_task(ctx)
+        with torch.no_grad():
+            accs, nf_acc = _evaluate(ctx.model, tok, periods, nf, cfg, device, _prefix_fn(strategies, ctx))
+        R.append(accs)
+        nf_curve.append(nf_acc)
+        ctx.seen_docs = list(ctx.seen_docs) + list(ctx.train_docs)
+        log(f"{spec} seed {seed} after period {i + 1}: " + " ".join(f"{a:.3f}" for a in accs)
+            + f" | NF {nf_acc:.3f} ({time.time() - t0:.0f}s)")
+    return {"strategy": spec, "seed": seed, "R": R, "nf": nf_curve, "losses": losses, "seconds": round(time.time() - t0, 1)}
+
+
+def heatmap(name: str, R: list[list[float]], nf: list[float], path: Path) -> Path:
+    """The mean accuracy matrix (rows: after period i; columns: period j) plus an NF column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    P = len(R)
+    data = [list(row) + [n] for row, n in zip(R, nf)]
+    fig, ax = plt.subplots(figsize=(1.1 * (P + 1) + 1.5, 0.8 * P + 1.5))
+    im = ax.imshow(data, vmin=0, vmax=1, cmap="viridis")
+    for i in range(P):
+        for j in range(P + 1):
+            v = data[i][j]
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8)
+    ax.set_xticks(range(P + 1), [f"P{j + 1}" for j in range(P)] + ["NF"])
+    ax.set_yticks(range(P), [f"after P{i + 1}" for i in range(P)])
+    ax.axvline(P - 0.5, color="white", lw=2)
+    ax.set_title(f"{name}: accuracy after each period")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def summarize_runs(results: dict[str, list[dict]], baseline: list[float], nf0: float) -> dict[str, Any]:
+    """Per strategy: mean matrix, ACC/BWT/FWT/NF mean ± std over seeds, and the per-seed values."""
+    out = {}
+    for spec, runs in results.items():
+        per_seed = [sequence_metrics(r["R"], baseline) for r in runs]
+        P = len(runs[0]["R"])
+        mean_R = [[sum(r["R"][i][j] for r in runs) / len(runs) for j in range(P)] for i in range(P)]
+        mean_nf = [sum(r["nf"][i] for r in runs) / len(runs) for i in range(P)]
+        out[spec] = {
+            "seeds": [r["seed"] for r in runs], "R_mean": mean_R, "nf_mean": mean_nf,
+            "R": {str(r["seed"]): r["R"] for r in runs}, "nf": {str(r["seed"]): r["nf"] for r in runs},
+            "ACC": mean_std(m["ACC"] for m in per_seed), "BWT": mean_std(m["BWT"] for m in per_seed),
+            "FWT": mean_std(m["FWT"] for m in per_seed), "NF": mean_std(r["nf"][-1] for r in runs),
+            "NF_drop": mean_std(r["nf"][-1] - nf0 for r in runs),
+            "seconds": mean_std(r["seconds"] for r in runs),
+        }
+    return out
+
+
+def table_markdown(summary: dict[str, Any]) -> str:
+    """One row per strategy (mean ± std over seeds) and a line naming the best per column."""
+    strat = summary["strategies"]
+    cols = [("ACC", True), ("BWT", True), ("FWT", True), ("NF", True)]
+    lines = ["| strategy | seeds | ACC | BWT | FWT | NF (final) | s / seed |", "|---|---|---|---|---|---|---|"]
+    for name, s in strat.items():
+        cells = " | ".join(f"{s[c]['mean']:.3f} ± {s[c]['std']:.3f}" for c, _ in cols)
+        lines.append(f"| {name} | {len(s['seeds'])} | {cells} | {s['seconds']['mean']:.0f} |")
+    lines.append("")
+    lines.append(f"Base model: NF {summary['nf0']:.3f}; periods " + ", ".join(f"{b:.3f}" for b in summary["baseline"]) + ".")
+    if len(strat) > 1:
+        best = []
+        for c, _ in cols:
+            ranked = sorted(strat, key=lambda n: -strat[n][c]["mean"])
+            a, b = ranked[0], ranked[1]
+            best.append(f"{c}: {a} ({strat[a][c]['mean']:.3f}, +{strat[a][c]['mean'] - strat[b][c]['mean']:.3f} over {b})")
+        lines.append("Best per column (higher is better): " + "; ".join(best) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def run_sequence(cfg: SequenceConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every strategy x seed over the sequence; write summary.json, table.md and heat-maps."""
+    import torch
+
+    from metacl.data.world_sequence import load_world, write_sequence
+    from metacl.models.loading import load_model_and_tokenizer
+    from metacl.strategies.base import get_strategy
+
+    cfg.validate()
+    for spec in cfg.strategies:
+        for n in spec.split("+"):
+            get_strategy(n)
+    out = Path(cfg.out)
+    cfg_path = out / "config.json"
+    if cfg_path.is_file() and json.loads(cfg_path.read_text()).get("hash") != cfg.hash():
+        raise MetaclError(f"--out {out} holds a sequence run with different options; choose a new --out or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(cfg_path, {"hash": cfg.hash(), "config": asdict(cfg)})
+
+    world = load_world(cfg.world)
+    seq = write_sequence(out / "sequence", world, n_periods=cfg.periods, facts_per_period=cfg.facts_per_period,
+                         seed=cfg.data_seed)
+    periods, nf = seq["periods"], seq["nf"][: cfg.max_nf] if cfg.max_nf else seq["nf"]
+    old_corpus = [r["text"] for r in world["pretrain_corpus"]]
+    device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    log(f"ckl sequence: {len(periods)} periods x {cfg.facts_per_period} facts, NF {len(nf)}, "
+        f"strategies {', '.join(cfg.strategies)}, seeds {cfg.seeds}, {cfg.epochs} epochs/period, device {device}")
+
+    base_path = out / "base.json"
+    if base_path.is_file():
+        base = json.loads(base_path.read_text())
+    else:
+        model, tok = load_model_and_tokenizer(cfg.model, device=device)
+        accs, nf0 = _evaluate(model, tok, periods, nf, cfg, device)
+        base = {"baseline": accs, "nf0": nf0}
+        write_json_atomic(base_path, base)
+        del model
+
+    results: dict[str, list[dict]] = {}
+    for spec in cfg.strategies:
+        results[spec] = []
+        for seed in cfg.seeds:
+            path = out / "runs" / spec / f"seed_{seed}.json"
+            if path.is_file():
+                log(f"{spec} seed {seed}: done already ({path}), skipped")
+                r = json.loads(path.read_text())
+            else:
+                r = run_strategy_seed(cfg, spec, seed, periods, nf, old_corpus, device, log)
+                write_json_atomic(path, r)
+            results[spec].append(r)
+    # strategies finished earlier into the same --out (e.g. by a parallel command) join the table
+    for d in sorted((out / "runs").iterdir()) if (out / "runs").is_dir() else []:
+        files = [d / f"seed_{s}.json" for s in cfg.seeds]
+        if d.name not in results and all(f.is_file() for f in files):
+            results[d.name] = [json.loads(f.read_text()) for f in files]
+    summary = {"hash": cfg.hash(), "config": asdict(cfg), "sequence": seq["meta"], "device": str(device),
+               "baseline": base["baseline"], "nf0": base["nf0"],
+               "strategies": summarize_runs(results, base["baseline"], base["nf0"])}
+    write_json_atomic(out / "summary.json", summary)
+    (out / "table.md").write_text(table_markdown(summary))
+    for spec, s in summary["strategies"].items():
+        heatmap(spec, s["R_mean"], s["nf_mean"], out / f"heatmap_{spec}.png")
+    return summary
+
+
+# --------------------------------------------------------------------------- CLI
+
+def register_cli(ckl_subparsers) -> None:
+    """Add `metacl ckl sequence` (called by `metacl.cli.ckl` when this module is present)."""
+    d = SequenceConfig()
+    p = ckl_subparsers.add_parser("sequence", help="learn a sequence of world updates; accuracy matrix, ACC/BWT/FWT",
+                                  conflict_handler="resolve")
+    p.add_argument("--model", metavar="PATH", required=True, help="base LM pretrained on the world's pretrain_corpus")
+    p.add_argument("--world", metavar="DIR", required=True, help="world folder written by `metacl data world`")
+    p.add_argument("--out", metavar="DIR", required=True, help="output folder (summary.json, table.md, heat-maps)")
+    p.add_argument("--strategies", nargs="+", default=d.strategies, metavar="NAME",
+                   help="strategies to compare, one run each; a+b composes (default finetune)")
+    p.add_argument("--periods", type=int, default=d.periods, help=f"number of world updates (default {d.periods})")
+    p.add_argument("--facts-per-period", type=int, default=d.facts_per_period, help=f"default {d.facts_per_period}")
+    p.add_argument("--data-seed", type=int, default=d.data_seed, help="seed of the generated periods (default 0)")
+    p.add_argument("--seeds", type=int, nargs="+", default=d.seeds, help="training seeds (default 0)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs per period (default {d.epochs})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="0 = off (default 1)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--max-length", type=int, default=d.max_length)
+    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    p.add_argument("--max-nf", type=int, default=None, help="score only the first N old-world probes (quick runs)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    import metacl.strategies as strategies
+
+    for cls in strategies.REGISTRY.values():
+        cls.add_args(p)
+    p.set_defaults(func=cmd_sequence)
+
+
+def config_from_args(args: argparse.Namespace) -> SequenceConfig:
+    from metacl.ckl.protocol import strategy_option_names
+
+    names = [n for spec in args.strategies for n in spec.split("+")]
+    own = set(strategy_option_names(names))
+    opts = {k: v for k, v in vars(args).items() if k in own}
+    fields = set(SequenceConfig.__dataclass_fields__)
+    kw = {k: v for k, v in vars(args).items() if k in fields and k != "strategy_options"}
+    return SequenceConfig(strategy_options=opts, **kw)
+
+
+def cmd_sequence(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    run_sequence(cfg)
+    print((Path(cfg.out) / "table.md").read_text(), end="")
+    print(f"wrote {cfg.out}/summary.json, table.md, heatmap_<strategy>.png")
+    return 0

@@ -1,0 +1,108 @@
+"""The options of one `metacl ckl run`, as a dataclass, plus its identity hash.
+
+Why a hash: `--out DIR` must never silently mix two different experiments (a rerun with a
+different learning rate appending to the same metrics.jsonl would corrupt both). The hash
+covers every option that changes results (not the output folder, the device or progress bars);
+a run refuses an output folder whose stored hash differs, and resumes one whose hash matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from metacl.errors import MetaclError
+
+# Options that do not change the numbers a run produces.
+_NOT_HASHED = {"out", "device", "progress", "eval_batch_size"}
+
+
+@dataclass
+class CklConfig:
+    model: str = ""
+    out: str = ""
+    data: str | None = None
+    tl: str | None = None
+    nf: str | None = None
+    tl_val: str | None = None
+    old_corpus: str | None = None        # file of pre-training text; default: <data>/pretrain_corpus.jsonl
+    strategies: list[str] = field(default_factory=lambda: ["finetune"])
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 30
+    seeds: list[int] = field(default_factory=lambda: [0])
+    optimizer: str = "adamw"
+    optimizer_path: str | None = None
+    learned_lr: float = 1.0
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    batch_size: int = 8
+    max_length: int = 256
+    eval_batch_size: int = 32
+    exact_match: bool = True
+    max_items: int | None = None         # use only the first N TL and NF items (quick runs)
+    tl_val_fraction: float = 0.1         # carved from TL when no tl_val split exists
+    device: str | None = None
+    progress: bool = True
+
+    def validate(self) -> "CklConfig":
+        if not self.model:
+            raise MetaclError("no model given; pass --model PATH (a folder written by save_pretrained)")
+        if not self.out:
+            raise MetaclError("no output folder given; pass --out DIR")
+        if self.data is None and (self.tl is None or self.nf is None):
+            raise MetaclError("no data given; pass --data DIR, or --tl FILE and --nf FILE")
+        if int(self.epochs) < 1:
+            raise MetaclError(f"--epochs must be >= 1, got {self.epochs}; pass e.g. --epochs 30")
+        if not self.seeds:
+            raise MetaclError("no seeds given; pass e.g. --seeds 0 1 2")
+        if not self.strategies:
+            raise MetaclError("no strategy given; pass e.g. --strategy finetune (see `metacl ckl strategies`)")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise MetaclError(f"--batch-size must be a positive integer, got {self.batch_size}")
+        if self.max_items is not None and self.max_items < 2:
+            raise MetaclError(f"--max-items must be at least 2, got {self.max_items}")
+        if not 0 < self.tl_val_fraction < 1:
+            raise MetaclError(f"tl_val_fraction must be in (0, 1), got {self.tl_val_fraction}")
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in _NOT_HASHED:
+            d.pop(k, None)
+        for k in ("model", "data", "tl", "nf", "tl_val", "old_corpus", "optimizer_path"):
+            if d[k] is not None:
+                d[k] = str(Path(d[k]).resolve())
+        return d
+
+    def hash(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+
+def load_yaml_options(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file, keys normalised to underscores (`ewc-lambda` → `ewc_lambda`)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise MetaclError(f"config file {p} does not exist; pass an existing YAML file to --config")
+    try:
+        with open(p) as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+        raise MetaclError(f"config file {where} is not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from e
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise MetaclError(f"config file {p} must hold a mapping of option: value, not a {type(raw).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in raw.items()}

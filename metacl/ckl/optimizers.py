@@ -1,0 +1,48 @@
+"""The optimizer factory behind `--optimizer adamw|sgd|learned`.
+
+Why a factory: the loop builds the optimizer only after the strategies' `before_task` (LoRA
+swaps the trainable parameters), so it needs a recipe, not an instance. The learned optimizer
+lives in `metacl.optim` (another part of metacl) and is imported lazily, so `adamw`/`sgd` work
+even where that module is absent.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from metacl.errors import MetaclError
+
+OPTIMIZERS = ("adamw", "sgd", "learned")
+
+
+def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
+                    path: str | None = None, total_steps: int | None = None,
+                    learned_lr: float = 1.0) -> torch.optim.Optimizer:
+    """An optimizer over `params`.
+
+    `lr` is the step size of AdamW/SGD. The learned optimizer predicts its own step size, so it
+    ignores `lr` and takes `learned_lr` (a multiplier on its step, 1.0 = as meta-trained);
+    `path` selects its weights (default: the weights shipped with metacl).
+    """
+    params = list(params)
+    if lr <= 0 and name != "learned":
+        raise MetaclError(f"--lr must be positive, got {lr}; pass e.g. --lr 1e-4")
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    if name == "learned":
+        try:
+            from metacl.optim import LearnedOptimizer
+        except ImportError as e:
+            raise MetaclError(f"--optimizer learned needs metacl.optim.LearnedOptimizer, which is not available ({e}); "
+                              "use --optimizer adamw or install a metacl with the learned optimizer") from e
+        kwargs = {"lr": learned_lr}
+        if total_steps:
+            kwargs["total_steps"] = int(total_steps)
+        if path:
+            return LearnedOptimizer.from_pretrained(path, params, **kwargs)
+        return LearnedOptimizer.pretrained(params, **kwargs)
+    raise MetaclError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")

@@ -1,0 +1,182 @@
+"""Turn per-epoch probe scores into the LAMA-ckl table and a plot, for one run or several.
+
+Two ways of picking "the" epoch of a run, reported side by side:
+
+- `paper`: the epoch with the best TL accuracy, read off the TL *test* curve (what the TAALM
+  paper reports as Top Acc). This looks at the test set to choose, so it is optimistic.
+- `honest`: the epoch with the best accuracy on `tl_val`, a held-out TL-like split that is
+  trained on like TL but never used for the reported TL score. No test data is used to choose.
+
+For each, the row gives TL accuracy at that epoch, the epoch, NF accuracy at that epoch, Total
+Knowledge = TL + NF, and the exact-match scores at the same epoch; mean ± sample std over seeds.
+The `epoch 0` row is the model before any training (the starting point of every curve).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from metacl.errors import MetaclError
+
+PROTOCOLS = ("paper", "honest")
+
+
+def _mean_std(xs: Sequence[float]) -> dict[str, Any]:
+    xs = [float(x) for x in xs if x is not None]
+    if not xs:
+        return {"mean": None, "std": None, "values": []}
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return {"mean": m, "std": sd, "values": xs}
+
+
+def _by_seed(rows: Sequence[dict]) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for r in rows:
+        out.setdefault(int(r["seed"]), []).append(r)
+    return {s: sorted(v, key=lambda r: r["epoch"]) for s, v in sorted(out.items())}
+
+
+def _pick(rows: list[dict], key: str) -> dict:
+    """The row maximising `key` among trained epochs (epoch >= 1 when any exist); ties → earliest."""
+    cand = [r for r in rows if r["epoch"] >= 1] or rows
+    cand = [r for r in cand if r.get(key) is not None] or cand
+    return max(cand, key=lambda r: (r.get(key) if r.get(key) is not None else -1.0, -r["epoch"]))
+
+
+def _point(r: dict) -> dict[str, Any]:
+    return {
+        "epoch": r["epoch"], "tl_acc": r["tl_acc"], "nf_acc": r["nf_acc"], "total": r["tl_acc"] + r["nf_acc"],
+        "tl_em": r.get("tl_em"), "nf_em": r.get("nf_em"), "val_acc": r.get("val_acc"),
+    }
+
+
+def summarize(rows: Sequence[dict]) -> dict[str, Any]:
+    """Per-seed picks under both protocols, their mean ± std, and the mean curves."""
+    if not rows:
+        raise MetaclError("no metrics rows to summarise; the run produced no evaluations")
+    seeds = _by_seed(rows)
+    per_seed = {}
+    for s, rs in seeds.items():
+        per_seed[s] = {
+            "start": _point(next((r for r in rs if r["epoch"] == 0), rs[0])),
+            "paper": _point(_pick(rs, "tl_acc")),
+            "honest": _point(_pick(rs, "val_acc")),
+        }
+    agg = {}
+    for proto in ("start",) + PROTOCOLS:
+        agg[proto] = {k: _mean_std([per_seed[s][proto][k] for s in per_seed])
+                      for k in ("epoch", "tl_acc", "nf_acc", "total", "tl_em", "nf_em", "val_acc")}
+    epochs = sorted({r["epoch"] for r in rows})
+    curves = {}
+    for key in ("tl_acc", "nf_acc", "val_acc", "tl_em", "nf_em", "train_loss"):
+        curves[key] = [_mean_std([r.get(key) for r in rows if r["epoch"] == e]) for e in epochs]
+        curves[key] = [{"mean": c["mean"], "std": c["std"]} for c in curves[key]]
+    return {"seeds": list(per_seed), "per_seed": {str(k): v for k, v in per_seed.items()},
+            "aggregate": agg, "epochs": epochs, "curves": curves}
+
+
+def _fmt(ms: dict, digits: int = 3) -> str:
+    if ms["mean"] is None:
+        return "n/a"
+    if len(ms["values"]) <= 1:
+        return f"{ms['mean']:.{digits}f}"
+    return f"{ms['mean']:.{digits}f} ± {ms['std']:.{digits}f}"
+
+
+def table_markdown(runs: Sequence[tuple[str, dict]]) -> str:
+    """One markdown table: three rows per run (epoch 0, paper, honest)."""
+    head = ("| run | protocol | TL acc (Top Acc) | epoch | NF acc | Total Knowledge | TL EM | NF EM | seeds |\n"
+            "|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for name, summ in runs:
+        agg = summ["aggregate"]
+        n = len(summ["seeds"])
+        for proto in ("start",) + PROTOCOLS:
+            a = agg[proto]
+            label = {"start": "epoch 0 (before)", "paper": "paper (best TL test epoch)",
+                     "honest": "honest (epoch by tl_val)"}[proto]
+            ep = a["epoch"]
+            ep_s = "n/a" if ep["mean"] is None else (f"{ep['mean']:.1f}" if n > 1 else f"{ep['mean']:.0f}")
+            lines.append(f"| {name} | {label} | {_fmt(a['tl_acc'])} | {ep_s} | {_fmt(a['nf_acc'])} | "
+                         f"{_fmt(a['total'])} | {_fmt(a['tl_em'])} | {_fmt(a['nf_em'])} | {n} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_runs(runs: Sequence[tuple[str, dict]], path: str | Path) -> Path:
+    """TL and NF accuracy against epoch: mean over seeds, band = ± one std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    for ax, key, title in ((axes[0], "tl_acc", "To-Learn (TL) accuracy"), (axes[1], "nf_acc", "Not-To-Forget (NF) accuracy")):
+        for name, summ in runs:
+            ep = summ["epochs"]
+            mean = [c["mean"] for c in summ["curves"][key]]
+            sd = [c["std"] or 0.0 for c in summ["curves"][key]]
+            (line,) = ax.plot(ep, mean, marker="o", ms=3, label=name)
+            ax.fill_between(ep, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
+                            color=line.get_color(), alpha=0.2)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("teacher-forced accuracy")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    rows = []
+    p = Path(path)
+    if not p.is_file():
+        return rows
+    with open(p) as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    # A run killed mid-write leaves at most one partial last line; skip it.
+                    continue
+    return rows
+
+
+def load_run(out_dir: str | Path) -> tuple[str, dict]:
+    """(name, summary) of a finished `ckl run` folder, recomputed from its metrics.jsonl."""
+    d = Path(out_dir)
+    summ_path = d / "summary.json"
+    if not summ_path.is_file():
+        raise MetaclError(f"{d} holds no summary.json; pass the --out folder of a finished `metacl ckl run`")
+    with open(summ_path) as f:
+        stored = json.load(f)
+    rows = read_rows(d / "metrics.jsonl")
+    summ = summarize(rows) if rows else stored
+    name = stored.get("name") or d.name
+    return name, summ
+
+
+def compare(out_dirs: Sequence[str | Path], out: str | Path | None = None) -> str:
+    """Merged markdown table (returned) and, if `out` is given, table.md + plot.png there."""
+    if not out_dirs:
+        raise MetaclError("no runs to compare; pass one or more --out folders of `metacl ckl run`")
+    runs = [load_run(d) for d in out_dirs]
+    names = [n for n, _ in runs]
+    if len(set(names)) != len(names):  # two runs with the same strategy: disambiguate by folder
+        runs = [(f"{n} ({Path(d).name})", s) for (n, s), d in zip(runs, out_dirs)]
+    table = table_markdown(runs)
+    if out is not None:
+        o = Path(out)
+        o.mkdir(parents=True, exist_ok=True)
+        (o / "table.md").write_text(table)
+        plot_runs(runs, o / "plot.png")
+    return table

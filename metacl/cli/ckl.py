@@ -1,0 +1,177 @@
+"""`metacl ckl run | compare | strategies` (and `sequence`, when that module is installed).
+
+Option precedence for `ckl run`: built-in defaults < `--config FILE` (YAML) < options typed on
+the command line. To know which options were typed, every option of the run parser is given
+the default `SUPPRESS` after it is declared (the real defaults are kept aside), so the parsed
+namespace holds only what the user wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from typing import Any
+
+from metacl.errors import MetaclError
+
+# Parser dests that are not CklConfig fields, and how they map.
+_RENAMED = {"strategy": "strategies"}
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    from metacl.ckl.config import CklConfig
+
+    d = CklConfig()
+    p.add_argument("--config", metavar="YAML", help="YAML file with the same options (command-line options win)")
+    p.add_argument("--model", metavar="PATH", help="base causal LM folder (save_pretrained format)")
+    p.add_argument("--data", metavar="DIR", help="folder with tl.jsonl + nf.jsonl (+ tl_val.jsonl), or the official LAMA-ckl folder")
+    p.add_argument("--tl", metavar="FILE", help="To-Learn JSONL (overrides --data)")
+    p.add_argument("--nf", metavar="FILE", help="Not-To-Forget JSONL (overrides --data)")
+    p.add_argument("--tl-val", metavar="FILE", help="held-out TL-like JSONL used only to choose an epoch")
+    p.add_argument("--old-corpus", metavar="FILE", help="pre-training text for replay-like strategies (default: <data>/pretrain_corpus.jsonl)")
+    p.add_argument("--strategy", nargs="+", metavar="NAME", default=d.strategies,
+                   help="one or more strategies, composed (see `metacl ckl strategies`)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"training epochs (default {d.epochs})")
+    p.add_argument("--seeds", type=int, nargs="+", default=d.seeds, help="seeds; mean ± std over them (default 0)")
+    p.add_argument("--out", metavar="DIR", help="output folder (metrics.jsonl, summary.json, table.md, plot.png)")
+    p.add_argument("--optimizer", choices=["adamw", "sgd", "learned"], default=d.optimizer, help="default adamw")
+    p.add_argument("--optimizer-path", metavar="DIR", help="weights of the learned optimizer (default: shipped weights)")
+    p.add_argument("--learned-lr", type=float, default=d.learned_lr, help="multiplier on the learned optimizer's step (default 1)")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate for adamw/sgd (default {d.lr})")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default 0")
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="gradient-norm clip, 0 = off (default 1)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"documents per step (default {d.batch_size})")
+    p.add_argument("--max-length", type=int, default=d.max_length, help=f"tokens per training window (default {d.max_length})")
+    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="probes per forward pass (default 32)")
+    p.add_argument("--no-exact-match", dest="exact_match", action="store_false", default=True,
+                   help="skip greedy-generation exact match (faster)")
+    p.add_argument("--max-items", type=int, default=None, help="use only the first N TL and N NF items (quick runs)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def _add_strategy_args(p: argparse.ArgumentParser) -> None:
+    import metacl.strategies as strategies
+
+    for cls in strategies.REGISTRY.values():
+        cls.add_args(p)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("ckl", help="continual knowledge learning: run, compare, list strategies")
+    subsub = p.add_subparsers(dest="ckl_command", metavar="COMMAND")
+
+    run = subsub.add_parser("run", help="train a strategy on TL documents, probe TL/NF every epoch",
+                            conflict_handler="resolve")
+    _add_run_args(run)
+    _add_strategy_args(run)
+    defaults = {}
+    for a in run._actions:
+        if a.dest != "help":
+            defaults[a.dest] = a.default
+            a.default = argparse.SUPPRESS
+    run.set_defaults(func=lambda args: cmd_run(args, defaults))
+
+    cmp_ = subsub.add_parser("compare", help="merge the tables and plots of several runs")
+    cmp_.add_argument("runs", nargs="+", metavar="OUT", help="--out folders of `metacl ckl run`")
+    cmp_.add_argument("--out", metavar="DIR", default=None, help="write table.md and plot.png here")
+    cmp_.set_defaults(func=cmd_compare)
+
+    st = subsub.add_parser("strategies", help="list every registered strategy")
+    st.set_defaults(func=cmd_strategies)
+
+    try:  # `ckl sequence` is added by the task-sequence benchmark when it is installed
+        seq = importlib.import_module("metacl.benchmarks.sequence")
+    except ModuleNotFoundError as e:
+        if e.name != "metacl.benchmarks.sequence":
+            raise
+        seq = None
+    if seq is not None and hasattr(seq, "register_cli"):
+        seq.register_cli(subsub)
+    p.set_defaults(func=lambda args: p.print_help())
+
+
+def merge_options(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """defaults < YAML (--config) < typed options; unknown YAML keys are a one-line error."""
+    from metacl.ckl.config import load_yaml_options
+
+    opts = dict(defaults)
+    cfg_file = given.get("config")
+    if cfg_file:
+        allowed = (set(defaults) | set(_RENAMED.values())) - {"config", "func"}
+        for k, v in load_yaml_options(cfg_file).items():
+            if k not in allowed:
+                close = sorted(a for a in allowed if a.split("_")[0] == k.split("_")[0])[:3]
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise MetaclError(f"config file {cfg_file}: unknown key {k!r}{hint}; use the run options' names, "
+                                  "e.g. model, data, strategy, epochs, seeds, lr")
+            if k == "strategies":
+                k = "strategy"
+            if k in ("strategy", "seeds") and not isinstance(v, list):
+                v = [v]
+            opts[k] = v
+    opts.update({k: v for k, v in given.items() if k not in ("config", "func")})
+    return opts
+
+
+def config_from_options(opts: dict[str, Any]):
+    """A `CklConfig` from merged options: strategy options go into `strategy_options`."""
+    from metacl.ckl.config import CklConfig
+    from metacl.ckl.protocol import strategy_option_names
+
+    names = list(opts.get("strategy") or [])
+    own = set(strategy_option_names(names))
+    fields = CklConfig.field_names()
+    kw: dict[str, Any] = {"strategies": names,
+                          "strategy_options": {k: opts[k] for k in sorted(own) if k in opts}}
+    for k, v in opts.items():
+        if k in fields and k not in ("strategies", "strategy_options"):
+            kw[k] = v
+    for k in ("model", "out"):
+        kw[k] = kw.get(k) or ""
+    try:
+        cfg = CklConfig(**kw)
+    except TypeError as e:  # pragma: no cover - guarded by merge_options
+        raise MetaclError(f"bad ckl run options ({e}); see `metacl ckl run --help`") from e
+    for k in ("epochs", "batch_size", "max_length", "eval_batch_size"):
+        try:
+            setattr(cfg, k, int(getattr(cfg, k)))
+        except (TypeError, ValueError) as e:
+            raise MetaclError(f"option {k} must be an integer, got {getattr(cfg, k)!r}") from e
+    try:
+        cfg.seeds = [int(s) for s in cfg.seeds]
+        cfg.lr, cfg.weight_decay = float(cfg.lr), float(cfg.weight_decay)
+    except (TypeError, ValueError) as e:
+        raise MetaclError(f"seeds must be integers and lr/weight_decay numbers ({e})") from e
+    return cfg.validate()
+
+
+def cmd_run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
+    from metacl.ckl.protocol import run_ckl
+
+    cfg = config_from_options(merge_options(defaults, vars(args)))
+    summary = run_ckl(cfg)
+    from pathlib import Path
+
+    print((Path(cfg.out) / "table.md").read_text(), end="")
+    print(f"wrote {cfg.out}/metrics.jsonl, summary.json, table.md, plot.png")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from metacl.ckl.report import compare
+
+    print(compare(args.runs, args.out), end="")
+    if args.out:
+        print(f"wrote {args.out}/table.md and {args.out}/plot.png")
+    return 0
+
+
+def cmd_strategies(args: argparse.Namespace) -> int:
+    import metacl.strategies as strategies
+
+    width = max(len(n) for n in strategies.REGISTRY)
+    for name in sorted(strategies.REGISTRY):
+        cls = strategies.REGISTRY[name]
+        tag = "" if cls.trains else " [no training]"
+        print(f"{name:<{width}}  {cls.description}{tag}")
+    return 0

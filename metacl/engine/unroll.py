@@ -1,0 +1,191 @@
+"""`unroll`: K differentiable inner-loop updates of a model, functionally.
+
+Why: meta-learning (token weights, learned optimizers, MAML-style initialisations) needs the
+gradient of an outer loss *through* inner training steps. `unroll` runs those steps on a dict
+of tensors instead of the module's parameters, so the model object is never touched and
+autograd records everything:
+
+    params_K, state_K = unroll(model, params, loss_fn, batches, optimizer=adamw(lr=1e-3))
+    outer = lm_loss(model, params_K, query_batch)
+    outer.backward()   # grads reach params, tensors inside loss_fn, optimizer tensors
+
+Modes (each inner step is one of three kinds):
+- second order (default): inner gradients are built with create_graph=True;
+- first order (`first_order=True`): inner gradients are constants (first-order MAML). The
+  outer gradient still reaches the initial params (through the identity path) and the
+  optimizer's own tensors (lr, learned-optimizer weights), but not tensors inside loss_fn;
+- truncated (`truncate=k`): the first K-k steps run without a graph; their total parameter
+  change is added as a constant (so the initial params get a straight-through gradient and
+  the optimizer state is cut), and only the last k steps are differentiated (second or first
+  order, as selected).
+`checkpoint=True` recomputes each differentiated step during backward (see
+`checkpointing.py` for why not `torch.utils.checkpoint`), keeping only its inputs alive: same
+gradients, activation memory no longer grows with K. `per_example=True` runs M independent inner loops at once with
+`torch.func.vmap` over `torch.func.grad`, returning params with a leading M dim.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_map
+from tqdm.auto import tqdm
+
+from metacl.engine.checkpointing import checkpoint_step
+from metacl.engine.attention import raise_if_not_double_differentiable, second_order_attention
+from metacl.engine.optimizers import FunctionalOptimizer, adamw
+from metacl.errors import MetaclError
+
+Params = dict[str, Tensor]
+LossFn = Callable[[nn.Module, Params, Any], Tensor]
+
+
+def _detach(tree: Any) -> Any:
+    return tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, tree)
+
+
+def _grads(loss: Tensor, params: Params, create_graph: bool) -> Params:
+    """d loss / d params; parameters the loss does not touch get zeros (not None)."""
+    if loss.dim() != 0:
+        raise MetaclError(f"loss_fn returned a tensor of shape {tuple(loss.shape)}; it must return a scalar (reduce with .mean() or .sum())")
+    gs = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph, allow_unused=True)
+    return {k: (torch.zeros_like(p) if g is None else g) for (k, p), g in zip(params.items(), gs)}
+
+
+class _Stepper:
+    """One inner step of a given kind; kept as an object so checkpointing can re-run it."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, optimizer: FunctionalOptimizer):
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.checked = False  # the double-backward check runs once per unroll
+
+    def second_order(self, params: Params, state: Any, batch: Any, step: int) -> tuple[Params, Any]:
+        # Tensors that carry no graph become fresh leaves so autograd.grad can target them.
+        leaves = {k: (p if p.requires_grad else p.detach().requires_grad_(True)) for k, p in params.items()}
+        with torch.enable_grad(), second_order_attention(self.model):
+            loss = self.loss_fn(self.model, leaves, batch)
+            grads = _grads(loss, leaves, create_graph=True)
+            if not self.checked:
+                self.checked = True
+                raise_if_not_double_differentiable(self.model, params, self.loss_fn, batch, list(grads.values()))
+            return self.optimizer.update(leaves, grads, state, step)
+
+    def first_order(self, params: Params, state: Any, batch: Any, step: int) -> tuple[Params, Any]:
+        leaves = {k: p.detach().requires_grad_(True) for k, p in params.items()}
+        with torch.enable_grad():
+            grads = _grads(self.loss_fn(self.model, leaves, batch), leaves, create_graph=False)
+            return self.optimizer.update(params, grads, state, step)
+
+    def constant(self, params: Params, state: Any, batch: Any, step: int) -> tuple[Params, Any]:
+        new_params, new_state = self.first_order(_detach(params), _detach(state), batch, step)
+        return _detach(new_params), _detach(new_state)
+
+
+def _validate(params: Any, batches: Any, optimizer: Any, truncate: int | None) -> int:
+    if not isinstance(params, dict) or not params or not all(isinstance(v, Tensor) for v in params.values()):
+        raise MetaclError("unroll: params must be a non-empty dict name -> Tensor, e.g. dict(model.named_parameters())")
+    if not isinstance(batches, Sequence) or isinstance(batches, (str, bytes)) or len(batches) == 0:
+        raise MetaclError("unroll: batches must be a non-empty list with one inner batch per inner step")
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise MetaclError(f"unroll: optimizer {optimizer!r} lacks init/update; use metacl.engine.sgd(...) or adamw(...)")
+    K = len(batches)
+    if truncate is not None and not (isinstance(truncate, int) and 1 <= truncate <= K):
+        raise MetaclError(f"unroll: truncate={truncate!r} must be an int in [1, {K}] (number of differentiated steps) or None")
+    return K
+
+
+def unroll(
+    model: nn.Module,
+    params: Params,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    optimizer: FunctionalOptimizer | None = None,
+    first_order: bool = False,
+    truncate: int | None = None,
+    checkpoint: bool = False,
+    per_example: bool = False,
+    state: Any = None,
+    start_step: int = 0,
+    progress: bool = False,
+) -> tuple[Params, Any]:
+    """Run len(batches) inner updates of `params` and return (params_K, optimizer_state_K).
+
+    `state`/`start_step` continue an earlier unroll (default: fresh `optimizer.init`, step 0).
+    See the module docstring for the meaning of each mode.
+    """
+    optimizer = adamw(lr=1e-3) if optimizer is None else optimizer
+    K = _validate(params, batches, optimizer, truncate)
+    if per_example:
+        if checkpoint:
+            raise MetaclError("unroll: checkpoint=True is not supported with per_example=True; drop one of them (vmap cannot re-run checkpointed steps)")
+        return _unroll_per_example(model, params, loss_fn, batches, optimizer, first_order, truncate, state, start_step)
+
+    stepper = _Stepper(model, loss_fn, optimizer)
+    n_const = 0 if truncate is None else K - truncate
+    p, s = dict(params), (optimizer.init(params) if state is None else state)
+    for k, batch in enumerate(tqdm(batches, desc="inner steps", disable=not progress, leave=False)):
+        step = start_step + k
+        if k < n_const:
+            p, s = stepper.constant(p, s, batch, step)
+            if k == n_const - 1:  # straight-through: the skipped steps' change enters as a constant
+                p = {n: params[n] + (p[n] - params[n].detach()) for n in p}
+            continue
+        fn = stepper.first_order if first_order else stepper.second_order
+        if checkpoint:
+            p, s = checkpoint_step(fn, p, s, batch, step)
+        else:
+            p, s = fn(p, s, batch, step)
+    return p, s
+
+
+def _batch_size(batches: Sequence[Any]) -> int:
+    sizes = {t.shape[0] for b in batches for t in tree_flatten(b)[0] if isinstance(t, Tensor)}
+    if len(sizes) != 1 or 0 in {t.dim() for b in batches for t in tree_flatten(b)[0] if isinstance(t, Tensor)}:
+        raise MetaclError(
+            f"unroll(per_example=True): every tensor in every batch needs the same leading meta-example dim M; found sizes {sorted(sizes)}"
+        )
+    return sizes.pop()
+
+
+def _unroll_per_example(
+    model: nn.Module,
+    params: Params,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    optimizer: FunctionalOptimizer,
+    first_order: bool,
+    truncate: int | None,
+    state: Any,
+    start_step: int,
+) -> tuple[Params, Any]:
+    """M independent inner loops from the same params: vmap over the loop, func.grad inside.
+
+    The outer autograd graph runs through both transforms, so an outer loss on the returned
+    (M, ...) params differentiates w.r.t. `params`, per-example tensors in the batches, and
+    anything the optimizer closes over, exactly as M separate `unroll` calls would.
+    """
+    _batch_size(batches)
+    K = len(batches)
+    n_const = 0 if truncate is None else K - truncate
+    init_state = optimizer.init(params) if state is None else state
+
+    def one(example_batches: list[Any]) -> tuple[Params, Any]:
+        p, s = dict(params), init_state
+        for k, batch in enumerate(example_batches):
+            const = k < n_const
+            grads = torch.func.grad(lambda q: loss_fn(model, q, batch))(_detach(p) if (const or first_order) else p)
+            if const or first_order:
+                grads = _detach(grads)
+            if const:
+                p, s = optimizer.update(_detach(p), grads, _detach(s), start_step + k)
+                p, s = _detach(p), _detach(s)
+                if k == n_const - 1:
+                    p = {n: params[n] + (p[n] - params[n].detach()) for n in p}
+            else:
+                p, s = optimizer.update(p, grads, s, start_step + k)
+        return p, s
+
+    with second_order_attention(model):
+        return torch.func.vmap(one, randomness="different")(list(batches))

@@ -1,0 +1,138 @@
+"""`metacl meta-train token-weighting`: meta-train a TAALM-style token weighter on a world folder.
+
+    metacl meta-train token-weighting --model runs/base_lm --data runs/world --out runs/tw \\
+        --inner-steps 2 --meta-batch 4 --steps 200 --val-every 50 [--retention 1.0] [--lora] [--resume]
+
+Reads `meta_train.jsonl` (documents + queries to learn from), `meta_val.jsonl` (held-out
+documents + probes for validation) and `meta_nf.jsonl` (old facts: the retention term and the
+validation's NF probes) from `--data`. Writes `OUT/best` (the weighter to deploy with
+`metacl ckl run --strategy taalm --taalm-predictor OUT/best`), `OUT/last`, `OUT/checkpoint`,
+`OUT/metrics.jsonl` and `OUT/summary.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("token-weighting", help="meta-train a token-importance predictor (TAALM-style)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="base LM folder (any local HF causal LM)")
+    p.add_argument("--data", required=True, help="world folder with meta_train/meta_val/meta_nf .jsonl (`metacl data world`)")
+    p.add_argument("--out", required=True, help="output folder (best/, last/, checkpoint/, metrics.jsonl)")
+    p.add_argument("--backbone", default=None,
+                   help="weighter backbone: a local HF causal LM sharing the base LM's tokenizer (default: a copy of --model)")
+    p.add_argument("--inner-steps", type=int, default=2, help="K differentiated inner steps (default 2; see docs/results/taalm.md)")
+    p.add_argument("--inner-lr", type=float, default=1e-3)
+    p.add_argument("--inner-optimizer", choices=["adamw", "sgd"], default="adamw")
+    p.add_argument("--truncate", type=int, default=None, help="backprop through only the last N inner steps")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--lora", dest="mode", action="store_const", const="lora", help="inner loop updates LoRA adapters only")
+    g.add_argument("--full", dest="mode", action="store_const", const="full", help="inner loop updates all base-LM parameters (default)")
+    p.set_defaults(mode="full")
+    p.add_argument("--lora-rank", type=int, default=4)
+    p.add_argument("--retention", type=float, default=0.0, metavar="LAMBDA",
+                   help="weight of the old-fact probe NLL after the update (0 = TAALM's objective)")
+    p.add_argument("--retention-probes", type=int, default=4, help="old-fact probes per meta-example")
+    p.add_argument("--meta-batch", type=int, default=4, help="meta-examples per meta-step, batched")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--outer-lr", type=float, default=3e-4)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--val-every", type=int, default=50, help="run the CKL protocol on meta_val every N steps (0: never)")
+    p.add_argument("--val-epochs", type=int, default=3, help="CKL epochs per validation")
+    p.add_argument("--val-items", type=int, default=32, help="meta_val documents (and as many NF probes) per validation")
+    p.add_argument("--val-lr", type=float, default=None, help="CKL learning rate in validation (default: the CKL default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint (same options)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from metacl.data.lama import load_lama_jsonl
+    from metacl.errors import MetaclError
+    from metacl.meta.token_weighting import TokenWeighter
+    from metacl.meta.train_token_weighting import MetaConfig, MetaTrainer, examples_from_items
+    from metacl.models.loading import load_model_and_tokenizer
+    from metacl.utils import default_device, seed_everything, write_json_atomic
+
+    data = Path(args.data)
+    files = {k: data / f"{k}.jsonl" for k in ("meta_train", "meta_val", "meta_nf")}
+    missing = [str(f) for k, f in files.items() if k != "meta_val" and not f.is_file()]
+    if missing:
+        raise MetaclError(f"--data {data} lacks {', '.join(missing)}; generate a world with `metacl data world --out DIR`")
+    for name in ("inner_steps", "meta_batch", "steps", "max_length"):
+        if getattr(args, name) < 1:
+            raise MetaclError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.retention < 0:
+        raise MetaclError(f"--retention {args.retention} is negative; pass 0 (off) or a positive lambda")
+    device = torch.device(args.device) if args.device else default_device()
+    seed_everything(args.seed)
+    model, tok = load_model_and_tokenizer(args.model, device=device)
+    train_items = load_lama_jsonl(files["meta_train"])
+    nf_items = load_lama_jsonl(files["meta_nf"])
+    val_items = load_lama_jsonl(files["meta_val"]) if files["meta_val"].is_file() else []
+    from metacl.ckl.metrics import split_probe
+
+    nf_probes = [split_probe(it) for it in nf_items]
+    weighter = None
+    if args.backbone:
+        weighter = TokenWeighter.from_model_path(args.backbone, tok).to(device)
+    cfg = MetaConfig(inner_steps=args.inner_steps, inner_lr=args.inner_lr, inner_optimizer=args.inner_optimizer,
+                     mode=args.mode, lora_rank=args.lora_rank, truncate=args.truncate, retention=args.retention,
+                     retention_probes=args.retention_probes, meta_batch=args.meta_batch, outer_lr=args.outer_lr,
+                     max_length=args.max_length, seed=args.seed, steps=args.steps, val_every=args.val_every,
+                     extra={"model": str(args.model), "data": str(data), "backbone": args.backbone})
+    validate = None
+    if args.val_every > 0 and val_items:
+        validate = make_ckl_validator(args.model, files["meta_val"], files["meta_nf"], Path(args.out) / "val",
+                                      epochs=args.val_epochs, seed=args.seed, device=device, max_items=args.val_items,
+                                      lr=args.val_lr, max_length=args.max_length)
+    trainer = MetaTrainer(model, tok, examples_from_items(train_items), args.out, cfg, nf_probes,
+                          weighter=weighter, validate=validate)
+    res = trainer.run(resume=args.resume)
+    write_json_atomic(Path(args.out) / "summary.json", {"config": {**vars(args), "func": None}, **res})
+    best = res.get("best") or {}
+    print(f"meta-trained {res['step']} steps in {res['seconds']:.0f}s; best weighter: {Path(args.out) / 'best'}"
+          + (f" (val step {best.get('step')}, score {best.get('score'):.3f})" if best else ""))
+    return 0
+
+
+def make_ckl_validator(model_path, tl_file, nf_file, out_dir, epochs: int, seed: int, device, max_items: int,
+                       lr: float | None = None, max_length: int = 128):
+    """A `validate(weighter, path)` that runs the real CKL protocol with `--strategy taalm` on held-out facts.
+
+    TL = the meta_val documents and probes, NF = old-fact probes (first `max_items` of each).
+    Score = TL Top Acc + NF acc at that epoch (TAALM's "total knowledge"), so a weighter that
+    learns faster by forgetting more does not win. Each validation writes its own CKL run folder
+    under OUT/val/ (the plot and metrics of every validation stay inspectable).
+    """
+    from metacl.ckl.config import CklConfig
+    from metacl.ckl.protocol import run_ckl
+
+    def validate(weighter, path):
+        step = json.loads((Path(path) / "token_weighter.json").read_text()).get("meta_step", 0)
+        out = Path(out_dir) / f"step_{int(step):06d}"
+        if out.exists():  # a validation cut off by a crash: redo it from scratch
+            shutil.rmtree(out)
+        cfg = CklConfig(model=str(model_path), out=str(out), tl=str(tl_file), nf=str(nf_file),
+                        strategies=["taalm"], strategy_options={"taalm_predictor": str(path)}, epochs=epochs,
+                        seeds=[seed], max_items=max_items, max_length=max_length, exact_match=False,
+                        device=str(device), progress=False, **({"lr": lr} if lr is not None else {}))
+        res = run_ckl(cfg, log=lambda msg: None)
+        return ckl_score(res)
+
+    return validate
+
+
+def ckl_score(summary: dict) -> dict:
+    """Top Acc (best TL epoch), NF at that epoch and their sum, from a run_ckl summary."""
+    paper = summary["aggregate"]["paper"]
+    top, nf = float(paper["tl_acc"]["mean"]), float(paper["nf_acc"]["mean"])
+    return {"score": top + nf, "top_acc": top, "nf_at_top": nf, "top_epoch": float(paper["epoch"]["mean"])}

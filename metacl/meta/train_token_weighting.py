@@ -1,0 +1,408 @@
+"""Meta-train a TokenWeighter: which tokens of a document should an LM learn from?
+
+One meta-step, for a batch of M meta-examples (a document + a query about its fact):
+
+    w        = weighter(document)                          # (M, T), differentiable
+    theta_K  = unroll(base LM, theta_0, weighted doc loss, K steps)   # per example, in parallel
+    meta     = NLL(query object | theta_K)                 # did the update teach the fact?
+             + lambda * NLL(old-fact probes | theta_K)     # ... without breaking old ones?
+    meta.backward()  ->  weighter.step()
+
+The gradient reaches the weighter *through* the inner update (second order), via
+`metacl.engine.unroll(..., per_example=True)`: the M examples run as one batched computation,
+not one at a time with gradient accumulation (TAALM's way). theta_0 is the same for every step
+(the base LM as given), like TAALM; the inner parameters are either all of the base LM's
+(`full`, what the `taalm` strategy later fine-tunes) or LoRA adapters (`lora`, cheaper).
+
+Why K > 1 by default: with AdamW as the inner optimizer the *first* step is
+`lr * g / (|g| + eps)`, i.e. almost exactly `lr * sign(g)`, whose derivative with respect to
+the token weights is ~0. A single AdamW step gives the weighter no signal at all; TAALM works
+around it with a detached warm-up step. Here the K steps are all differentiated (or the first
+`K - truncate` detached with `--truncate`); see docs/results/taalm.md for the choice of K.
+
+Validation every `val_every` steps runs the real CKL protocol (`metacl.ckl.protocol.run_ckl`)
+with the `taalm` strategy on held-out documents and keeps the predictor with the best
+TL Top Acc + NF (TAALM's "total knowledge"). Checkpoints hold the weighter, the outer
+optimizer and the counters; meta-batches are drawn from a generator seeded by (seed, step), so
+a resumed run is the same computation as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from metacl.errors import CheckpointError, MetaclError
+from metacl.meta.token_weighting import TokenWeighter
+
+CKPT_DIR = "checkpoint"
+BEST_DIR = "best"
+LAST_DIR = "last"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class MetaConfig:
+    """Everything that defines a meta-training run (saved in checkpoints; resume refuses a mismatch)."""
+
+    inner_steps: int = 2          # K differentiated inner steps on the weighted document loss
+    inner_lr: float = 1e-3
+    inner_optimizer: str = "adamw"  # adamw | sgd
+    mode: str = "full"            # full: all base-LM params; lora: LoRA adapters only
+    lora_rank: int = 4
+    truncate: int | None = None   # backprop through only the last `truncate` inner steps
+    retention: float = 0.0        # lambda: weight of old-fact probe NLL after the update
+    retention_probes: int = 4     # old-fact probes per meta-example
+    meta_batch: int = 4           # M meta-examples per meta-step (batched, per_example=True)
+    outer_lr: float = 3e-4
+    outer_weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    max_length: int = 128
+    seed: int = 0
+    steps: int = 100              # may grow on --resume
+    val_every: int = 50
+    extra: dict = field(default_factory=dict)
+
+    # what must agree between a checkpoint and the run that resumes it
+    def identity(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("steps", "val_every", "extra"):
+            d.pop(k)
+        return d
+
+
+@dataclass
+class MetaExample:
+    """A document and a query about the fact it states (query = prefix + ' ' + object)."""
+
+    document: str
+    prefix: str
+    object: str
+
+
+def examples_from_items(items: Sequence[Any]) -> list[MetaExample]:
+    """LAMA-schema items (evidence + task_descriptive) -> meta-examples."""
+    from metacl.ckl.metrics import item_field, split_probe
+
+    out = []
+    for it in items:
+        prefix, obj = split_probe(it)
+        out.append(MetaExample(str(item_field(it, "evidence")), prefix, obj))
+    return out
+
+
+# --------------------------------------------------------------------------- tokenization
+
+def encode_document(tokenizer, text: str, max_length: int) -> tuple[list[int], list[int]]:
+    """Document -> (ids, labels), tokenized as the CKL loop does (`<bos> doc <eos>`), first window only.
+
+    Every token is a label (lm_loss shifts; position 0 is never predicted).
+    """
+    from metacl.ckl.batching import encode_docs
+
+    ids = encode_docs(tokenizer, [text], max_length)[0]
+    return ids, list(ids)
+
+
+def encode_probe(tokenizer, prefix: str, obj: str) -> tuple[list[int], list[int]]:
+    """Probe -> (ids, labels) with labels only on the object's tokens.
+
+    Tokenized exactly like the CKL metric (`prefix + " " + object` once, object tokens located by
+    character offsets), so the meta-objective is the loss of the tokens the metric scores.
+    """
+    from metacl.ckl.metrics import object_token_positions
+
+    full = f"{prefix} {obj}" if prefix else obj
+    enc = tokenizer(full, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    pos = [t for t in object_token_positions(enc["offset_mapping"], len(full) - len(obj), len(full)) if t >= 1]
+    labels = [-100] * len(ids)
+    for t in pos:
+        labels[t] = ids[t]
+    return ids, labels
+
+
+def pad(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad (ids, labels) pairs into a batch dict of (N, T) tensors."""
+    T = max(len(i) for i, _ in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    am = torch.zeros((len(rows), T), dtype=torch.long)
+    lab = torch.full((len(rows), T), -100, dtype=torch.long)
+    for r, (i, l) in enumerate(rows):
+        ids[r, :len(i)] = torch.tensor(i)
+        am[r, :len(i)] = 1
+        lab[r, :len(l)] = torch.tensor(l)
+    return {"input_ids": ids, "attention_mask": am, "labels": lab}
+
+
+# --------------------------------------------------------------------------- the meta-objective
+
+def inner_params(model: nn.Module, mode: str) -> dict[str, torch.Tensor]:
+    """The tensors the inner loop updates: all parameters (full) or the LoRA adapters (lora)."""
+    if mode == "lora":
+        ps = {n: p.detach() for n, p in model.named_parameters() if "lora_" in n}
+        if not ps:
+            raise MetaclError("mode lora: the base model has no LoRA adapters; wrap it with add_lora() first")
+        return ps
+    return {n: p.detach() for n, p in model.named_parameters()}
+
+
+def add_lora(model: nn.Module, rank: int, seed: int) -> nn.Module:
+    """Wrap the base LM with LoRA adapters on every linear layer of the attention and MLP.
+
+    lora_B starts at zero (standard), so the wrapped model computes exactly the base model;
+    seeded so that the adapters' A matrices are the same across runs.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear")
+    return get_peft_model(model, cfg)
+
+
+def _inner_optimizer(cfg: MetaConfig):
+    from metacl import engine
+
+    if cfg.inner_optimizer == "adamw":
+        return engine.adamw(lr=cfg.inner_lr)
+    if cfg.inner_optimizer == "sgd":
+        return engine.sgd(lr=cfg.inner_lr)
+    raise MetaclError(f"--inner-optimizer {cfg.inner_optimizer!r} is unknown; use adamw or sgd")
+
+
+def weighted_doc_loss(model, params, batch):
+    """The inner loss: `sum(w * nll) / sum(w)` with the weighter's weights carried in the batch."""
+    from metacl.engine import lm_loss
+
+    b = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+    return lm_loss(model, params, b, token_weights=batch["token_weights"])
+
+
+def meta_objective(weighter: TokenWeighter, model: nn.Module, tokenizer, examples: Sequence[MetaExample],
+                   cfg: MetaConfig, nf_probes: Sequence[tuple[str, str]] = (),
+                   params: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Differentiable meta-loss of one meta-batch (see the module docstring).
+
+    Returns a dict with `loss` (differentiable w.r.t. the weighter), `query_nll`, `retention_nll`
+    (per-batch means, detached) and `mean_weight`.
+    """
+    from metacl.engine import lm_loss, second_order_attention, unroll
+
+    dev = next(weighter.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    docs = pad([encode_document(tokenizer, e.document, cfg.max_length) for e in examples], pad_id)
+    docs = {k: v.to(dev) for k, v in docs.items()}
+    label_mask = (docs["labels"] != -100).to(next(weighter.parameters()).dtype)
+    label_mask[:, 0] = 0
+    w = weighter(docs["input_ids"], docs["attention_mask"]) * label_mask          # (M, T)
+    M = len(examples)
+    inner = {k: v[:, None] for k, v in docs.items()}                             # (M, 1, T)
+    inner["token_weights"] = w[:, None]
+    if params is None:
+        params = inner_params(model, cfg.mode)
+    with second_order_attention(model):
+        pK, _ = unroll(model, params, weighted_doc_loss, [inner] * cfg.inner_steps,
+                       optimizer=_inner_optimizer(cfg), first_order=False, truncate=cfg.truncate,
+                       per_example=True)
+        q_losses, r_losses = [], []
+        for m, e in enumerate(examples):
+            p_m = {k: v[m] for k, v in pK.items()}
+            q = pad([encode_probe(tokenizer, e.prefix, e.object)], pad_id)
+            q_losses.append(lm_loss(model, p_m, {k: v.to(dev) for k, v in q.items()}))
+            if cfg.retention > 0 and nf_probes:
+                probes = nf_probes[m * cfg.retention_probes:(m + 1) * cfg.retention_probes] or nf_probes[:cfg.retention_probes]
+                r = pad([encode_probe(tokenizer, p, o) for p, o in probes], pad_id)
+                r_losses.append(lm_loss(model, p_m, {k: v.to(dev) for k, v in r.items()}))
+    q_nll = torch.stack(q_losses).mean()
+    loss = q_nll
+    r_nll = torch.zeros((), device=dev)
+    if r_losses:
+        r_nll = torch.stack(r_losses).mean()
+        loss = loss + cfg.retention * r_nll
+    n_lab = label_mask.sum().clamp(min=1)
+    return {"loss": loss, "query_nll": q_nll.detach(), "retention_nll": r_nll.detach(),
+            "mean_weight": (w.detach().sum() / n_lab)}
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def _opt_tensors(opt: torch.optim.Optimizer, names: dict[int, str]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Flatten torch optimizer state into named tensors + JSON (no pickle)."""
+    sd = opt.state_dict()
+    tensors, meta = {}, {"param_groups": sd["param_groups"], "scalars": {}}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            key = f"opt.{names[idx]}.{k}"
+            if torch.is_tensor(v):
+                tensors[key] = v
+            else:
+                meta["scalars"][key] = v
+    return tensors, meta
+
+
+def _load_opt(opt: torch.optim.Optimizer, names: dict[int, str], tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for idx, name in names.items():
+        st = {}
+        for key, v in tensors.items():
+            if key.startswith(f"opt.{name}."):
+                st[key[len(f"opt.{name}."):]] = v
+        for key, v in meta["scalars"].items():
+            if key.startswith(f"opt.{name}."):
+                st[key[len(f"opt.{name}."):]] = v
+        if st:
+            state[idx] = st
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# --------------------------------------------------------------------------- the loop
+
+class MetaTrainer:
+    """Holds the weighter, base LM, data and outer optimizer; `run()` trains with checkpoints."""
+
+    def __init__(self, model: nn.Module, tokenizer, train: Sequence[MetaExample], out_dir: str | Path,
+                 cfg: MetaConfig, nf_probes: Sequence[tuple[str, str]] = (),
+                 weighter: TokenWeighter | None = None,
+                 validate: Callable[[TokenWeighter, Path], dict[str, float]] | None = None,
+                 progress: bool = True):
+        if len(train) == 0:
+            raise MetaclError("meta-training needs at least one meta-example (document + query); check --data")
+        if cfg.inner_steps < 1:
+            raise MetaclError(f"--inner-steps {cfg.inner_steps} must be >= 1")
+        if cfg.retention > 0 and not nf_probes:
+            raise MetaclError("--retention > 0 needs old-fact probes (meta_nf.jsonl in --data); add them or use --retention 0")
+        self.cfg, self.tokenizer, self.train = cfg, tokenizer, list(train)
+        self.nf = list(nf_probes)
+        self.out = Path(out_dir)
+        self.validate = validate
+        self.progress = progress
+        model.eval()  # no dropout: the inner loop must be a deterministic function of the weights
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.weighter = weighter if weighter is not None else TokenWeighter.from_base_lm(model, tokenizer)
+        self.weighter.tokenizer = self.weighter.tokenizer or tokenizer
+        self.model = add_lora(model, cfg.lora_rank, cfg.seed) if cfg.mode == "lora" else model
+        if cfg.mode == "lora":
+            self.model.eval()
+        self.params = inner_params(self.model, cfg.mode)
+        named = list(self.weighter.named_parameters())
+        self._names = {i: n for i, (n, _) in enumerate(named)}
+        self.opt = torch.optim.AdamW([p for _, p in named], lr=cfg.outer_lr, weight_decay=cfg.outer_weight_decay)
+        self.step = 0
+        self.best: dict[str, Any] | None = None
+
+    # sampling depends only on (seed, step): resume-safe without saving RNG streams
+    def batch_for(self, step: int) -> tuple[list[MetaExample], list[tuple[str, str]]]:
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+        M = min(self.cfg.meta_batch, len(self.train))
+        ex = [self.train[i] for i in torch.randperm(len(self.train), generator=g)[:M].tolist()]
+        probes: list[tuple[str, str]] = []
+        if self.cfg.retention > 0 and self.nf:
+            n = M * self.cfg.retention_probes
+            idx = torch.randint(len(self.nf), (n,), generator=g).tolist()
+            probes = [self.nf[i] for i in idx]
+        return ex, probes
+
+    def meta_step(self) -> dict[str, float]:
+        ex, probes = self.batch_for(self.step)
+        self.weighter.train()
+        out = meta_objective(self.weighter, self.model, self.tokenizer, ex, self.cfg, probes, self.params)
+        self.opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.weighter.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        self.step += 1
+        return {"step": self.step, "meta_loss": float(out["loss"].detach()), "query_nll": float(out["query_nll"]),
+                "retention_nll": float(out["retention_nll"]), "mean_weight": float(out["mean_weight"]),
+                "grad_norm": float(gnorm)}
+
+    # ---- persistence
+    def save(self) -> None:
+        from metacl.checkpoint import save_checkpoint
+
+        tensors = {f"weighter.{k}": v for k, v in self.weighter.state_dict().items()}
+        opt_t, opt_meta = _opt_tensors(self.opt, self._names)
+        tensors.update(opt_t)
+        state = {"step": self.step, "config": asdict(self.cfg), "identity": self.cfg.identity(),
+                 "best": self.best, "optimizer": opt_meta}
+        save_checkpoint(self.out / CKPT_DIR, tensors, state)
+
+    def resume(self) -> bool:
+        """Load out/checkpoint if present; True if resumed. Refuses a checkpoint of another config."""
+        from metacl.checkpoint import load_checkpoint
+
+        if not (self.out / CKPT_DIR).exists():
+            return False
+        tensors, state = load_checkpoint(self.out / CKPT_DIR)
+        if state.get("identity") != json.loads(json.dumps(self.cfg.identity())):
+            diff = sorted(k for k, v in self.cfg.identity().items() if state.get("identity", {}).get(k) != v)
+            raise CheckpointError(f"checkpoint {self.out / CKPT_DIR} was made with different settings ({', '.join(diff)}); "
+                                  "use the same options or a new --out")
+        sd = {k[len("weighter."):]: v for k, v in tensors.items() if k.startswith("weighter.")}
+        self.weighter.load_state_dict(sd)
+        _load_opt(self.opt, self._names, tensors, state["optimizer"])
+        self.step = int(state["step"])
+        self.best = state.get("best")
+        # forget log rows written after the checkpoint (a crash between checkpoint and log)
+        log = self.out / METRICS
+        if log.exists():
+            rows = [l for l in log.read_text().splitlines() if l.strip() and json.loads(l).get("step", 0) <= self.step]
+            log.write_text("".join(r + "\n" for r in rows))
+        return True
+
+    def _log(self, row: dict) -> None:
+        from metacl.utils import append_jsonl
+
+        append_jsonl(self.out / METRICS, [row])
+
+    def _validate(self) -> None:
+        if self.validate is None:
+            return
+        self.weighter.eval()
+        cand = self.out / LAST_DIR
+        self.weighter.save_pretrained(cand, extra={"meta_step": self.step, "meta_config": asdict(self.cfg)})
+        res = self.validate(self.weighter, cand)
+        score = float(res["score"])
+        row = {"step": self.step, "kind": "val", **{k: v for k, v in res.items() if isinstance(v, (int, float))}}
+        self._log(row)
+        if self.best is None or score > self.best["score"]:
+            self.best = {"step": self.step, "score": score, **{k: v for k, v in res.items() if isinstance(v, (int, float))}}
+            self.weighter.save_pretrained(self.out / BEST_DIR, extra={"meta_step": self.step, "val": self.best,
+                                                                      "meta_config": asdict(self.cfg)})
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume()
+        elif (self.out / CKPT_DIR).exists():
+            raise MetaclError(f"{self.out} already holds a meta-training checkpoint; pass --resume or choose a new --out")
+        t0 = time.time()
+        if self.step == 0 and self.validate is not None and self.cfg.val_every > 0:
+            self._validate()  # step 0: the untrained weighter (~ plain fine-tuning) as the reference
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="meta-train token-weighting", disable=not self.progress)
+        while self.step < self.cfg.steps:
+            row = self.meta_step()
+            row["seconds"] = round(time.time() - t0, 3)
+            self._log(row)
+            bar.update(1)
+            bar.set_postfix(q=f"{row['query_nll']:.3f}", w=f"{row['mean_weight']:.3f}")
+            if self.cfg.val_every > 0 and (self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps):
+                self._validate()
+                self.save()
+            elif self.step % max(1, min(self.cfg.val_every or 25, 25)) == 0:
+                self.save()
+        bar.close()
+        self.save()
+        self.weighter.eval()
+        self.weighter.save_pretrained(self.out / LAST_DIR, extra={"meta_step": self.step, "meta_config": asdict(self.cfg)})
+        if self.best is None:  # no validation: the last weighter is the one to use
+            self.weighter.save_pretrained(self.out / BEST_DIR, extra={"meta_step": self.step, "meta_config": asdict(self.cfg)})
+        return {"step": self.step, "best": self.best, "seconds": time.time() - t0}

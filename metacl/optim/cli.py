@@ -1,0 +1,57 @@
+"""`metacl meta-train optimizer`: meta-train the learned optimizer (see metacl.optim.meta_train)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "optimizer",
+        help="meta-train the transformer-based learned optimizer (Split-Digits optimizees, retention meta-loss)",
+        description="Meta-train LearnedOptimizer through metacl.engine.unroll. Writes optimizer.safetensors/.json "
+        "(load with LearnedOptimizer.from_pretrained(OUT, params)), metrics.jsonl, summary.json and a checkpoint/.",
+    )
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--family", default="digits", help="optimizee family: digits (MLPs on Split/Permuted digits) or toy")
+    p.add_argument("--steps", type=int, default=200, help="meta-steps (one episode each)")
+    p.add_argument("--inner-steps", type=int, default=40, help="optimizee updates per task")
+    p.add_argument("--tasks-per-episode", type=int, default=2)
+    p.add_argument("--retention", type=float, default=1.0, help="weight of earlier tasks' held-out loss after the last task")
+    p.add_argument("--estimator", choices=["backprop", "es"], default="backprop")
+    p.add_argument("--second-order", action="store_true", help="differentiate through inner gradients (slower)")
+    p.add_argument("--truncate", type=int, default=None, help="differentiate only the last k inner steps of each task")
+    p.add_argument("--es-pairs", type=int, default=4)
+    p.add_argument("--es-sigma", type=float, default=0.01)
+    p.add_argument("--meta-lr", type=float, default=5e-3)
+    p.add_argument("--init-lr", type=float, default=3e-3, help="step size of the untrained, Adam-like optimizer")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ckpt-every", type=int, default=25)
+    p.add_argument("--eval-episodes", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these tiny models)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    import torch
+
+    from metacl.optim.meta_train import MetaTrainConfig, meta_train
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    cfg = MetaTrainConfig(
+        family=args.family, steps=args.steps, inner_steps=args.inner_steps, tasks_per_episode=args.tasks_per_episode,
+        retention=args.retention, estimator=args.estimator, first_order=not args.second_order, truncate=args.truncate,
+        es_pairs=args.es_pairs, es_sigma=args.es_sigma, meta_lr=args.meta_lr, batch_size=args.batch_size,
+        init_lr=args.init_lr, seed=args.seed, ckpt_every=args.ckpt_every, eval_episodes=args.eval_episodes,
+    )
+    summary = meta_train(cfg, args.out, resume=args.resume, progress=not args.no_progress,
+                         command="metacl " + " ".join(sys.argv[1:]))
+    print(json.dumps({"out": args.out, "eval_heldout": summary["eval_heldout"]}, indent=1))
+    return 0

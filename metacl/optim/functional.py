@@ -1,0 +1,83 @@
+"""The learned optimizer as a `metacl.engine.FunctionalOptimizer` (used for meta-training).
+
+`LearnedFunctional(meta, cfg).update(params, grads, state, step)` is out-of-place and
+differentiable in `meta`: run it inside `metacl.engine.unroll` and the meta-loss after the
+unroll backpropagates into the meta-parameters. The state is a pytree of tensors:
+
+    {"t": step count, "t_task": steps since the last task boundary,
+     "tensors": {name: {"m0", "m1", "m2", "v", "imp", ["imp_prev", "anchor"]}}}
+
+`consolidate(params, state)` marks the end of a task (the continual-learning signal the network
+reads through the old-task importance and drift features) and restarts the "fraction of
+training done" clock, which is measured per task: `total_steps` means steps per task.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metacl.optim import features as fe
+from metacl.optim import network as nw
+
+
+def compute_updates(
+    meta: dict[str, Tensor],
+    cfg: nw.NetConfig,
+    entries: list[tuple[Tensor, Tensor, dict[str, Tensor]]],
+    t: float,
+    frac: float,
+) -> list[Tensor]:
+    """Updates (same shapes as the params) for `entries` = [(param, grad, advanced_state), ...].
+
+    Full-tensor version: right for meta-training on small models. The `torch.optim` wrapper
+    does the same thing chunk by chunk.
+    """
+    scal = [fe.tensor_scalars(p, g, st, t) for p, g, st in entries]
+    tokens = torch.stack([fe.tensor_token(p, g, st, sc, frac) for (p, g, st), sc in zip(entries, scal)])
+    h_bias, log_s = nw.tensor_conditioning(meta, nw.tensor_context(meta, cfg, tokens))
+    out = []
+    for i, ((p, g, st), sc) in enumerate(zip(entries, scal)):
+        feats = fe.param_features(p, g, st, sc)
+        out.append(nw.param_update(meta, cfg, feats, h_bias[i], log_s[i]).view_as(p).to(p.dtype))
+    return out
+
+
+class LearnedFunctional:
+    """Functional learned optimizer closing over `meta` (tensors that may require grad).
+
+    `total_steps` (steps per task) sets the "fraction of training done" feature; `lr` multiplies every update.
+    """
+
+    def __init__(self, meta: dict[str, Tensor], cfg: nw.NetConfig, total_steps: int = 1000, lr: float | Tensor = 1.0):
+        self.meta, self.cfg, self.total_steps, self.lr = meta, cfg, max(1, int(total_steps)), lr
+
+    def init(self, params: dict[str, Tensor]) -> dict[str, Any]:
+        return {
+            "t": torch.zeros(()),
+            "t_task": torch.zeros(()),
+            "tensors": {n: fe.init_tensor_state(p.detach()) for n, p in params.items()},
+        }
+
+    def update(self, params: dict[str, Tensor], grads: dict[str, Tensor | None], state: dict[str, Any], step: int = 0):
+        t = float(state["t"]) + 1.0
+        t_task = float(state["t_task"]) + 1.0
+        names = [n for n in params if grads.get(n) is not None]
+        new_states = dict(state["tensors"])
+        entries = []
+        for n in names:
+            new_states[n] = fe.advance_state(params[n], grads[n], state["tensors"][n])
+            entries.append((params[n], grads[n], new_states[n]))
+        new_params = dict(params)
+        if entries:
+            frac = min(1.0, (t_task - 1) / self.total_steps)
+            for n, u in zip(names, compute_updates(self.meta, self.cfg, entries, t, frac)):
+                new_params[n] = params[n] - self.lr * u
+        return new_params, {"t": torch.tensor(t), "t_task": torch.tensor(t_task), "tensors": new_states}
+
+    def consolidate(self, params: dict[str, Tensor], state: dict[str, Any]) -> dict[str, Any]:
+        """End of a task: old-task importance and anchors for the retention features."""
+        tensors = {n: fe.consolidate_tensor(params[n], st) for n, st in state["tensors"].items()}
+        return {"t": state["t"], "t_task": torch.zeros(()), "tensors": tensors}

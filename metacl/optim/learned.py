@@ -1,0 +1,251 @@
+"""`LearnedOptimizer`: the meta-trained optimizer as a drop-in `torch.optim.Optimizer`.
+
+    from metacl.optim import LearnedOptimizer
+    opt = LearnedOptimizer.pretrained(model.parameters())      # shipped default weights
+    for batch in data:
+        loss = model(batch).loss; loss.backward(); opt.step(); opt.zero_grad()
+    opt.consolidate()                                          # optional: at the end of a task
+
+Same maths as `metacl.optim.functional` (a test checks they agree), applied in place and
+chunk by chunk: per-tensor reductions and the transformer over tensor tokens run once per step,
+then the per-parameter MLP runs on `chunk_size` entries at a time, so the extra memory per step
+is O(chunk_size * hidden) regardless of model size. Optimizer state is 5 tensors per parameter
+(3 momenta, second moment, importance), 7 after `consolidate()` (old importance, anchor).
+
+`lr` is a *multiplier* on the meta-learned step size (default 1.0); it exists so LR schedulers
+(e.g. HF Trainer's default linear decay) work unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from metacl.errors import CheckpointError, MetaclError
+from metacl.optim import features as fe
+from metacl.optim import network as nw
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_FILE = "optimizer.safetensors"
+CONFIG_FILE = "optimizer.json"
+_COUNTERS = ("step", "task_step")
+
+
+class LearnedOptimizer(torch.optim.Optimizer):
+    """A transformer-conditioned per-parameter learned optimizer.
+
+    Args:
+        params: iterable of tensors or param-group dicts (as for any torch optimizer).
+        meta: meta-parameters (dict of tensors); None = fresh Adam-like initialisation.
+        config: `NetConfig` (or its dict) matching `meta`.
+        lr: multiplier on the learned step (per group).
+        total_steps: expected number of steps per task (the clock restarts at `consolidate()`), for the "fraction of training done" feature.
+        chunk_size: parameters per chunk in the per-parameter MLP (bounds extra memory).
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        meta: dict[str, Tensor] | None = None,
+        config: nw.NetConfig | dict | None = None,
+        lr: float = 1.0,
+        total_steps: int = 1000,
+        chunk_size: int = 1 << 20,
+    ):
+        if lr < 0:
+            raise MetaclError(f"LearnedOptimizer lr={lr} is negative; pass lr >= 0 (it multiplies the learned step)")
+        if total_steps < 1:
+            raise MetaclError(f"LearnedOptimizer total_steps={total_steps}; pass the expected number of steps (>= 1)")
+        cfg = nw.NetConfig.from_dict(config) if isinstance(config, dict) else (config or nw.NetConfig())
+        meta = nw.init_meta(cfg) if meta is None else meta
+        _check_meta(meta, cfg, where="LearnedOptimizer(meta=...)")
+        super().__init__(params, dict(lr=lr))
+        self.cfg = cfg
+        self.meta = {k: v.detach().to(torch.float32).clone() for k, v in meta.items()}
+        self.total_steps = int(total_steps)
+        self.chunk_size = int(chunk_size)
+        self._meta_device = torch.device("cpu")
+
+    # ------------------------------------------------------------------ the step
+    def _meta_on(self, device: torch.device) -> dict[str, Tensor]:
+        if device != self._meta_device:
+            self.meta = {k: v.to(device) for k, v in self.meta.items()}
+            self._meta_device = device
+        return self.meta
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        todo: list[tuple[Tensor, float]] = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    if p.grad.is_sparse:
+                        raise MetaclError("LearnedOptimizer got a sparse gradient; use dense embeddings (sparse=False)")
+                    todo.append((p, group["lr"]))
+        if not todo:
+            return loss
+        device = todo[0][0].device
+        meta = self._meta_on(device)
+        entries, scal = [], []
+        for p, _ in todo:
+            st = self.state[p]
+            if len(st) == 0:
+                st["step"] = torch.zeros((), dtype=torch.float32)
+                st["task_step"] = torch.zeros((), dtype=torch.float32)
+                st.update(fe.init_tensor_state(p.detach().float()))
+            st["step"] += 1
+            st["task_step"] += 1
+            g = p.grad.float()
+            pf = p.detach().float()
+            self._advance_inplace(pf, g, st)
+            t = float(st["step"])
+            sc = fe.tensor_scalars(pf, g, st, t)
+            entries.append((pf, g, st, float(st["task_step"])))
+            scal.append(sc)
+        tokens = torch.stack([
+            fe.tensor_token(pf, g, st, sc, min(1.0, (t - 1) / self.total_steps)).to(device)
+            for (pf, g, st, t), sc in zip(entries, scal)
+        ])
+        h_bias, log_s = nw.tensor_conditioning(meta, nw.tensor_context(meta, self.cfg, tokens))
+        for i, ((p, lr), (pf, g, st, t), sc) in enumerate(zip(todo, entries, scal)):
+            flat = p.view(-1) if p.is_contiguous() else None
+            upd_full = None if flat is not None else torch.empty_like(pf).view(-1)
+            n = p.numel()
+            views = {k: v.view(-1) for k, v in st.items() if k not in _COUNTERS}
+            pfl, gfl = pf.reshape(-1), g.reshape(-1)
+            for s in range(0, n, self.chunk_size):
+                e = min(n, s + self.chunk_size)
+                cst = {k: v[s:e] for k, v in views.items()}
+                feats = fe.param_features(pfl[s:e], gfl[s:e], cst, sc)
+                u = nw.param_update(meta, self.cfg, feats, h_bias[i], log_s[i])
+                if flat is not None:
+                    flat[s:e].sub_((lr * u).to(p.dtype))
+                else:
+                    upd_full[s:e] = u
+            if flat is None:
+                p.sub_((lr * upd_full.view_as(p)).to(p.dtype))
+        return loss
+
+    @staticmethod
+    def _advance_inplace(p: Tensor, g: Tensor, st: dict[str, Tensor]) -> None:
+        """In-place twin of `features.advance_state` (no extra copies of the state)."""
+        for k, d in zip(fe.MOMENTS, fe.DECAYS):
+            st[k].mul_(d).add_(g, alpha=1 - d)
+        st["v"].mul_(fe.BETA2).addcmul_(g, g, value=1 - fe.BETA2)
+        st["imp"].mul_(fe.IMP_DECAY).add_((g * p).abs_(), alpha=1 - fe.IMP_DECAY)
+
+    @torch.no_grad()
+    def consolidate(self) -> None:
+        """Call at the end of a task: old-task importance + anchors feed the retention features."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st and "imp" in st:
+                    new = fe.consolidate_tensor(p.detach().float(), {k: v for k, v in st.items() if k not in _COUNTERS})
+                    st.update(new)
+                    st["task_step"] = torch.zeros((), dtype=torch.float32)
+
+    # ------------------------------------------------------------------ state dicts
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["learned_meta"] = {k: v.detach().cpu().clone() for k, v in self.meta.items()}
+        sd["learned_config"] = self.cfg.to_dict()
+        sd["learned_total_steps"] = self.total_steps
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        meta = state_dict.pop("learned_meta", None)
+        cfg = state_dict.pop("learned_config", None)
+        total = state_dict.pop("learned_total_steps", None)
+        super().load_state_dict(state_dict)
+        if meta is not None:
+            self.cfg = nw.NetConfig.from_dict(cfg) if cfg else self.cfg
+            _check_meta(meta, self.cfg, where="LearnedOptimizer.load_state_dict")
+            self.meta = {k: v.detach().float().cpu().clone() for k, v in meta.items()}
+            self._meta_device = torch.device("cpu")
+        if total is not None:
+            self.total_steps = int(total)
+        # torch casts floating state to the param dtype; our statistics are kept in float32
+        for st in self.state.values():
+            for k, v in list(st.items()):
+                if torch.is_tensor(v) and v.is_floating_point() and v.dtype != torch.float32:
+                    st[k] = v.float()
+
+    # ------------------------------------------------------------------ weights on disk
+    def save_pretrained(self, path: str | os.PathLike, info: dict | None = None) -> Path:
+        """Write the meta-parameters (safetensors) and config + `info` (JSON) to directory `path`."""
+        return save_meta(path, self.meta, self.cfg, info)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, params: Iterable, **kwargs) -> "LearnedOptimizer":
+        meta, cfg, _ = load_meta(path)
+        return cls(params, meta=meta, config=cfg, **kwargs)
+
+    @classmethod
+    def pretrained(cls, params: Iterable, **kwargs) -> "LearnedOptimizer":
+        """The default weights shipped in `metacl/optim/weights/` (see default.json for provenance)."""
+        return cls.from_pretrained(WEIGHTS_DIR, params, **kwargs)
+
+
+def _check_meta(meta: dict[str, Tensor], cfg: nw.NetConfig, where: str) -> None:
+    ref = nw.init_meta(cfg)
+    missing = sorted(set(ref) - set(meta))
+    bad = sorted(k for k in ref if k in meta and tuple(meta[k].shape) != tuple(ref[k].shape))
+    if missing or bad:
+        raise CheckpointError(
+            f"{where}: meta-parameters do not match the config (missing {missing[:3]}, wrong shape {bad[:3]}); "
+            "load weights saved by LearnedOptimizer.save_pretrained with their own JSON config"
+        )
+
+
+def _files(path: Path) -> tuple[Path, Path]:
+    if path.is_dir() and (path / "default.safetensors").is_file() and not (path / WEIGHTS_FILE).is_file():
+        return path / "default.safetensors", path / "default.json"
+    return path / WEIGHTS_FILE, path / CONFIG_FILE
+
+
+def save_meta(path: str | os.PathLike, meta: dict[str, Tensor], cfg: nw.NetConfig, info: dict | None = None,
+              stem: str | None = None) -> Path:
+    """Atomically write `<stem>.safetensors` + `<stem>.json` (default stem: optimizer)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    wf, cf = (path / f"{stem}.safetensors", path / f"{stem}.json") if stem else (path / WEIGHTS_FILE, path / CONFIG_FILE)
+    tmp_w, tmp_c = wf.with_name(f".{wf.name}.tmp-{os.getpid()}"), cf.with_name(f".{cf.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in meta.items()}, str(tmp_w))
+    with open(tmp_c, "w") as f:
+        json.dump({"config": cfg.to_dict(), "info": info or {}}, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp_w, wf)
+    os.replace(tmp_c, cf)
+    return path
+
+
+def load_meta(path: str | os.PathLike) -> tuple[dict[str, Tensor], nw.NetConfig, dict]:
+    """Read weights written by `save_meta`; `CheckpointError` with a fix if missing or corrupt."""
+    path = Path(path)
+    wf, cf = _files(path)
+    if not wf.is_file() or not cf.is_file():
+        raise CheckpointError(
+            f"learned-optimizer weights not found in {path} (need {wf.name} and {cf.name}); "
+            "pass a directory written by LearnedOptimizer.save_pretrained or `metacl meta-train optimizer`"
+        )
+    try:
+        meta = load_file(str(wf))
+        with open(cf) as f:
+            js = json.load(f)
+        cfg = nw.NetConfig.from_dict(js["config"])
+    except Exception as e:
+        raise CheckpointError(f"learned-optimizer weights in {path} are corrupt ({type(e).__name__}: {e}); re-run meta-training or re-save them") from e
+    _check_meta(meta, cfg, where=str(path))
+    return meta, cfg, js.get("info", {})

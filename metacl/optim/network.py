@@ -1,0 +1,122 @@
+"""The learned optimizer's network, as pure functions of a dict of meta-parameters.
+
+Two parts, so cost stays bounded on large models:
+
+1. A small transformer over T *tensor tokens* (one summary vector per parameter tensor, see
+   `features.tensor_token`). Attention lets each tensor's update depend on the state of the
+   others (e.g. damp a layer while a neighbouring one is still moving). Cost O(T^2 * d).
+2. A tiny per-parameter MLP on the per-parameter features, conditioned on the tensor's context
+   vector through a per-tensor hidden bias and a per-tensor log step-scale. Cost O(P * H * F).
+
+The output for each parameter is  update = direction * exp(magnitude) * exp(log_scale + s_tensor)
+and the optimizer applies  p <- p - lr * update. `direction` has a linear skip from the features
+initialised to the bias-corrected 0.9-momentum over RMS, so an untrained network is Adam-like
+(lr = exp(log_scale)) and meta-training refines from there instead of from noise.
+
+Why functional (a dict, no nn.Module): meta-training differentiates through hundreds of inner
+steps with `metacl.engine`, which wants the meta-parameters as plain tensors closed over by the
+functional optimizer; deployment and save/load use the same dict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from metacl.optim.features import N_PARAM_FEATURES, N_TOKEN_FEATURES
+
+SKIP_FEATURE = 2  # index of m(0.9)/sqrt(v) in features.param_features
+
+
+@dataclass
+class NetConfig:
+    d_model: int = 16
+    n_layers: int = 2
+    n_heads: int = 4
+    hidden: int = 16
+    n_param_features: int = N_PARAM_FEATURES
+    n_token_features: int = N_TOKEN_FEATURES
+    init_lr: float = 1e-3       # exp(log_scale) at init: the Adam-like learning rate
+    max_log_mag: float = 2.0    # exp(magnitude) is clamped to [exp(-6), exp(max_log_mag)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NetConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def init_meta(cfg: NetConfig, seed: int = 0) -> dict[str, Tensor]:
+    """Fresh meta-parameters (float32, CPU). Deterministic given `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    d, H, Fp, Ft = cfg.d_model, cfg.hidden, cfg.n_param_features, cfg.n_token_features
+
+    def w(*shape, std):
+        return torch.randn(*shape, generator=g) * std
+
+    meta = {"tok.w": w(Ft, d, std=1 / math.sqrt(Ft)), "tok.b": torch.zeros(d)}
+    for i in range(cfg.n_layers):
+        pre = f"layer{i}."
+        for n in ("q", "k", "v"):
+            meta[pre + n] = w(d, d, std=1 / math.sqrt(d))
+        meta[pre + "o"] = w(d, d, std=0.5 / math.sqrt(d))
+        meta[pre + "ff1"] = w(d, 2 * d, std=1 / math.sqrt(d))
+        meta[pre + "ff2"] = w(2 * d, d, std=0.5 / math.sqrt(2 * d))
+        for n in ("ln1", "ln2"):
+            meta[pre + n + ".g"] = torch.ones(d)
+            meta[pre + n + ".b"] = torch.zeros(d)
+    meta["ctx_h.w"] = w(d, H, std=0.1 / math.sqrt(d))
+    meta["ctx_s.w"] = torch.zeros(d)
+    meta["mlp1.w"] = w(Fp, H, std=1 / math.sqrt(Fp))
+    meta["mlp1.b"] = torch.zeros(H)
+    meta["mlp2.w"] = w(H, 2, std=1e-3)
+    meta["mlp2.b"] = torch.zeros(2)
+    skip = torch.zeros(Fp, 2)
+    skip[SKIP_FEATURE, 0] = 1.0
+    meta["skip.w"] = skip
+    meta["log_scale"] = torch.tensor(math.log(cfg.init_lr))
+    return meta
+
+
+def _ln(x: Tensor, g: Tensor, b: Tensor) -> Tensor:
+    return F.layer_norm(x, x.shape[-1:], g, b)
+
+
+def tensor_context(meta: dict[str, Tensor], cfg: NetConfig, tokens: Tensor) -> Tensor:
+    """(T, n_token_features) -> (T, d_model): pre-LN transformer encoder over tensor tokens."""
+    T, d, nh = tokens.shape[0], cfg.d_model, cfg.n_heads
+    x = tokens.to(meta["tok.w"].dtype) @ meta["tok.w"] + meta["tok.b"]
+    for i in range(cfg.n_layers):
+        pre = f"layer{i}."
+        h = _ln(x, meta[pre + "ln1.g"], meta[pre + "ln1.b"])
+        q, k, v = (
+            (h @ meta[pre + n]).view(T, nh, d // nh).transpose(0, 1) for n in ("q", "k", "v")
+        )
+        att = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d // nh), dim=-1)
+        x = x + (att @ v).transpose(0, 1).reshape(T, d) @ meta[pre + "o"]
+        h = _ln(x, meta[pre + "ln2.g"], meta[pre + "ln2.b"])
+        x = x + F.gelu(h @ meta[pre + "ff1"]) @ meta[pre + "ff2"]
+    return x
+
+
+def tensor_conditioning(meta: dict[str, Tensor], ctx: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-tensor hidden bias (T, H) and bounded log step-scale (T,) from the context vectors."""
+    return ctx @ meta["ctx_h.w"], 2.0 * torch.tanh(ctx @ meta["ctx_s.w"])
+
+
+def param_update(meta: dict[str, Tensor], cfg: NetConfig, feats: Tensor, h_bias: Tensor, log_s: Tensor) -> Tensor:
+    """(N, F) features of one tensor (or chunk) -> (N,) update to subtract (times the group lr)."""
+    feats = feats.to(meta["mlp1.w"].dtype)
+    h = F.gelu(feats @ meta["mlp1.w"] + meta["mlp1.b"] + h_bias)
+    out = h @ meta["mlp2.w"] + meta["mlp2.b"] + feats @ meta["skip.w"]
+    mag = torch.exp(out[:, 1].clamp(-6.0, cfg.max_log_mag))
+    return out[:, 0] * mag * torch.exp(meta["log_scale"] + log_s)
+
+
+def meta_numel(meta: dict[str, Tensor]) -> int:
+    return sum(t.numel() for t in meta.values())

@@ -1,0 +1,63 @@
+"""Learning without Forgetting for language models (Li & Hoiem 2017, next-token form).
+
+    loss = L_task + alpha * T^2 * mean_t KL( p_old(. | x_<t) / T  ||  p_new(. | x_<t) / T )
+
+p_old is `ctx.reference_model()`, the frozen model as it was when the task began; the KL is
+taken over the next-token distribution at every position of the *current* inputs that has a
+target (no old data needed). Why T^2: it keeps the gradient scale independent of the
+temperature (Hinton et al. 2015).
+
+Hyperparameters: --lwf-alpha (weight of the distillation term), --lwf-temperature (T).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from metacl.strategies._importance import check_positive, label_mask
+from metacl.strategies.base import Batch, Strategy, TrainContext, register
+
+
+def next_token_kl(old_logits: torch.Tensor, new_logits: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Masked mean over positions of KL(softmax(old/T) || softmax(new/T)), times T^2.
+
+    `mask` is (B, T) aligned with labels (column t = the target at t, predicted at t-1), so the
+    logits at positions :-1 are compared where mask[:, 1:] is set.
+    """
+    T = float(temperature)
+    old = F.log_softmax(old_logits[:, :-1].float() / T, dim=-1)
+    new = F.log_softmax(new_logits[:, :-1].float() / T, dim=-1)
+    kl = (old.exp() * (old - new)).sum(-1)  # (B, T-1)
+    m = mask[:, 1:].to(kl.dtype)
+    return (kl * m).sum() / m.sum().clamp_min(1.0) * T * T
+
+
+@register
+class LwF(Strategy):
+    name = "lwf"
+    description = "LwF: distil the task-start model's next-token distributions on the current documents"
+
+    def __init__(self, lwf_alpha: float = 1.0, lwf_temperature: float = 2.0):
+        self.alpha = check_positive(lwf_alpha, "--lwf-alpha")
+        self.T = check_positive(lwf_temperature, "--lwf-temperature")
+        if self.T == 0:
+            from metacl.errors import MetaclError
+
+            raise MetaclError("--lwf-temperature must be > 0; pass e.g. --lwf-temperature 2")
+
+    @classmethod
+    def add_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--lwf-alpha", type=float, default=1.0, help="weight of the distillation KL")
+        parser.add_argument("--lwf-temperature", type=float, default=2.0, help="softmax temperature T")
+
+    def before_task(self, ctx: TrainContext) -> None:
+        ctx.reference_model()  # snapshot now, before any step of this task
+
+    def extra_loss(self, ctx: TrainContext, batch: Batch, logits: torch.Tensor) -> torch.Tensor | None:
+        ref = ctx.reference_model()
+        with torch.no_grad():
+            old = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return self.alpha * next_token_kl(old, logits, label_mask(batch), self.T)

@@ -1,0 +1,66 @@
+"""`taalm`: learn each document with the token weights of a meta-trained TokenWeighter.
+
+Why: the weighter was meta-trained so that a weighted update on a document makes the LM answer
+questions about that document (and, with the retention term, keeps old facts); here it is only
+*used*: every training batch gets `w = weighter(document)` and the loop's loss becomes
+`sum(w * nll) / sum(w)`. The weights come from the `token_weights` hook, so they multiply with
+any other strategy's weights (`--strategy taalm rho1`) and the update itself is whatever the
+optimizer does (AdamW, SGD, the learned optimizer): nothing here touches gradients.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from metacl.errors import MetaclError
+from metacl.strategies.base import Batch, Strategy, TrainContext, register
+
+
+def load_predictor(path: str, tokenizer, device) -> "torch.nn.Module":
+    """Load a saved TokenWeighter, frozen, checking it shares the base LM's tokenizer."""
+    from metacl.meta.token_weighting import TokenWeighter
+
+    tw = TokenWeighter.from_pretrained(path, base_tokenizer=tokenizer, device=device)
+    for p in tw.parameters():
+        p.requires_grad_(False)
+    return tw.eval()
+
+
+@torch.no_grad()
+def predictor_weights(predictor, batch: Batch) -> torch.Tensor:
+    """(B, T) float32 weights for `batch`, zero where the label is ignored (-100)."""
+    dev = next(predictor.parameters()).device
+    w = predictor(batch["input_ids"].to(dev), batch["attention_mask"].to(dev)).float()
+    return w.to(batch["labels"].device) * (batch["labels"] != -100).float()
+
+
+@register
+class TAALM(Strategy):
+    name = "taalm"
+    description = "weight each token's loss by a meta-trained token-importance predictor (TAALM)"
+
+    def __init__(self, taalm_predictor: str | None = None, **_):
+        if not taalm_predictor:
+            raise MetaclError(
+                "strategy taalm needs --taalm-predictor PATH (the --out folder of `metacl meta-train token-weighting`)"
+            )
+        self.path = taalm_predictor
+        self.predictor = None
+
+    @classmethod
+    def add_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--taalm-predictor", metavar="PATH", default=None,
+                            help="token weighter saved by `metacl meta-train token-weighting` (its best/ folder or --out)")
+
+    def before_task(self, ctx: TrainContext) -> None:
+        if self.predictor is None:
+            self.predictor = load_predictor(self.path, ctx.tokenizer, ctx.device)
+
+    def token_weights(self, ctx: TrainContext, batch: Batch, nll: torch.Tensor) -> torch.Tensor:
+        if self.predictor is None:  # the loop may skip before_task in unit use
+            self.before_task(ctx)
+        w = predictor_weights(self.predictor, batch)
+        ctx.scratch.setdefault(self.name, {})["mean_weight"] = float(w.sum() / (batch["labels"] != -100).sum().clamp(min=1))
+        return w.to(nll.dtype)

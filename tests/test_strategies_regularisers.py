@@ -1,0 +1,230 @@
+"""Defining mechanisms of the regularisation baselines: EWC, LwF, RecAdam, NCL, A-GEM."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_strategies_common import NEW, OLD, loop_loss, make_ctx, random_batch, tiny_model  # noqa: E402
+
+from metacl.errors import MetaclError  # noqa: E402
+from metacl.strategies import get_strategy  # noqa: E402
+from metacl.strategies.agem import AGEM, project_agem  # noqa: E402
+from metacl.strategies.ewc import EWC  # noqa: E402
+from metacl.strategies.lwf import LwF, next_token_kl  # noqa: E402
+from metacl.strategies.ncl import NCL, trust_region_step  # noqa: E402
+from metacl.strategies.recadam import RecAdam, anneal_lambda  # noqa: E402
+
+
+# ------------------------------------------------------------------------------------ EWC
+
+def test_ewc_penalty_zero_at_anchor_and_grows_with_fisher_weighted_distance():
+    ctx = make_ctx()
+    ewc = EWC(ewc_lambda=10.0, ewc_fisher_docs=4)
+    ewc.before_task(ctx)  # first task: Fisher from the pre-training corpus
+    assert not ewc.prior.empty
+    batch = random_batch()
+    assert float(ewc.extra_loss(ctx, batch, None).detach()) == 0.0  # at the anchor
+
+    # move one high-Fisher and one low-Fisher coordinate by the same amount
+    name = "model.layers.0.mlp.down_proj.weight"
+    p = dict(ctx.model.named_parameters())[name]
+    F = ewc.prior.fisher[name].flatten()
+    hi, lo = int(F.argmax()), int(F.argmin())
+    assert F[hi] > F[lo]
+    penalties = {}
+    for which, idx in (("hi", hi), ("lo", lo)):
+        for delta in (0.1, 0.2):
+            with torch.no_grad():
+                p.view(-1)[idx] += delta
+            penalties[which, delta] = float(ewc.extra_loss(ctx, batch, None).detach())
+            expected = 10.0 / 2 * float(F[idx]) * delta**2
+            assert penalties[which, delta] == pytest.approx(expected, rel=1e-4, abs=1e-12)
+            with torch.no_grad():
+                p.view(-1)[idx] -= delta
+    assert penalties["hi", 0.2] > penalties["hi", 0.1] > 0           # grows with distance
+    assert penalties["hi", 0.1] > penalties["lo", 0.1]               # weighted by Fisher
+
+
+def test_ewc_online_fisher_accumulates_after_task():
+    ctx = make_ctx()
+    ewc = EWC(ewc_lambda=1.0, ewc_gamma=0.5, ewc_fisher_docs=3)
+    ewc.before_task(ctx)
+    f0 = {n: f.clone() for n, f in ewc.prior.fisher.items()}
+    ewc.after_task(ctx)
+    from metacl.strategies._importance import fisher_on_docs
+
+    # F = gamma F_old + F_new, with F_new on the task's documents (same sample order)
+    ctx2 = make_ctx(model=ctx.model)
+    fisher_on_docs(ctx2, OLD, 3)  # advance the generator exactly as before_task did
+    f_new = fisher_on_docs(ctx2, NEW, 3)
+    name = "model.layers.1.mlp.up_proj.weight"
+    torch.testing.assert_close(ewc.prior.fisher[name], 0.5 * f0[name] + f_new[name])
+
+
+def test_ewc_without_old_data_has_no_penalty_on_first_task():
+    ctx = make_ctx(old_corpus=[])
+    ewc = EWC()
+    ewc.before_task(ctx)
+    assert ewc.extra_loss(ctx, random_batch(), None) is None
+
+
+def test_bad_option_is_one_line_metacl_error():
+    with pytest.raises(MetaclError, match="--ewc-lambda"):
+        EWC(ewc_lambda=-1.0)
+
+
+# ------------------------------------------------------------------------------------ LwF
+
+def test_lwf_loss_zero_when_models_agree_and_positive_when_they_differ():
+    ctx = make_ctx()
+    lwf = LwF(lwf_alpha=1.0, lwf_temperature=2.0)
+    lwf.before_task(ctx)
+    batch = random_batch()
+    logits = ctx.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert float(lwf.extra_loss(ctx, batch, logits)) == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        ctx.model.lm_head.weight.add_(0.5 * torch.randn_like(ctx.model.lm_head.weight))
+    logits = ctx.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    loss = lwf.extra_loss(ctx, batch, logits)
+    assert float(loss) > 1e-3
+    loss.backward()
+    assert ctx.model.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_next_token_kl_ignores_masked_positions():
+    old = torch.randn(1, 5, 7)
+    new = old.clone()
+    new[0, 3] += 5.0 * torch.randn(7)  # differs only at the position predicting token 4
+    mask = torch.ones(1, 5)
+    mask[0, 4] = 0
+    assert float(next_token_kl(old, new, mask, 1.0)) == pytest.approx(0.0, abs=1e-6)
+    mask[0, 4] = 1
+    assert float(next_token_kl(old, new, mask, 1.0)) > 0
+
+
+# -------------------------------------------------------------------------------- RecAdam
+
+def test_recadam_annealing_schedule():
+    k, t0 = 0.1, 50
+    lams = [anneal_lambda(t, k, t0) for t in range(0, 201, 10)]
+    assert all(b > a for a, b in zip(lams, lams[1:]))         # monotone increasing
+    assert anneal_lambda(t0, k, t0) == pytest.approx(0.5)
+    assert anneal_lambda(0, k, t0) == pytest.approx(1 / (1 + math.exp(5)))
+    assert anneal_lambda(10_000, k, t0) == pytest.approx(1.0)
+    assert anneal_lambda(-1e6, k, t0) == 0.0                   # no overflow
+
+
+def test_recadam_gradient_is_gradient_of_annealed_objective():
+    ctx = make_ctx(total_steps=100)
+    rec = RecAdam(recadam_gamma=3.0, recadam_k=0.2, recadam_t0=0.1)  # t0 = 10 steps
+    rec.before_task(ctx)
+    with torch.no_grad():
+        for p in ctx.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    rec.t = 7
+    batch = random_batch()
+    lam = anneal_lambda(7, 0.2, 10)
+    # reference: autograd of lambda L + (1 - lambda) gamma/2 ||theta - theta0||^2
+    loss, _ = loop_loss(ctx, [rec], batch)
+    reg = sum(((p - rec.theta0[n]) ** 2).sum() for n, p in ctx.trainable())
+    expected = torch.autograd.grad(lam * loss + (1 - lam) * 3.0 / 2 * reg, [p for _, p in ctx.trainable()])
+    ctx.model.zero_grad()
+    loss, _ = loop_loss(ctx, [rec], batch)
+    loss.backward()
+    rec.before_step(ctx)
+    for (n, p), e in zip(ctx.trainable(), expected):
+        torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-6)
+    assert ctx.scratch["recadam"]["lambda"] == pytest.approx(lam)
+
+
+# ------------------------------------------------------------------------------------ NCL
+
+def test_ncl_step_respects_trust_region():
+    torch.manual_seed(0)
+    prec = {"a": torch.rand(50) * 100 + 0.1, "b": torch.rand(20) + 0.1}
+    big = {"a": torch.randn(50) * 100, "b": torch.randn(20) * 100}
+    small = {"a": torch.randn(50) * 1e-4, "b": torch.randn(20) * 1e-4}
+    rho, lr = 0.05, 1e-2
+    for grads, on_boundary in ((big, True), (small, False)):
+        delta, step, s = trust_region_step(grads, prec, lr, rho)
+        q = sum(float((delta[n] ** 2 * prec[n]).sum()) for n in delta)  # dtheta^T Lambda dtheta
+        assert q <= rho**2 * (1 + 1e-6)
+        if on_boundary:
+            assert q == pytest.approx(rho**2, rel=1e-5) and step < lr
+        else:
+            assert step == lr
+        # preconditioned by the inverse precision: delta_i = -step * g_i / Lambda_i
+        torch.testing.assert_close(delta["a"], -step * grads["a"] / prec["a"])
+
+
+def test_ncl_hook_moves_high_precision_coordinates_less_and_replaces_optimizer_step():
+    ctx = make_ctx()
+    ncl = NCL(ncl_lambda=1e4, ncl_prior_precision=1.0, ncl_lr=1e-2, ncl_trust_radius=0.02, ncl_fisher_docs=4)
+    ncl.before_task(ctx)
+    before = {n: p.detach().clone() for n, p in ctx.trainable()}
+    prec = ncl.precision(ctx.trainable())
+    loss, _ = loop_loss(ctx, [ncl], random_batch())
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in ctx.trainable()}
+    ncl.before_step(ctx)
+    assert all(p.grad is None for _, p in ctx.trainable())  # the loop's optimizer will skip them
+    q = sum(float(((p.detach() - before[n]) ** 2 * prec[n]).sum()) for n, p in ctx.trainable())
+    assert 0 < q <= 0.02**2 * (1 + 1e-5)
+    step = ctx.scratch["ncl"]["step_size"]
+    for n, p in ctx.trainable():
+        torch.testing.assert_close(p.detach() - before[n], -step * grads[n] / prec[n], rtol=1e-3, atol=2e-7)  # float32 ulp of weights ~1
+
+
+# ----------------------------------------------------------------------------------- A-GEM
+
+def test_agem_projection_has_nonnegative_dot_with_reference():
+    g_gen = torch.Generator().manual_seed(0)
+    conflicts = 0
+    for _ in range(50):
+        g = {"x": torch.randn(10, generator=g_gen), "y": torch.randn(3, generator=g_gen)}
+        ref = {"x": torch.randn(10, generator=g_gen), "y": torch.randn(3, generator=g_gen)}
+        new, projected = project_agem(g, ref)
+        dot = sum(float((new[k] * ref[k]).sum()) for k in g)
+        assert dot >= -1e-5
+        before = sum(float((g[k] * ref[k]).sum()) for k in g)
+        if before < 0:
+            conflicts += 1
+            assert projected and dot == pytest.approx(0.0, abs=1e-5)
+        else:
+            assert not projected and all(torch.equal(new[k], g[k]) for k in g)
+    assert conflicts > 5  # both branches were exercised
+
+
+def test_agem_hook_projects_model_gradient_against_memory():
+    ctx = make_ctx(old_corpus=[OLD[0]])  # a one-document memory makes g_ref reproducible
+    agem = AGEM(agem_mem_batch=1)
+    agem.before_task(ctx)
+    g_ref = agem.reference_gradient(ctx)
+    # craft a gradient that conflicts with the memory: g = -g_ref + noise
+    for n, p in ctx.trainable():
+        p.grad = -g_ref[n] + 0.01 * torch.randn_like(p)
+    agem.before_step(ctx)
+    dot = sum(float((p.grad * g_ref[n]).sum()) for n, p in ctx.trainable())
+    assert ctx.scratch["agem"]["projected"] and dot >= -1e-4
+
+
+def test_registry_and_cli_options():
+    import argparse
+
+    for name in ("ewc", "lwf", "recadam", "ncl", "agem", "replay", "mix_review", "rho1", "k_adapter", "icl"):
+        cls = get_strategy(name)
+        assert cls.description
+        parser = argparse.ArgumentParser()
+        cls.add_args(parser)
+        args = parser.parse_args([])
+        inst = cls.from_args(args)  # defaults construct a working strategy
+        assert inst.name == name
+        for action in parser._actions[1:]:
+            assert action.option_strings[0].startswith("--" + name.replace("_", "-"))
