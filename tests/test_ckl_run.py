@@ -64,6 +64,14 @@ def test_finetune_run_learns_and_writes_everything_then_lora_and_compare(setup, 
     # Same command again: the seed is complete, nothing is rerun or appended.
     assert main(run_args(root, model, out, "--strategy", "finetune")) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    # More seeds in the same folder: only the new seed runs; the summary covers both.
+    args = run_args(root, model, out, "--strategy", "finetune")
+    args[args.index("--seeds") + 1] = "1"
+    args.insert(args.index("--seeds") + 1, "0")
+    assert main(args) == 0
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sorted((r["seed"], r["epoch"]) for r in rows) == [(s, e) for s in (0, 1) for e in (0, 1, 2)]
+    assert json.loads((out / "summary.json").read_text())["seeds"] == [0, 1]
 
     lo = root / "lora"
     assert main(run_args(root, model, lo, "--strategy", "lora", "--lora-r", "4")) == 0
@@ -109,10 +117,7 @@ def test_yaml_config_gives_options_and_command_line_wins(tmp_path):
     y.write_text("model: m\ndata: d\nout: o\nstrategy: lora\nlora-r: 3\nepochs: 5\nseeds: [1, 2]\n")
     parser = build_parser()
     args = parser.parse_args(["ckl", "run", "--config", str(y), "--epochs", "7"])
-    from metacl.cli import ckl as ckl_cli
-
-    defaults = args.func.__defaults__ if False else None  # the defaults live in the lambda's closure
-    defaults = args.func.__closure__[0].cell_contents
+    defaults = args.func.keywords["defaults"]  # the real defaults, kept aside by the run parser
     cfg = config_from_options(merge_options(defaults, {k: v for k, v in vars(args).items() if k != "func"}))
     assert cfg.strategies == ["lora"] and cfg.strategy_options == {"lora_r": 3, "lora_alpha": 16.0, "lora_dropout": 0.0}
     assert cfg.epochs == 7 and cfg.seeds == [1, 2] and cfg.model == "m"

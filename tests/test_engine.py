@@ -417,3 +417,37 @@ def test_model_unchanged_and_params_not_mutated():
     assert all(torch.equal(snap_model[k], v) for k, v in model.state_dict().items())
     assert all(torch.equal(snap_params[k], v) for k, v in params.items())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_elementary_layer_norm_matches_kernel():
+    """The per_example work-around must compute exactly what F.layer_norm computes."""
+    from metacl.engine.vmap_fixes import ElementaryLayerNorm, layer_norm_elementary
+
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*s, generator=gen, dtype=DT) for s in ((3, 5, 6), (6,), (6,)))
+    assert torch.allclose(layer_norm_elementary(x, (6,), w, b), F.layer_norm(x, (6,), w, b), rtol=0, atol=1e-13)
+    with ElementaryLayerNorm():
+        assert torch.allclose(torch.nn.LayerNorm(6).to(DT)(x), F.layer_norm(x.clone(), (6,)), atol=1e-13)
+
+
+def test_per_example_on_hf_llama_matches_separate_unrolls(monkeypatch):
+    """HF Llama under vmap: inner loops and the outer loss (via per_example_loss) both work."""
+    from metacl.engine import per_example_loss
+
+    make_llama_exact_float64(monkeypatch)  # else HF's float32 upcasts round differently under vmap
+    M = 2
+    model = tiny_llama()
+    gen = torch.Generator().manual_seed(0)
+    docs, query = lm_batch(64, 1, 8, gen, (M,)), lm_batch(64, 1, 8, gen, (M,))
+    docs["token_weights"] = (torch.rand(M, 1, 8, generator=gen, dtype=DT) + 0.5).requires_grad_(True)
+    params = {n: p for n, p in model.named_parameters() if "layers.1" in n}
+    pK, _ = unroll(model, params, lm_loss, [docs], optimizer=adamw(lr=1e-2), per_example=True)
+    ours = torch.autograd.grad(per_example_loss(model, pK, query).sum(), [docs["token_weights"], *params.values()])
+    loop = sum(
+        lm_loss(model, unroll(model, params, lm_loss, [{k: v[m] for k, v in docs.items()}], optimizer=adamw(lr=1e-2))[0],
+                {k: v[m] for k, v in query.items()})
+        for m in range(M)
+    )
+    theirs = torch.autograd.grad(loop, [docs["token_weights"], *params.values()])
+    assert rel_err(ours, theirs) < 1e-10
+    assert model.config._attn_implementation == "sdpa"

@@ -77,7 +77,7 @@ def test_spg_scales_each_gradient_by_one_minus_importance():
 
     model = tiny()
     ctx = ctx_for(model)
-    s = SPG(spg_docs=4)
+    s = SPG(spg_docs=4, spg_mask="grad")
     s.before_task(ctx)                                  # importance of pre-training from old_corpus
     names = {n for n, _ in ctx.trainable()}
     assert set(s.importance) == names
@@ -89,6 +89,18 @@ def test_spg_scales_each_gradient_by_one_minus_importance():
     s.before_step(ctx)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, before[n] * (1 - s.importance[n]))
+
+    # step mode (default, for Adam): the AdamW step itself shrinks by (1 - importance)
+    free, masked = tiny(), tiny()
+    step = SPG(spg_mask="step")
+    step.importance = {n: v.clone() for n, v in s.importance.items()}
+    w0 = {n: p.detach().clone() for n, p in free.named_parameters()}
+    ctx_free, ctx_masked = ctx_for(free), ctx_for(masked)
+    from metacl.strategies.base import Strategy
+    train_steps(Strategy(), ctx_free, n=1)
+    train_steps(step, ctx_masked, n=1)
+    for (n, pf), (_, pm) in zip(free.named_parameters(), masked.named_parameters()):
+        torch.testing.assert_close(pm - w0[n], (1 - step.importance[n]) * (pf - w0[n]), atol=1e-6, rtol=1e-4)
 
     # the estimator is |tanh(standardised g)| and accumulation is an elementwise max
     g = {"w": torch.tensor([1.0, 2.0, 3.0, 10.0])}
@@ -129,7 +141,7 @@ def test_das_soft_masks_every_parameter_of_a_unit():
 
     model = tiny()
     ctx = ctx_for(model)
-    s = DAS(das_docs=3)
+    s = DAS(das_docs=3, das_mask="grad")
     s.before_task(ctx)                                   # proxy-KL importance (two dropout passes)
     assert len(s.imp_head) == 2 and s.imp_head[0].shape == (4,) and s.imp_ffn[0].shape == (64,)
     assert all(float(h.min()) >= 0 and float(h.max()) <= 1 for h in s.imp_head + s.imp_ffn)
@@ -156,6 +168,15 @@ def test_das_soft_masks_every_parameter_of_a_unit():
     torch.testing.assert_close(m.down_proj.weight.grad[:, 8], 0.75 * g0[_name(model, m.down_proj.weight)][:, 8])
     # parameters outside units (embeddings, norms) are untouched
     torch.testing.assert_close(model.model.embed_tokens.weight.grad, g0["model.embed_tokens.weight"])
+
+    # step mode (default, for Adam): a fully protected unit does not move under AdamW at all
+    step = DAS(das_mask="step")
+    step.set_importance(layers, ih, ifn)
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_steps(step, ctx, n=2)
+    assert torch.equal(a.q_proj.weight[2 * d:3 * d], w0[_name(model, a.q_proj.weight)][2 * d:3 * d])
+    assert torch.equal(m.down_proj.weight[:, 7], w0[_name(model, m.down_proj.weight)][:, 7])
+    assert not torch.equal(a.q_proj.weight[:2 * d], w0[_name(model, a.q_proj.weight)][:2 * d])
 
 
 def _name(model, param):

@@ -16,8 +16,10 @@ from typing import Any
 
 from metacl.errors import MetaclError
 
-# Options that do not change the numbers a run produces.
-_NOT_HASHED = {"out", "device", "progress", "eval_batch_size"}
+# Options that do not change the numbers a run produces. `seeds` is left out on purpose: each
+# seed's rows depend only on the other options, so a finished run can be extended with more
+# seeds (`--seeds 0 1 2` after `--seeds 0`) in the same folder.
+_NOT_HASHED = {"out", "device", "progress", "eval_batch_size", "seeds"}
 
 
 @dataclass

@@ -19,7 +19,9 @@ SHA-1 of their uuid) is carved out: still trained on, but excluded from the TL s
 reported TL accuracy is over the other 90%.
 
 Resuming: seeds whose every epoch is already in `metrics.jsonl` are not rerun; a seed cut off
-half-way is rerun from scratch (its partial rows are dropped first).
+half-way is rerun from scratch (its partial rows are dropped first). The seed list is not part
+of the run's identity, so `--seeds 0 1 2` in the folder of a `--seeds 0` run only adds seeds 1
+and 2; the summary covers exactly the seeds asked for.
 """
 
 from __future__ import annotations
@@ -145,7 +147,8 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
         rows += _run_seed(cfg, seed, device, tl_test, nf, tl_val, train_docs, old_corpus, trains, metrics_path, log,
                           load_model_and_tokenizer)
 
-    summ = summarize(rows)
+    wanted = set(cfg.seeds)  # the folder may hold more seeds from an earlier call; report the asked ones
+    summ = summarize([r for r in rows if r["seed"] in wanted])
     name = "+".join(cfg.strategies)
     summary = {"name": name, "hash": cfg.hash(), "strategies": cfg.strategies, "model": cfg.model,
                "data": cfg.data or {"tl": cfg.tl, "nf": cfg.nf, "tl_val": cfg.tl_val},

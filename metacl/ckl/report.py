@@ -159,7 +159,8 @@ def load_run(out_dir: str | Path) -> tuple[str, dict]:
         raise MetaclError(f"{d} holds no summary.json; pass the --out folder of a finished `metacl ckl run`")
     with open(summ_path) as f:
         stored = json.load(f)
-    rows = read_rows(d / "metrics.jsonl")
+    seeds = set(stored.get("seeds") or [])
+    rows = [r for r in read_rows(d / "metrics.jsonl") if not seeds or r["seed"] in seeds]
     summ = summarize(rows) if rows else stored
     name = stored.get("name") or d.name
     return name, summ

@@ -9,6 +9,7 @@ namespace holds only what the user wrote.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 from typing import Any
 
@@ -69,7 +70,7 @@ def register(sub) -> None:
         if a.dest != "help":
             defaults[a.dest] = a.default
             a.default = argparse.SUPPRESS
-    run.set_defaults(func=lambda args: cmd_run(args, defaults))
+    run.set_defaults(func=functools.partial(cmd_run, defaults=defaults))
 
     cmp_ = subsub.add_parser("compare", help="merge the tables and plots of several runs")
     cmp_.add_argument("runs", nargs="+", metavar="OUT", help="--out folders of `metacl ckl run`")

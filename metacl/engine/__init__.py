@@ -7,10 +7,11 @@
 from metacl.engine.attention import find_non_double_differentiable, second_order_attention
 from metacl.engine.losses import functional_loss, label_mask, lm_loss, token_nll
 from metacl.engine.optimizers import FunctionalOptimizer, adamw, sgd
-from metacl.engine.unroll import unroll
+from metacl.engine.unroll import per_example_loss, unroll
 
 __all__ = [
     "unroll",
+    "per_example_loss",
     "sgd",
     "adamw",
     "FunctionalOptimizer",

@@ -34,6 +34,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from tqdm.auto import tqdm
 
 from metacl.engine.checkpointing import checkpoint_step
+from metacl.engine.vmap_fixes import ElementaryLayerNorm
 from metacl.engine.attention import raise_if_not_double_differentiable, second_order_attention
 from metacl.engine.optimizers import FunctionalOptimizer, adamw
 from metacl.errors import MetaclError
@@ -187,5 +188,18 @@ def _unroll_per_example(
                 p, s = optimizer.update(p, grads, s, start_step + k)
         return p, s
 
-    with second_order_attention(model):
+    with second_order_attention(model), ElementaryLayerNorm():
         return torch.func.vmap(one, randomness="different")(list(batches))
+
+
+def per_example_loss(model: nn.Module, params: Params, batch: Any, loss_fn: LossFn | None = None) -> Tensor:
+    """(M,) losses of M per-example param sets (from `unroll(per_example=True)`) on M batches.
+
+    Why a helper: HF models build their attention mask with data-dependent checks under SDPA,
+    which `vmap` rejects; eager attention (switched on here, as in the inner loop) has none.
+    """
+    from metacl.engine.losses import lm_loss
+
+    fn = lm_loss if loss_fn is None else loss_fn
+    with second_order_attention(model), ElementaryLayerNorm():
+        return torch.func.vmap(lambda p, b: fn(model, p, b), randomness="different")(params, batch)

@@ -45,6 +45,7 @@ def register(sub) -> None:
     p.add_argument("--val-every", type=int, default=50, help="run the CKL protocol on meta_val every N steps (0: never)")
     p.add_argument("--val-epochs", type=int, default=3, help="CKL epochs per validation")
     p.add_argument("--val-items", type=int, default=32, help="meta_val documents (and as many NF probes) per validation")
+    p.add_argument("--skip-initial-val", action="store_true", help="do not validate the untrained weighter at step 0")
     p.add_argument("--val-lr", type=float, default=None, help="CKL learning rate in validation (default: the CKL default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
                      mode=args.mode, lora_rank=args.lora_rank, truncate=args.truncate, retention=args.retention,
                      retention_probes=args.retention_probes, meta_batch=args.meta_batch, outer_lr=args.outer_lr,
                      max_length=args.max_length, seed=args.seed, steps=args.steps, val_every=args.val_every,
+                     val_at_start=not args.skip_initial_val,
                      extra={"model": str(args.model), "data": str(data), "backbone": args.backbone})
     validate = None
     if args.val_every > 0 and val_items:
@@ -136,3 +138,28 @@ def ckl_score(summary: dict) -> dict:
     paper = summary["aggregate"]["paper"]
     top, nf = float(paper["tl_acc"]["mean"]), float(paper["nf_acc"]["mean"])
     return {"score": top + nf, "top_acc": top, "nf_at_top": nf, "top_epoch": float(paper["epoch"]["mean"])}
+
+
+def demo_meta_train(model_path, world_dir, out_dir, seed: int = 0, steps: int = 30, inner_steps: int = 2,
+                    inner_optimizer: str = "sgd", inner_lr: float = 0.05, meta_batch: int = 4) -> Path:
+    """The `metacl demo` step: a short meta-training run without validation; returns OUT/best.
+
+    Kept to a few minutes on a CPU (the demo's budget); the defaults are the configuration chosen
+    in docs/results/taalm.md. Resumes from OUT/checkpoint when the demo is rerun.
+    """
+    import torch
+
+    from metacl.ckl.metrics import split_probe
+    from metacl.data.lama import load_lama_jsonl
+    from metacl.meta.train_token_weighting import MetaConfig, MetaTrainer, examples_from_items
+    from metacl.models.loading import load_model_and_tokenizer
+
+    world = Path(world_dir)
+    model, tok = load_model_and_tokenizer(model_path, device=torch.device("cpu"))
+    cfg = MetaConfig(inner_steps=inner_steps, inner_optimizer=inner_optimizer, inner_lr=inner_lr,
+                     meta_batch=meta_batch, steps=steps, val_every=0, seed=seed)
+    nf = [split_probe(it) for it in load_lama_jsonl(world / "meta_nf.jsonl")]
+    trainer = MetaTrainer(model, tok, examples_from_items(load_lama_jsonl(world / "meta_train.jsonl")), out_dir,
+                          cfg, nf)
+    trainer.run(resume=(Path(out_dir) / "checkpoint").exists())
+    return Path(out_dir) / "best"

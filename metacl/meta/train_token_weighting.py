@@ -69,12 +69,13 @@ class MetaConfig:
     seed: int = 0
     steps: int = 100              # may grow on --resume
     val_every: int = 50
+    val_at_start: bool = True     # validate the untrained weighter too (the plain-fine-tuning reference)
     extra: dict = field(default_factory=dict)
 
     # what must agree between a checkpoint and the run that resumes it
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("steps", "val_every", "extra"):
+        for k in ("steps", "val_every", "val_at_start", "extra"):
             d.pop(k)
         return d
 
@@ -385,7 +386,7 @@ class MetaTrainer:
         elif (self.out / CKPT_DIR).exists():
             raise MetaclError(f"{self.out} already holds a meta-training checkpoint; pass --resume or choose a new --out")
         t0 = time.time()
-        if self.step == 0 and self.validate is not None and self.cfg.val_every > 0:
+        if self.step == 0 and self.validate is not None and self.cfg.val_every > 0 and self.cfg.val_at_start:
             self._validate()  # step 0: the untrained weighter (~ plain fine-tuning) as the reference
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc="meta-train token-weighting", disable=not self.progress)
         while self.step < self.cfg.steps:

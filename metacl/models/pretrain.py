@@ -134,6 +134,19 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     )
 
 
+def save_tokenizer(tokenizer, out: Path) -> None:
+    """`save_pretrained`, naming the class `PreTrainedTokenizerFast` in tokenizer_config.json.
+
+    Why: transformers 5 writes its new backend name, which transformers 4.x cannot resolve; the
+    old name loads as the same fast tokenizer in both (metacl supports transformers >= 4.45).
+    """
+    tokenizer.save_pretrained(out)
+    cfg_path = Path(out) / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
 # --------------------------------------------------------------------------- model
 
 def build_model(preset: Preset, tokenizer, seed: int = 0):
@@ -292,7 +305,7 @@ def pretrain(
                 log.flush()
     model.eval()
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
     summary = {
         "size": size, "preset": asdict(preset), "seed": seed, "corpus": [str(f) for f in corpus_files],
         "documents": len(docs), "windows": len(seqs), "tokens": n_tokens, "epochs": epochs, "parameters": n_params,
@@ -328,5 +341,5 @@ def tiny_model_for_tests(out_dir: str | os.PathLike, texts: list[str] | None = N
     preset = replace(PRESETS["tiny"], hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
     model = build_model(preset, tokenizer, seed=seed)
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
     return out

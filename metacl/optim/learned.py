@@ -228,6 +228,8 @@ def save_meta(path: str | os.PathLike, meta: dict[str, Tensor], cfg: nw.NetConfi
         f.write("\n")
     os.replace(tmp_w, wf)
     os.replace(tmp_c, cf)
+    for f in (wf, cf):  # safetensors writes 0600; weights shipped in a package must be world-readable
+        os.chmod(f, 0o644)
     return path
 
 

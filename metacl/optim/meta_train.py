@@ -283,7 +283,7 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, resume: bool = False, net:
             torch.nn.utils.clip_grad_norm_(list(meta.values()), cfg.clip)
             mopt.step()
         row = {"step": step + 1, "meta_loss": L, **parts, "skipped": not ok,
-               "lr": float(meta["log_scale"].exp()), "time_s": round(time.time() - t0, 2)}
+               "lr": float(meta["log_scale"].detach().exp()), "time_s": round(time.time() - t0, 2)}
         append_jsonl(out / "metrics.jsonl", [row])
         bar.set_postfix(loss=f"{L:.3f}", lr=f"{row['lr']:.2e}")
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:

@@ -24,7 +24,12 @@ As in the paper the proxy runs on the current domain's documents (--das-proxy-so
 `old` uses a sample of the pre-training text instead. Llama has no dropout layers of its own,
 which is why the dropout sits in the mask hooks.
 
-Hyperparameters: --das-docs (documents per estimate), --das-dropout, --das-proxy-source.
+As for SPG (see `metacl.strategies.spg`), Adam cancels a constant per-coordinate gradient
+scale, so `--das-mask step` (default) scales each unit's optimizer step by (1 - imp_u) instead;
+`--das-mask grad` scales the gradient as written above.
+
+Hyperparameters: --das-docs (documents per estimate), --das-dropout, --das-proxy-source,
+--das-mask step|grad.
 """
 
 from __future__ import annotations
@@ -174,7 +179,12 @@ class DAS(Strategy):
     name = "das"
     description = "DAS: soft-mask attention heads and FFN neurons by importance from virtual-mask gradients"
 
-    def __init__(self, das_docs: int = 64, das_dropout: float = 0.1, das_proxy_source: str = "current"):
+    def __init__(self, das_docs: int = 64, das_dropout: float = 0.1, das_proxy_source: str = "current",
+                 das_mask: str = "step"):
+        if das_mask not in ("step", "grad"):
+            raise MetaclError(f"--das-mask must be step or grad, got {das_mask!r}")
+        self.mask = das_mask
+        self._before: list[torch.Tensor] = []
         if int(das_docs) < 1:
             raise MetaclError(f"--das-docs must be >= 1, got {das_docs}; pass e.g. --das-docs 64")
         if not 0.0 < float(das_dropout) < 1.0:
@@ -192,6 +202,8 @@ class DAS(Strategy):
         parser.add_argument("--das-dropout", type=float, default=0.1, help="dropout of the two proxy-KL passes")
         parser.add_argument("--das-proxy-source", choices=["current", "old"], default="current",
                             help="documents for the first-domain proxy: current task (paper) or pre-training text")
+        parser.add_argument("--das-mask", choices=["step", "grad"], default="step",
+                            help="scale each unit's optimizer step (default; works with Adam) or its gradient")
 
     def _batches(self, ctx: TrainContext, texts):
         idx = sample_indices(len(texts), min(self.n_docs, len(texts)), ctx.generator)
@@ -216,9 +228,20 @@ class DAS(Strategy):
 
     def before_step(self, ctx: TrainContext) -> None:
         with torch.no_grad():
-            for p, keep in self._scales:
-                if p.grad is not None:
-                    p.grad.mul_(keep)
+            if self.mask == "grad":
+                for p, keep in self._scales:
+                    if p.grad is not None:
+                        p.grad.mul_(keep)
+            else:
+                self._before = [p.detach().clone() for p, _ in self._scales]
+
+    def after_step(self, ctx: TrainContext) -> None:
+        if not self._before:
+            return
+        with torch.no_grad():
+            for (p, keep), w0 in zip(self._scales, self._before):
+                p.copy_(w0 + keep * (p - w0))
+        self._before = []
 
     def after_task(self, ctx: TrainContext) -> None:
         if ctx.train_docs:

@@ -76,17 +76,20 @@ class Oracle(Strategy):
     name = "oracle"
     description = "control: weight 1 on the object tokens of each document's fact, 0 elsewhere (needs --oracle-data)"
 
-    def __init__(self, oracle_data: str | None = None, **_):
+    def __init__(self, oracle_data: str | list[str] | None = None, **_):
         if not oracle_data:
             raise MetaclError("strategy oracle needs --oracle-data FILE (the To-Learn JSONL whose objects it marks, e.g. WORLD/tl.jsonl)")
-        self.objects = read_objects(oracle_data)
+        files = [oracle_data] if isinstance(oracle_data, str) else list(oracle_data)
+        self.objects = {}
+        for f in files:
+            self.objects.update(read_objects(f))
         self._cache: dict[tuple, list[int]] = {}
         self.missed = 0
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--oracle-data", metavar="FILE", default=None,
-                            help="LAMA-schema JSONL giving each training document's object (oracle control)")
+        parser.add_argument("--oracle-data", metavar="FILE", nargs="+", default=None,
+                            help="LAMA-schema JSONL file(s) giving each training document's object (e.g. tl.jsonl tl_val.jsonl)")
 
     def _object_for(self, text: str) -> str | None:
         text = text.strip()

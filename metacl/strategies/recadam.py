@@ -43,7 +43,7 @@ class RecAdam(Strategy):
     name = "recadam"
     description = "RecAdam: anneal from a quadratic pull to the pre-trained weights towards the task loss"
 
-    def __init__(self, recadam_gamma: float = 100.0, recadam_k: float = 0.1, recadam_t0: float = 0.1):
+    def __init__(self, recadam_gamma: float = 100.0, recadam_k: float = 0.2, recadam_t0: float = 0.1):
         self.gamma = check_positive(recadam_gamma, "--recadam-gamma")
         self.k = check_positive(recadam_k, "--recadam-k")
         self.t0_arg = check_positive(recadam_t0, "--recadam-t0")
@@ -53,7 +53,7 @@ class RecAdam(Strategy):
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--recadam-gamma", type=float, default=100.0, help="strength gamma of the pull to theta_0")
-        parser.add_argument("--recadam-k", type=float, default=0.1, help="slope k of the annealing sigmoid")
+        parser.add_argument("--recadam-k", type=float, default=0.2, help="slope k of the annealing sigmoid")
         parser.add_argument("--recadam-t0", type=float, default=0.1,
                             help="midpoint t0 in steps (a value < 1 is a fraction of the total steps)")
 

@@ -14,7 +14,13 @@ Why pre-training importance first: in one-shot LAMA-ckl the only task is the new
 knowledge to protect is what pre-training put there; `before_task` therefore estimates `imp` on a
 sample of `ctx.old_corpus` when no importance exists yet.
 
-Hyperparameters: --spg-docs (documents per importance estimate, default 64).
+Why `--spg-mask step` (our default): Adam divides each coordinate by its own running gradient
+scale, so a gradient multiplied by a constant (1 - imp) gives almost the same Adam step: the
+paper's gradient mask is close to a no-op under Adam. `step` therefore scales the optimizer's
+*step* instead, p <- p_before + (1 - imp) (p_after - p_before), which is the intended slowdown
+for any optimizer; `grad` applies the formula above literally (right for SGD).
+
+Hyperparameters: --spg-docs (documents per importance estimate, default 64), --spg-mask step|grad.
 """
 
 from __future__ import annotations
@@ -56,15 +62,21 @@ class SPG(Strategy):
     name = "spg"
     description = "SPG: soft-mask each parameter's gradient by 1 - |tanh(standardised grad)| of earlier tasks"
 
-    def __init__(self, spg_docs: int = 64):
+    def __init__(self, spg_docs: int = 64, spg_mask: str = "step"):
         if int(spg_docs) < 1:
             raise MetaclError(f"--spg-docs must be >= 1, got {spg_docs}; pass e.g. --spg-docs 64")
+        if spg_mask not in ("step", "grad"):
+            raise MetaclError(f"--spg-mask must be step or grad, got {spg_mask!r}")
+        self.mask = spg_mask
+        self._before: dict[str, torch.Tensor] = {}
         self.n_docs = int(spg_docs)
         self.importance: NamedTensors = {}
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--spg-docs", type=int, default=64, help="documents per SPG importance estimate")
+        parser.add_argument("--spg-mask", choices=["step", "grad"], default="step",
+                            help="scale the optimizer step (default; works with Adam) or the gradient (paper, SGD)")
 
     def accumulate(self, new: NamedTensors) -> None:
         """imp <- max(imp, new), elementwise (the SPG accumulation rule)."""
@@ -82,10 +94,25 @@ class SPG(Strategy):
     def before_step(self, ctx: TrainContext) -> None:
         if not self.importance:
             return
-        for n, p in ctx.trainable():
-            imp = self.importance.get(n)
-            if p.grad is not None and imp is not None:
-                p.grad.mul_(1.0 - imp.to(p.grad.device, p.grad.dtype))
+        with torch.no_grad():
+            for n, p in ctx.trainable():
+                imp = self.importance.get(n)
+                if p.grad is None or imp is None:
+                    continue
+                if self.mask == "grad":
+                    p.grad.mul_(1.0 - imp.to(p.grad.device, p.grad.dtype))
+                else:
+                    self._before[n] = p.detach().clone()
+
+    def after_step(self, ctx: TrainContext) -> None:
+        if not self._before:
+            return
+        with torch.no_grad():
+            for n, p in ctx.trainable():
+                if n in self._before:
+                    w0 = self._before[n]
+                    p.copy_(w0 + (1.0 - self.importance[n].to(p.device, p.dtype)) * (p - w0))
+        self._before = {}
 
     def after_task(self, ctx: TrainContext) -> None:
         if ctx.train_docs:

@@ -1,0 +1,293 @@
+"""Benchmark of metacl.engine: time and peak memory of meta-steps vs a plain step and `higher`.
+
+Why this design:
+- `higher` 0.2.1 cannot patch HF Llama under transformers 5, so every comparison with it runs on
+  `BenchLM`, a plain-PyTorch Llama-style LM (RMSNorm, causal attention, SwiGLU) of ~5M params.
+  The same rows for our engine are also run on an HF `LlamaForCausalLM` of the same shape.
+- Memory: every row runs in a fresh subprocess with glibc's mmap threshold at 64 KiB (large
+  tensors are returned to the OS when freed, so RSS follows live tensors). The peak-RSS counter
+  (VmHWM) is reset through /proc/self/clear_refs just before one measured call; the reported
+  "peak MiB" is VmHWM minus RSS at that moment: extra memory the step needed at its peak
+  (activations, autograd graph, gradients, optimizer temporaries), not model weights.
+- Time: median wall time of `--repeats` calls after one warm-up, with torch at 1 thread.
+
+    python experiments/bench_engine.py            # all rows -> docs/results/bench_engine/*.json
+    python experiments/bench_engine.py --only meta2_k1 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "results" / "bench_engine"
+
+# name -> (model family, kind, extra)
+ROWS = {
+    "plain_step": ("plain", "plain", {}),
+    "meta2_k1": ("plain", "meta", {"K": 1}),
+    "meta1_k1": ("plain", "meta", {"K": 1, "first_order": True}),
+    "higher_k1": ("plain", "higher", {"K": 1}),
+    "per_example_m8": ("plain", "per_example", {"M": 8}),
+    "higher_loop_m8": ("plain", "higher_loop", {"M": 8}),
+    "engine_loop_m8": ("plain", "engine_loop", {"M": 8}),
+    **{f"meta2_k{k}": ("plain", "meta", {"K": k}) for k in (2, 4, 8)},
+    **{f"meta2_k{k}_ckpt": ("plain", "meta", {"K": k, "checkpoint": True}) for k in (1, 2, 4, 8)},
+    "hf_plain_step": ("hf", "plain", {}),
+    "hf_meta2_k1": ("hf", "meta", {"K": 1}),
+    "hf_meta1_k1": ("hf", "meta", {"K": 1, "first_order": True}),
+}
+DIMS = dict(vocab=4096, d=256, layers=4, heads=4, ffn=688)
+B, T, TQ = 4, 64, 32  # inner batch (B x T tokens), query length
+LR = 1e-4
+
+
+def build_plain(seed: int):
+    import torch
+    from torch import nn
+
+    class RMSNorm(nn.Module):
+        def __init__(self, d: int):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(d))
+
+        def forward(self, x):
+            return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+    class Block(nn.Module):
+        def __init__(self, d: int, heads: int, ffn: int):
+            super().__init__()
+            self.heads = heads
+            self.n1, self.n2 = RMSNorm(d), RMSNorm(d)
+            self.qkv, self.o = nn.Linear(d, 3 * d, bias=False), nn.Linear(d, d, bias=False)
+            self.gate, self.up, self.down = nn.Linear(d, ffn, bias=False), nn.Linear(d, ffn, bias=False), nn.Linear(ffn, d, bias=False)
+
+        def forward(self, x):
+            Bn, Tn, D = x.shape
+            q, k, v = (t.view(Bn, Tn, self.heads, -1).transpose(1, 2) for t in self.qkv(self.n1(x)).split(D, -1))
+            att = (q @ k.transpose(-1, -2)) / math.sqrt(D // self.heads)
+            mask = torch.ones(Tn, Tn, dtype=torch.bool, device=x.device).tril()
+            att = att.masked_fill(~mask, float("-inf")).softmax(-1)
+            x = x + self.o((att @ v).transpose(1, 2).reshape(Bn, Tn, D))
+            h = self.n2(x)
+            return x + self.down(torch.nn.functional.silu(self.gate(h)) * self.up(h))
+
+    class BenchLM(nn.Module):
+        def __init__(self, vocab, d, layers, heads, ffn):
+            super().__init__()
+            self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(512, d)
+            self.blocks = nn.ModuleList([Block(d, heads, ffn) for _ in range(layers)])
+            self.norm, self.head = RMSNorm(d), nn.Linear(d, vocab, bias=False)
+
+        def forward(self, input_ids, attention_mask=None):
+            x = self.tok(input_ids) + self.pos(torch.arange(input_ids.shape[-1], device=input_ids.device))
+            for blk in self.blocks:
+                x = blk(x)
+            return self.head(self.norm(x))
+
+    torch.manual_seed(seed)
+    return BenchLM(**DIMS)
+
+
+def build_hf(seed: int):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=DIMS["d"], intermediate_size=DIMS["ffn"], num_hidden_layers=DIMS["layers"],
+                      num_attention_heads=DIMS["heads"], num_key_value_heads=DIMS["heads"], vocab_size=DIMS["vocab"],
+                      max_position_embeddings=512)
+    return LlamaForCausalLM(cfg)
+
+
+def make_batch(gen, Bn: int, Tn: int, lead=()):
+    import torch
+
+    ids = torch.randint(0, DIMS["vocab"], (*lead, Bn, Tn), generator=gen)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _hwm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def run_row(name: str, repeats: int, seed: int) -> dict:
+    """Build the row's model and step function, measure peak memory once and time `repeats` calls."""
+    import gc
+
+    import torch
+
+    from metacl.engine import adamw, lm_loss, unroll
+
+    torch.set_num_threads(1)
+    family, kind, extra = ROWS[name]
+    model = (build_plain if family == "plain" else build_hf)(seed)
+    gen = torch.Generator().manual_seed(seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    K, M = extra.get("K", 1), extra.get("M", 1)
+    params = dict(model.named_parameters())
+
+    if kind in ("plain", "meta", "higher"):
+        docs = [make_batch(gen, B, T) for _ in range(K)]
+        query = make_batch(gen, B, TQ)
+        weights = [torch.rand(B, T, generator=gen).requires_grad_(True) for _ in range(K)]
+    else:  # M independent meta-examples, one document + one query each
+        docs_m = make_batch(gen, 1, T, lead=(M,))
+        query_m = make_batch(gen, 1, TQ, lead=(M,))
+        weights_m = torch.rand(M, 1, T, generator=gen).requires_grad_(True)
+
+    if kind == "plain":  # one weighted fine-tuning step with torch.optim.AdamW
+        opt = torch.optim.AdamW(model.parameters(), lr=LR)
+
+        def step():
+            lm_loss(model, params, docs[0], weights[0]).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            weights[0].grad = None
+
+    elif kind == "meta":  # meta-gradient w.r.t. token weights and initial params through K AdamW steps
+        def step():
+            it = iter(range(K))
+            loss_fn = lambda m, p, b: lm_loss(m, p, b, weights[next(it)])  # noqa: E731
+            pK, _ = unroll(model, params, loss_fn, docs, optimizer=adamw(lr=LR),
+                           first_order=extra.get("first_order", False), checkpoint=extra.get("checkpoint", False))
+            lm_loss(model, pK, query).backward()
+            model.zero_grad(set_to_none=True)
+            for w in weights:
+                w.grad = None
+
+    elif kind == "higher":
+        import higher
+
+        opt = torch.optim.Adam(model.parameters(), lr=LR)
+
+        def step():
+            with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (fm, dopt):
+                for k in range(K):
+                    dopt.step(_weighted_ce(fm(docs[k]["input_ids"]), docs[k]["labels"], weights[k]))
+                _weighted_ce(fm(query["input_ids"]), query["labels"], None).backward()
+            model.zero_grad(set_to_none=True)
+            for w in weights:
+                w.grad = None
+
+    elif kind == "per_example":
+        docs_pe = dict(docs_m, token_weights=weights_m)
+
+        def step():
+            pK, _ = unroll(model, params, lm_loss, [docs_pe], optimizer=adamw(lr=LR), per_example=True)
+            torch.func.vmap(lambda p, q: lm_loss(model, p, q))(pK, query_m).sum().backward()
+            model.zero_grad(set_to_none=True)
+            weights_m.grad = None
+
+    elif kind == "engine_loop":
+        def step():
+            for m in range(M):
+                doc = {k: v[m] for k, v in docs_m.items()}
+                pK, _ = unroll(model, params, lambda mm, p, b: lm_loss(mm, p, b, weights_m[m]), [doc], optimizer=adamw(lr=LR))
+                lm_loss(model, pK, {k: v[m] for k, v in query_m.items()}).backward()
+            model.zero_grad(set_to_none=True)
+            weights_m.grad = None
+
+    elif kind == "higher_loop":
+        import higher
+
+        opt = torch.optim.Adam(model.parameters(), lr=LR)
+
+        def step():
+            for m in range(M):
+                with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (fm, dopt):
+                    dopt.step(_weighted_ce(fm(docs_m["input_ids"][m]), docs_m["labels"][m], weights_m[m]))
+                    _weighted_ce(fm(query_m["input_ids"][m]), query_m["labels"][m], None).backward()
+            model.zero_grad(set_to_none=True)
+            weights_m.grad = None
+
+    else:
+        raise ValueError(kind)
+
+    step()  # warm-up (allocator, lazy init)
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    base = _rss_bytes()
+    step()
+    peak = _hwm_bytes() - base
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return {
+        "name": name, "family": family, "kind": kind, **extra, "params": n_params,
+        "seconds_median": statistics.median(times), "seconds_all": times,
+        "peak_extra_mib": peak / 2**20, "repeats": repeats, "seed": seed,
+        "batch": {"B": B, "T": T, "TQ": TQ} if kind in ("plain", "meta", "higher") else {"M": M, "B": 1, "T": T, "TQ": TQ},
+        "threads": 1, "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "torch": __import__("torch").__version__,
+    }
+
+
+def _weighted_ce(logits, labels, w):
+    """Same loss as metacl.engine.lm_loss, written for a `higher`-patched model."""
+    import torch.nn.functional as F
+
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="none")
+    nll = nll.view(labels[:, 1:].shape)
+    w = w[:, 1:] if w is not None else nll.new_ones(nll.shape)
+    return (w * nll).sum() / w.sum()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", default=None, help=f"rows to run (default all): {', '.join(ROWS)}")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--_row", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._row:  # child process: one row, result as JSON on stdout
+        print("RESULT " + json.dumps(run_row(args._row, args.repeats, args.seed)))
+        return 0
+    from tqdm import tqdm
+
+    from metacl.utils import write_json_atomic
+
+    names = args.only or list(ROWS)
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        print(f"bench_engine: unknown rows {unknown}; choose from {list(ROWS)}", file=sys.stderr)
+        return 2
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    for name in tqdm(names, desc="rows"):
+        cmd = [sys.executable, __file__, "--_row", name, "--repeats", str(args.repeats), "--seed", str(args.seed)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            print(f"row {name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+            continue
+        res = json.loads(line[len("RESULT "):])
+        res["command"] = "python experiments/bench_engine.py " + " ".join(sys.argv[1:])
+        write_json_atomic(Path(args.out) / f"{name}.json", res)
+        tqdm.write(f"{name:18s} {res['seconds_median']*1000:9.1f} ms  peak +{res['peak_extra_mib']:8.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""`metacl demo` with tiny sizes: every step runs, writes its outputs, and a rerun skips them."""
+
+from metacl.cli.main import main
+
+
+def test_demo_tiny_runs_end_to_end_and_resumes(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--entities", "20", "--epochs", "1", "--size", "tiny", "--pretrain-steps", "3"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    for f in ("world/tl.jsonl", "base_lm/config.json", "runs/finetune/summary.json", "runs/lora/summary.json",
+              "table.md", "plot.png"):
+        assert (out / f).is_file(), f
+    assert "| finetune |" in first and "| lora |" in first
+    assert main(argv) == 0
+    second = capsys.readouterr().out
+    assert second.count("done already") == 4  # world, base_lm, finetune, lora; compare always reruns
+    assert "| lora |" in second
+
+
+def test_demo_rejects_bad_epochs(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "d"), "--epochs", "0"]) == 2
+    assert "--epochs must be >= 1" in capsys.readouterr().err
