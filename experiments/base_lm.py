@@ -61,7 +61,8 @@ def main() -> None:
               "command": "OMP_NUM_THREADS=1 python experiments/base_lm.py " + " ".join(
                   f"{k} {v}" for k, v in [("", a.mode), ("--entities", a.entities if a.mode == "world" else None),
                                           ("--seed", a.seed), ("--size", a.size), ("--steps", a.steps),
-                                          ("--batch-tokens", a.batch_tokens), ("--epochs", a.epochs), ("--lr", a.lr)] if v is not None).strip()}
+                                          ("--batch-tokens", a.batch_tokens), ("--epochs", a.epochs), ("--lr", a.lr)] if v is not None).strip()
+              + (" --no-fact-sentences" if a.no_fact_sentences else "")}
     if a.mode == "world":
         world = out / "world"
         meta = write_world(world, a.entities, a.seed)

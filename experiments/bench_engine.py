@@ -9,7 +9,10 @@ Why this design:
   (VmHWM) is reset through /proc/self/clear_refs just before one measured call; the reported
   "peak MiB" is VmHWM minus RSS at that moment: extra memory the step needed at its peak
   (activations, autograd graph, gradients, optimizer temporaries), not model weights.
-- Time: median wall time of `--repeats` calls after one warm-up, with torch at 1 thread.
+- Time: all rows of one model family run in ONE process, interleaved round-robin for
+  `--repeats` rounds after a warm-up round (the 2 cores are shared with other jobs, so every
+  row sees the same background load); ratios use the minimum, the median is reported too.
+  torch runs at 1 thread.
 
     python experiments/bench_engine.py            # all rows -> docs/results/bench_engine/*.json
     python experiments/bench_engine.py --only meta2_k1 --repeats 3
@@ -129,13 +132,11 @@ def _hwm_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def run_row(name: str, repeats: int, seed: int) -> dict:
-    """Build the row's model and step function, measure peak memory once and time `repeats` calls."""
-    import gc
-
+def build_row(name: str, seed: int):
+    """The row's step function (one full meta-step or training step) and its description."""
     import torch
 
-    from metacl.engine import adamw, lm_loss, unroll
+    from metacl.engine import adamw, lm_loss, per_example_loss, unroll
 
     torch.set_num_threads(1)
     family, kind, extra = ROWS[name]
@@ -193,7 +194,7 @@ def run_row(name: str, repeats: int, seed: int) -> dict:
 
         def step():
             pK, _ = unroll(model, params, lm_loss, [docs_pe], optimizer=adamw(lr=LR), per_example=True)
-            torch.func.vmap(lambda p, q: lm_loss(model, p, q))(pK, query_m).sum().backward()
+            per_example_loss(model, pK, query_m).sum().backward()
             model.zero_grad(set_to_none=True)
             weights_m.grad = None
 
@@ -221,27 +222,50 @@ def run_row(name: str, repeats: int, seed: int) -> dict:
 
     else:
         raise ValueError(kind)
+    info = {
+        "name": name, "family": family, "kind": kind, **extra, "params": n_params, "seed": seed,
+        "batch": {"B": B, "T": T, "TQ": TQ} if kind in ("plain", "meta", "higher") else {"M": M, "B": 1, "T": T, "TQ": TQ},
+        "threads": 1, "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+    }
+    return step, info
 
+
+def measure_memory(name: str, seed: int) -> dict:
+    """Fresh process, one row: peak RSS above the pre-step RSS during one call (after a warm-up)."""
+    import gc
+
+    import torch
+
+    torch.set_num_threads(1)
+    step, info = build_row(name, seed)
     step()  # warm-up (allocator, lazy init)
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     base = _rss_bytes()
     step()
-    peak = _hwm_bytes() - base
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return {
-        "name": name, "family": family, "kind": kind, **extra, "params": n_params,
-        "seconds_median": statistics.median(times), "seconds_all": times,
-        "peak_extra_mib": peak / 2**20, "repeats": repeats, "seed": seed,
-        "batch": {"B": B, "T": T, "TQ": TQ} if kind in ("plain", "meta", "higher") else {"M": M, "B": 1, "T": T, "TQ": TQ},
-        "threads": 1, "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-        "torch": __import__("torch").__version__,
-    }
+    return {**info, "peak_extra_mib": (_hwm_bytes() - base) / 2**20}
+
+
+def measure_time(names: list[str], repeats: int, seed: int) -> dict[str, dict]:
+    """One process, rows interleaved round-robin: the machine is shared, so every row sees the
+    same background load; min and median over `repeats` rounds after one warm-up round."""
+    import torch
+    from tqdm import tqdm
+
+    torch.set_num_threads(1)
+    steps = {n: build_row(n, seed)[0] for n in names}
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in tqdm(range(repeats + 1), desc="timing rounds"):
+        for n, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            if r > 0:
+                times[n].append(time.perf_counter() - t0)
+    load = os.getloadavg()[0]
+    return {n: {"seconds_min": min(t), "seconds_median": statistics.median(t), "seconds_all": t,
+                "repeats": repeats, "loadavg_1min_end": load} for n, t in times.items()}
 
 
 def _weighted_ce(logits, labels, w):
@@ -254,16 +278,73 @@ def _weighted_ce(logits, labels, w):
     return (w * nll).sum() / w.sum()
 
 
+def render_table(out: Path) -> str:
+    """Markdown table + target checks from the JSON files (what docs/benchmarks.md shows)."""
+    rows = {}
+    for f in sorted(out.glob("*.json")):
+        r = json.loads(f.read_text())
+        rows[r["name"]] = r
+    lines = ["| row | what | min s | median s | peak extra MiB |", "|---|---|---:|---:|---:|"]
+    what = {
+        "plain_step": "weighted fine-tune step (torch AdamW)",
+        "meta2_k1": "meta-step, 1 inner AdamW step, second order",
+        "meta1_k1": "same, first order",
+        "higher_k1": "`higher`, identical meta-step",
+        "per_example_m8": "8 meta-examples, `per_example=True`",
+        "higher_loop_m8": "8 meta-examples, `higher` loop",
+        "engine_loop_m8": "8 meta-examples, loop of `unroll`",
+    }
+    for name in ROWS:
+        if name not in rows:
+            continue
+        r = rows[name]
+        desc = what.get(name) or what.get(name.removeprefix("hf_"), "")
+        if name.startswith("meta2_k") and name != "meta2_k1":
+            desc = f"K={r['K']} inner steps, second order" + (", checkpointed" if r.get("checkpoint") else "")
+        if name.startswith("hf_"):
+            desc = "HF Llama: " + desc
+        lines.append(f"| `{name}` | {desc} | {r.get('seconds_min', float('nan')):.3f} | {r.get('seconds_median', float('nan')):.3f} | {r['peak_extra_mib']:.1f} |")
+
+    def ratio(a, b, key):
+        return rows[a][key] / rows[b][key] if a in rows and b in rows else float("nan")
+
+    checks = [
+        ("second-order meta-step / plain step (time)", ratio("meta2_k1", "plain_step", "seconds_min"), "<= 3.0"),
+        ("first-order meta-step / plain step (time)", ratio("meta1_k1", "plain_step", "seconds_min"), "<= 1.6"),
+        ("metacl / higher, identical meta-step (time)", ratio("meta2_k1", "higher_k1", "seconds_min"), "<= 1.1"),
+        ("metacl / higher, identical meta-step (peak memory)", ratio("meta2_k1", "higher_k1", "peak_extra_mib"), "<= 1.0"),
+        ("higher loop / per_example, 8 meta-examples (speed-up)", ratio("higher_loop_m8", "per_example_m8", "seconds_min"), ">= 1.5"),
+        ("K=8 / K=1 checkpointed (peak memory)", ratio("meta2_k8_ckpt", "meta2_k1_ckpt", "peak_extra_mib"), "<= 1.3"),
+        ("K=8 / K=1 not checkpointed (peak memory)", ratio("meta2_k8", "meta2_k1", "peak_extra_mib"), "(reference)"),
+        ("HF Llama: second-order / plain step (time)", ratio("hf_meta2_k1", "hf_plain_step", "seconds_min"), "<= 3.0"),
+        ("HF Llama: first-order / plain step (time)", ratio("hf_meta1_k1", "hf_plain_step", "seconds_min"), "<= 1.6"),
+    ]
+    lines += ["", "| target | measured | goal | met |", "|---|---:|---|---|"]
+    for label, val, goal in checks:
+        op, num = (goal.split() + [""])[:2]
+        met = "" if not num else ("yes" if (val <= float(num) if op == "<=" else val >= float(num)) else "**no**")
+        lines.append(f"| {label} | {val:.2f} | {goal} | {met} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", default=None, help=f"rows to run (default all): {', '.join(ROWS)}")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--table", action="store_true", help="print the markdown table from the JSON files and exit")
     ap.add_argument("--_row", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_time", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args._row:  # child process: one row, result as JSON on stdout
-        print("RESULT " + json.dumps(run_row(args._row, args.repeats, args.seed)))
+    if args.table:
+        print(render_table(Path(args.out)))
+        return 0
+    if args._row:  # child process: one row's memory, result as JSON on stdout
+        print("RESULT " + json.dumps(measure_memory(args._row, args.seed)))
+        return 0
+    if args._time:  # child process: interleaved timing of several rows
+        print("RESULT " + json.dumps(measure_time(args._time.split(","), args.repeats, args.seed)))
         return 0
     from tqdm import tqdm
 
@@ -275,17 +356,33 @@ def main() -> int:
         print(f"bench_engine: unknown rows {unknown}; choose from {list(ROWS)}", file=sys.stderr)
         return 2
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    for name in tqdm(names, desc="rows"):
-        cmd = [sys.executable, __file__, "--_row", name, "--repeats", str(args.repeats), "--seed", str(args.seed)]
+
+    def child(flag: str, value: str) -> dict | None:
+        cmd = [sys.executable, __file__, flag, value, "--repeats", str(args.repeats), "--seed", str(args.seed)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
         line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
-            print(f"row {name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+            print(f"{flag} {value} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+            return None
+        return json.loads(line[len("RESULT "):])
+
+    results = {}
+    for name in tqdm(names, desc="memory (one process per row)"):
+        res = child("--_row", name)
+        if res is not None:
+            results[name] = res
+            tqdm.write(f"{name:18s} peak +{res['peak_extra_mib']:8.1f} MiB")
+    for family in ("plain", "hf"):
+        fam = [n for n in names if ROWS[n][0] == family and n in results]
+        if not fam:
             continue
-        res = json.loads(line[len("RESULT "):])
-        res["command"] = "python experiments/bench_engine.py " + " ".join(sys.argv[1:])
-        write_json_atomic(Path(args.out) / f"{name}.json", res)
-        tqdm.write(f"{name:18s} {res['seconds_median']*1000:9.1f} ms  peak +{res['peak_extra_mib']:8.1f} MiB")
+        timing = child("--_time", ",".join(fam)) or {}
+        for n, t in timing.items():
+            results[n].update(t)
+            tqdm.write(f"{n:18s} {t['seconds_min']*1000:9.1f} ms (min of {args.repeats})")
+    command = "python experiments/bench_engine.py " + " ".join(sys.argv[1:])
+    for name, res in results.items():
+        write_json_atomic(Path(args.out) / f"{name}.json", {**res, "command": command.strip()})
     return 0
 
 

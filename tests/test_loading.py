@@ -70,3 +70,19 @@ def test_pad_token_set_when_missing(tiny, tmp_path):
     model, tok = load_model_and_tokenizer(d, device="cpu")
     assert tok.pad_token == tok.eos_token
     assert model.config.pad_token_id is not None
+
+
+def test_any_causal_lm_gpt2_without_pad(tmp_path):
+    """Not only metacl's own Llamas: a GPT-2 with a pad-less tokenizer loads and gets a pad token."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from metacl.models.pretrain import train_tokenizer
+
+    tok = train_tokenizer(["a small corpus for a gpt2 tokenizer", "with two lines"], vocab_size=280)
+    tok.pad_token = None
+    tok.save_pretrained(tmp_path)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2, n_positions=64)).save_pretrained(tmp_path)
+    model, tok2 = load_model_and_tokenizer(tmp_path, device="cpu")
+    assert model.config.model_type == "gpt2" and tok2.pad_token is not None
+    enc = tok2(["with two", "a"], padding=True, return_tensors="pt")
+    assert model(**enc).logits.shape[:2] == enc["input_ids"].shape

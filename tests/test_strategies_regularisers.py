@@ -88,7 +88,7 @@ def test_lwf_loss_zero_when_models_agree_and_positive_when_they_differ():
     lwf.before_task(ctx)
     batch = random_batch()
     logits = ctx.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    assert float(lwf.extra_loss(ctx, batch, logits)) == pytest.approx(0.0, abs=1e-6)
+    assert float(lwf.extra_loss(ctx, batch, logits).detach()) == pytest.approx(0.0, abs=1e-6)
     with torch.no_grad():
         ctx.model.lm_head.weight.add_(0.5 * torch.randn_like(ctx.model.lm_head.weight))
     logits = ctx.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

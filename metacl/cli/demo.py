@@ -4,6 +4,8 @@
     base_lm  → pretrain the `small` LM on the old world's corpus               out/base_lm/
     finetune → `ckl run --strategy finetune` on the new facts                  out/runs/finetune/
     lora     → `ckl run --strategy lora`                                       out/runs/lora/
+    token_weighter → meta-train the TAALM token weighter (when taalm is run)   out/token_weighter/
+    taalm    → `ckl run --strategy taalm --taalm-predictor out/token_weighter/best`  out/runs/taalm/
     compare  → one table (printed, out/table.md) and one plot (out/plot.png)
 
 Why steps: each one writes its outputs into its own folder and is skipped when a marker file
@@ -55,7 +57,9 @@ def steps(args) -> list[Step]:
             from metacl.ckl.config import CklConfig
             from metacl.ckl.protocol import run_ckl
 
+            options = {"taalm_predictor": str(out / "token_weighter" / "best")} if strategy == "taalm" else {}
             cfg = CklConfig(model=str(base), data=str(world), out=str(out / "runs" / strategy), strategies=[strategy],
+                            strategy_options=options,
                             epochs=args.epochs, seeds=list(args.seeds), lr=DEMO_LR.get(strategy, 1e-3),
                             batch_size=8, max_length=256)
             run_ckl(cfg, log=lambda line: print("  " + line))
@@ -69,9 +73,17 @@ def steps(args) -> list[Step]:
         print(merge(dirs, out), end="")
         print(f"wrote {out / 'table.md'} and {out / 'plot.png'}")
 
+    def make_token_weighter() -> None:  # issue 5: meta-train the TAALM-style weighter the `taalm` run uses
+        from metacl.meta.cli import demo_meta_train
+
+        best = demo_meta_train(base, world, out / "token_weighter", seed=args.seed, steps=args.meta_steps)
+        print(f"  token weighter: {best}")
+
+    tw_step = [Step("token_weighter", out / "token_weighter" / "best" / "token_weighter.json", make_token_weighter)]
     return [
         Step("world", world / "world.json", make_world),
         Step("base_lm", base / "pretrain.json", make_base),
+        *(tw_step if "taalm" in args.strategies else []),
         *[Step(s, out / "runs" / s / "summary.json", ckl(s)) for s in args.strategies],
         Step("compare", out / "table.md", compare, always=True),
     ]
@@ -86,7 +98,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the world and of pretraining (default 0)")
     p.add_argument("--size", default="small", help="base LM preset (default small)")
     p.add_argument("--pretrain-steps", type=int, default=None, help="override the preset's pretraining steps")
-    p.add_argument("--strategies", nargs="+", default=["finetune", "lora"], help="strategies to compare")
+    p.add_argument("--strategies", nargs="+", default=["finetune", "lora"],
+                   help="strategies to compare (add taalm to meta-train a token weighter first and run it)")
+    p.add_argument("--meta-steps", type=int, default=30, help="token-weighter meta-training steps for taalm (default 30)")
     p.set_defaults(func=cmd_demo)
 
 

@@ -141,7 +141,8 @@ def ckl_score(summary: dict) -> dict:
 
 
 def demo_meta_train(model_path, world_dir, out_dir, seed: int = 0, steps: int = 30, inner_steps: int = 2,
-                    inner_optimizer: str = "sgd", inner_lr: float = 0.05, meta_batch: int = 4) -> Path:
+                    inner_optimizer: str = "adamw", inner_lr: float = 1e-3, outer_lr: float = 3e-3,
+                    meta_batch: int = 4, max_length: int = 256) -> Path:
     """The `metacl demo` step: a short meta-training run without validation; returns OUT/best.
 
     Kept to a few minutes on a CPU (the demo's budget); the defaults are the configuration chosen
@@ -156,8 +157,8 @@ def demo_meta_train(model_path, world_dir, out_dir, seed: int = 0, steps: int = 
 
     world = Path(world_dir)
     model, tok = load_model_and_tokenizer(model_path, device=torch.device("cpu"))
-    cfg = MetaConfig(inner_steps=inner_steps, inner_optimizer=inner_optimizer, inner_lr=inner_lr,
-                     meta_batch=meta_batch, steps=steps, val_every=0, seed=seed)
+    cfg = MetaConfig(inner_steps=inner_steps, inner_optimizer=inner_optimizer, inner_lr=inner_lr, outer_lr=outer_lr,
+                     meta_batch=meta_batch, steps=steps, val_every=0, seed=seed, max_length=max_length)
     nf = [split_probe(it) for it in load_lama_jsonl(world / "meta_nf.jsonl")]
     trainer = MetaTrainer(model, tok, examples_from_items(load_lama_jsonl(world / "meta_train.jsonl")), out_dir,
                           cfg, nf)

@@ -56,7 +56,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         config: nw.NetConfig | dict | None = None,
         lr: float = 1.0,
         total_steps: int = 1000,
-        chunk_size: int = 1 << 20,
+        chunk_size: int = 1 << 16,
     ):
         if lr < 0:
             raise MetaclError(f"LearnedOptimizer lr={lr} is negative; pass lr >= 0 (it multiplies the learned step)")
