@@ -165,10 +165,11 @@ def build_row(name: str, seed: int):
             weights[0].grad = None
 
     elif kind == "meta":  # meta-gradient w.r.t. token weights and initial params through K AdamW steps
+        # token weights travel in the batch: loss_fn must be pure (checkpointing re-runs it)
+        docs_w = [dict(d, token_weights=w) for d, w in zip(docs, weights)]
+
         def step():
-            it = iter(range(K))
-            loss_fn = lambda m, p, b: lm_loss(m, p, b, weights[next(it)])  # noqa: E731
-            pK, _ = unroll(model, params, loss_fn, docs, optimizer=adamw(lr=LR),
+            pK, _ = unroll(model, params, lm_loss, docs_w, optimizer=adamw(lr=LR),
                            first_order=extra.get("first_order", False), checkpoint=extra.get("checkpoint", False))
             lm_loss(model, pK, query).backward()
             model.zero_grad(set_to_none=True)

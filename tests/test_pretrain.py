@@ -89,6 +89,10 @@ def test_pretrain_errors(corpus, tmp_path):
         pretrain([corpus / "plain.txt"], "huge", tmp_path)
     with pytest.raises(MetaclError, match="positive"):
         pretrain([corpus / "plain.txt"], "tiny", tmp_path, steps=0)
+    with pytest.raises(MetaclError, match="--epochs"):
+        pretrain([corpus / "plain.txt"], "tiny", tmp_path, epochs=0)
+    s = pretrain([corpus / "plain.txt"], "tiny", tmp_path / "e", epochs=2, device="cpu")
+    assert s["epochs"] == 2  # steps were set to exactly two passes
     assert set(PRESETS) == {"tiny", "small", "base"}
 
 

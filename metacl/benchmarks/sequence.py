@@ -74,7 +74,9 @@ class SequenceConfig:
 
     def hash(self) -> str:
         d = asdict(self)
-        for k in ("out", "device", "progress", "eval_batch_size", "strategies", "seeds"):
+        # strategies, their options and seeds are per-run (each seed file records its own), so one
+        # --out can collect strategies run by several commands over the same sequence
+        for k in ("out", "device", "progress", "eval_batch_size", "strategies", "seeds", "strategy_options"):
             d.pop(k)
         d["model"], d["world"] = str(Path(self.model).resolve()), str(Path(self.world).resolve())
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -157,7 +159,8 @@ def run_strategy_seed(cfg: SequenceConfig, spec: str, seed: int, periods: list[l
         ctx.seen_docs = list(ctx.seen_docs) + list(ctx.train_docs)
         log(f"{spec} seed {seed} after period {i + 1}: " + " ".join(f"{a:.3f}" for a in accs)
             + f" | NF {nf_acc:.3f} ({time.time() - t0:.0f}s)")
-    return {"strategy": spec, "seed": seed, "R": R, "nf": nf_curve, "losses": losses, "seconds": round(time.time() - t0, 1)}
+    opts = {k: v for k, v in cfg.strategy_options.items()}
+    return {"strategy": spec, "seed": seed, "strategy_options": opts, "R": R, "nf": nf_curve, "losses": losses, "seconds": round(time.time() - t0, 1)}
 
 
 def heatmap(name: str, R: list[list[float]], nf: list[float], path: Path) -> Path:

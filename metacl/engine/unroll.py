@@ -113,6 +113,10 @@ def unroll(
 ) -> tuple[Params, Any]:
     """Run len(batches) inner updates of `params` and return (params_K, optimizer_state_K).
 
+    `loss_fn` must be a pure function of (model, params, batch) and closed-over tensors: with
+    `checkpoint=True` it is called again during backward. Put per-step data (token weights)
+    in the batch rather than in an iterator.
+
     `state`/`start_step` continue an earlier unroll (default: fresh `optimizer.init`, step 0).
     See the module docstring for the meaning of each mode.
     """

@@ -244,8 +244,8 @@ def pretrain(
     """Train tokenizer + LM on `corpus_files` and save both to `out_dir`; returns a summary dict.
 
     `epochs`, when given, sets the number of steps to that many passes over the corpus (it
-    overrides `steps`). Writes `out_dir/config.json`, weights (safetensors), tokenizer files, `pretrain_log.jsonl`
-    (step, loss, lr, seconds) and `pretrain.json` (the summary).
+    overrides `steps`). Writes `out_dir/config.json`, weights (safetensors), tokenizer files,
+    `pretrain_log.jsonl` (step, epoch, loss, lr, seconds) and `pretrain.json` (the summary).
     """
     if size not in PRESETS:
         raise MetaclError(f"unknown --size {size!r}; choose one of {', '.join(PRESETS)}")
@@ -253,6 +253,8 @@ def pretrain(
     overrides = {k: v for k, v in {"steps": steps, "batch_tokens": batch_tokens, "lr": lr}.items() if v is not None}
     if overrides.get("steps", 1) < 1 or overrides.get("batch_tokens", 1) < 1:
         raise MetaclError("--steps and --batch-tokens must be positive integers; pass e.g. --steps 100")
+    if epochs is not None and epochs <= 0:
+        raise MetaclError(f"--epochs {epochs} must be positive; pass e.g. --epochs 30")
     preset = replace(preset, **overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -278,16 +280,14 @@ def pretrain(
     model.train()
     lengths = [len(x) for x in seqs]
     if epochs is not None:
-        if epochs <= 0:
-            raise MetaclError(f"--epochs {epochs} must be positive")
         per_epoch = len(_epoch_batches(lengths, preset.batch_tokens, torch.Generator().manual_seed(seed)))
         preset = replace(preset, steps=max(1, math.ceil(epochs * per_epoch)))
     queue: list[list[int]] = []
-    epochs, loss_val = 0, float("nan")
+    epoch, loss_val = 0, float("nan")  # epoch: passes over the corpus begun so far
     with open(log_path, "w") as log:
         for step in tqdm(range(preset.steps), desc=f"pretrain {size}", disable=None):
             if not queue:
-                queue, epochs = _epoch_batches(lengths, preset.batch_tokens, gen), epochs + 1
+                queue, epoch = _epoch_batches(lengths, preset.batch_tokens, gen), epoch + 1
             idx = queue.pop()
             batch = {k: v.to(device) for k, v in _collate([seqs[i] for i in idx], tokenizer.pad_token_id).items()}
             lr_now = _lr_at(step, preset, preset.steps)
@@ -300,7 +300,7 @@ def pretrain(
             opt.step()
             loss_val = loss.item()
             if step % log_every == 0 or step == preset.steps - 1:
-                log.write(json.dumps({"step": step, "epoch": epochs, "loss": round(loss_val, 5), "lr": lr_now,
+                log.write(json.dumps({"step": step, "epoch": epoch, "loss": round(loss_val, 5), "lr": lr_now,
                                       "seconds": round(time.time() - t0, 2)}) + "\n")
                 log.flush()
     model.eval()
@@ -308,7 +308,7 @@ def pretrain(
     save_tokenizer(tokenizer, out)
     summary = {
         "size": size, "preset": asdict(preset), "seed": seed, "corpus": [str(f) for f in corpus_files],
-        "documents": len(docs), "windows": len(seqs), "tokens": n_tokens, "epochs": epochs, "parameters": n_params,
+        "documents": len(docs), "windows": len(seqs), "tokens": n_tokens, "epochs": epoch, "parameters": n_params,
         "vocab_size": len(tokenizer), "final_loss": loss_val, "seconds": round(time.time() - t0, 2),
         "device": str(device), "out_dir": str(out),
     }
