@@ -3,8 +3,8 @@
 Why not `torch.utils.checkpoint`: its non-reentrant mode drops every saved tensor as soon as
 it is saved. An inner step computes its own gradient (`autograd.grad(create_graph=True)`)
 *inside* the forward pass, which unpacks those tensors at once, so torch re-runs the whole
-step during the forward and again during backward (measured: 3 loss evaluations per step
-instead of 2). Here saved tensors stay alive until the step returns, are then released, and
+step during the forward and again during backward (three loss evaluations per step
+instead of two). Here saved tensors stay alive until the step returns, are then released, and
 the step is recomputed once, on first use, during the outer backward. Only the step's inputs
 (params, optimizer state, batch) stay alive between forward and backward, so memory no longer
 grows with activations times K.

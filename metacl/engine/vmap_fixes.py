@@ -1,8 +1,8 @@
 """Work-arounds for wrong second-order gradients under `torch.func.vmap` (torch 2.13).
 
 Why: `vmap` over `torch.func.grad` through `F.layer_norm` with a *differentiated* weight
-gives a wrong outer gradient for the parameters upstream of the norm (measured: 4.09 max
-abs error against plain autograd on a 4x4 example; the same code without vmap is exact).
+gives a wrong outer gradient for the parameters upstream of the norm (found by the
+per_example-vs-`higher` parity test, whose model has LayerNorms; without vmap it is exact).
 `per_example=True` would silently return wrong meta-gradients for every model with an
 `nn.LayerNorm`. While the per-example loop runs, `F.layer_norm` is replaced by the same
 formula written with elementary ops, whose batching rules are correct. Values agree with the
