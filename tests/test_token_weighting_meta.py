@@ -183,3 +183,15 @@ def test_cli_meta_train_then_deploy_with_taalm(tmp_path, capsys):
     assert json.loads((run / "summary.json").read_text())["strategies"] == ["taalm", "oracle"]
     bad = main(["meta-train", "token-weighting", "--model", str(lm), "--data", str(tmp_path), "--out", str(tmp_path / "x")])
     assert bad == 2 and "meta_train.jsonl" in capsys.readouterr().err
+
+
+def test_lora_mode_updates_only_adapters_and_still_reaches_the_weighter(toy, tmp_path):
+    path, tok = toy
+    torch.manual_seed(0)
+    rng = random.Random(2)
+    train = [planted(rng)[0] for _ in range(4)]
+    cfg = MetaConfig(mode="lora", lora_rank=2, inner_steps=2, inner_lr=1e-2, meta_batch=2, max_length=32)
+    tr = MetaTrainer(fresh_model(path), tok, train, tmp_path / "lora", cfg, progress=False)
+    assert tr.params and all("lora_" in n for n in tr.params)
+    tr.meta_step()
+    assert tr.weighter.head.weight.grad.abs().sum() > 0
