@@ -5,16 +5,18 @@ from metacl.cli.main import main
 
 def test_demo_tiny_runs_end_to_end_and_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
-    argv = ["demo", "--out", str(out), "--entities", "20", "--epochs", "1", "--size", "tiny", "--pretrain-steps", "3"]
+    argv = ["demo", "--out", str(out), "--entities", "20", "--epochs", "1", "--size", "tiny", "--pretrain-steps", "3",
+            "--meta-steps", "2"]
     assert main(argv) == 0
     first = capsys.readouterr().out
     for f in ("world/tl.jsonl", "base_lm/config.json", "runs/finetune/summary.json", "runs/lora/summary.json",
-              "table.md", "plot.png"):
+              "runs/taalm/summary.json", "table.md", "plot.png"):
         assert (out / f).is_file(), f
-    assert "| finetune |" in first and "| lora |" in first
+    assert "| finetune |" in first and "| lora |" in first and "| taalm |" in first
     assert main(argv) == 0
     second = capsys.readouterr().out
-    assert second.count("done already") == 4  # world, base_lm, finetune, lora; compare always reruns
+    # world, base_lm, token_weighter, finetune, lora, taalm; compare always reruns
+    assert second.count("done already") == 6
     assert "| lora |" in second
 
 

@@ -23,24 +23,18 @@ import torch
 from tqdm.auto import tqdm
 
 from metacl.ckl.batching import DocBatches
+from metacl.engine.losses import label_mask as engine_label_mask, nll_from_logits
 from metacl.errors import MetaclError
 from metacl.strategies.base import Batch, Strategy, TrainContext
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(B, T) next-token NLL aligned with `labels` (column t scores token t); 0 where ignored."""
-    B, T, V = logits.shape
-    tgt = labels[:, 1:]
-    nll = torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, V).float(), tgt.clamp_min(0).reshape(-1), reduction="none"
-    ).view(B, T - 1) * (tgt != -100)
-    return torch.cat([nll.new_zeros(B, 1), nll], dim=1)
+    return nll_from_logits(logits, labels)
 
 
 def label_mask(labels: torch.Tensor) -> torch.Tensor:
-    m = (labels != -100).float()
-    m[:, 0] = 0.0
-    return m
+    return engine_label_mask({"labels": labels})
 
 
 def combined_weights(strategies: Sequence[Strategy], ctx: TrainContext, batch: Batch, nll: torch.Tensor) -> torch.Tensor:

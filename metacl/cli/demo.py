@@ -98,8 +98,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the world and of pretraining (default 0)")
     p.add_argument("--size", default="small", help="base LM preset (default small)")
     p.add_argument("--pretrain-steps", type=int, default=None, help="override the preset's pretraining steps")
-    p.add_argument("--strategies", nargs="+", default=["finetune", "lora"],
-                   help="strategies to compare (add taalm to meta-train a token weighter first and run it)")
+    p.add_argument("--strategies", nargs="+", default=["finetune", "lora", "taalm"],
+                   help="strategies to compare (default finetune lora taalm; taalm meta-trains a token weighter first)")
     p.add_argument("--meta-steps", type=int, default=30, help="token-weighter meta-training steps for taalm (default 30)")
     p.set_defaults(func=cmd_demo)
 

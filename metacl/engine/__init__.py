@@ -5,7 +5,7 @@
 """
 
 from metacl.engine.attention import find_non_double_differentiable, second_order_attention
-from metacl.engine.losses import functional_loss, label_mask, lm_loss, token_nll
+from metacl.engine.losses import functional_loss, label_mask, lm_loss, nll_from_logits, token_nll
 from metacl.engine.optimizers import FunctionalOptimizer, adamw, sgd
 from metacl.engine.unroll import per_example_loss, unroll
 
@@ -18,6 +18,7 @@ __all__ = [
     "lm_loss",
     "token_nll",
     "label_mask",
+    "nll_from_logits",
     "functional_loss",
     "second_order_attention",
     "find_non_double_differentiable",

@@ -37,13 +37,12 @@ def _logits(model: nn.Module, params: dict[str, Tensor], batch: Batch) -> Tensor
     return out.logits if hasattr(out, "logits") else out
 
 
-def token_nll(model: nn.Module, params: dict[str, Tensor], batch: Batch) -> Tensor:
-    """Per-token negative log-likelihood, shape (B, T), aligned with `batch["labels"]`.
+def nll_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
+    """(B, T) next-token NLL aligned with `labels` from already computed logits (B, T, V).
 
-    Column 0 and ignored labels (-100) are 0. Computed in float32 or wider, whatever the model dtype.
+    The one place the alignment convention is implemented: the training loop and strategies
+    that run the model themselves call this too, so every NLL in metacl lines up.
     """
-    logits = _logits(model, params, batch)
-    labels = batch["labels"]
     if logits.shape[:-1] != labels.shape:
         raise MetaclError(
             f"model logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}; labels must be aligned with input_ids (B, T)"
@@ -56,6 +55,14 @@ def token_nll(model: nn.Module, params: dict[str, Tensor], batch: Batch) -> Tens
     nll = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.clamp_min(0).reshape(-1), reduction="none")
     nll = nll.view(target.shape) * valid.to(nll.dtype)
     return F.pad(nll, (1, 0))
+
+
+def token_nll(model: nn.Module, params: dict[str, Tensor], batch: Batch) -> Tensor:
+    """Per-token negative log-likelihood, shape (B, T), aligned with `batch["labels"]`.
+
+    Column 0 and ignored labels (-100) are 0. Computed in float32 or wider, whatever the model dtype.
+    """
+    return nll_from_logits(_logits(model, params, batch), batch["labels"])
 
 
 def label_mask(batch: Batch) -> Tensor:

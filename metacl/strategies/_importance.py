@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metacl.errors import MetaclError
+from metacl.engine.losses import label_mask, nll_from_logits  # noqa: F401  (re-exported for strategies)
 
 Batch = dict[str, torch.Tensor]
 NamedTensors = dict[str, torch.Tensor]
@@ -115,6 +116,7 @@ class Reservoir:
 
 
 # --- losses -----------------------------------------------------------------------------
+# `nll_from_logits` and `label_mask` come from the engine: one alignment convention everywhere.
 
 def token_nll(model: nn.Module, batch: Batch) -> torch.Tensor:
     """(B, T) next-token NLL aligned with `labels`: column t is -log p(labels[t] | tokens < t).
@@ -124,24 +126,6 @@ def token_nll(model: nn.Module, batch: Batch) -> torch.Tensor:
     """
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return nll_from_logits(logits, batch["labels"])
-
-
-def nll_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    B, T, V = logits.shape
-    tgt = labels[:, 1:]
-    valid = tgt != -100
-    nll = F.cross_entropy(
-        logits[:, :-1].reshape(-1, V).float(), tgt.clamp_min(0).reshape(-1), reduction="none"
-    ).view(B, T - 1)
-    nll = nll * valid
-    return torch.cat([nll.new_zeros(B, 1), nll], dim=1)
-
-
-def label_mask(batch: Batch) -> torch.Tensor:
-    """(B, T) float mask of positions that carry a next-token target (column 0 never does)."""
-    m = batch["labels"] != -100
-    m[:, 0] = False
-    return m.float()
 
 
 def mean_nll(model: nn.Module, batch: Batch) -> torch.Tensor:
