@@ -1,4 +1,4 @@
-"""`metacl ckl run | compare | strategies` (and `sequence`, when that module is installed).
+"""`metacl ckl run | compare | strategies | sequence`.
 
 Option precedence for `ckl run`: built-in defaults < `--config FILE` (YAML) < options typed on
 the command line. To know which options were typed, every option of the run parser is given
@@ -80,14 +80,8 @@ def register(sub) -> None:
     st = subsub.add_parser("strategies", help="list every registered strategy")
     st.set_defaults(func=cmd_strategies)
 
-    try:  # `ckl sequence` is added by the task-sequence benchmark when it is installed
-        seq = importlib.import_module("metacl.benchmarks.sequence")
-    except ModuleNotFoundError as e:
-        if e.name != "metacl.benchmarks.sequence":
-            raise
-        seq = None
-    if seq is not None and hasattr(seq, "register_cli"):
-        seq.register_cli(subsub)
+    # `ckl sequence` lives beside the task-sequence benchmark it runs.
+    importlib.import_module("metacl.benchmarks.sequence").register_cli(subsub)
     p.set_defaults(func=lambda args: p.print_help())
 
 

@@ -13,7 +13,7 @@ import argparse
 import importlib
 import sys
 
-# Command modules, in help order. A module that does not exist yet is skipped.
+# Command modules, in help order.
 COMMAND_MODULES = [
     "metacl.cli.data",       # metacl data world
     "metacl.cli.pretrain",   # metacl pretrain
@@ -38,13 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"metacl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue
-            raise
-        mod.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

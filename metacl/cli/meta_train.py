@@ -14,11 +14,5 @@ def register(sub) -> None:
     p = sub.add_parser("meta-train", help="meta-train a meta-learner (token-weighting, optimizer)")
     subsub = p.add_subparsers(dest="meta_command", metavar="META_LEARNER")
     for name in SUBCOMMANDS:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue
-            raise
-        mod.register(subsub)
+        importlib.import_module(name).register(subsub)
     p.set_defaults(func=lambda args: p.print_help())
