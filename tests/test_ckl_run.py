@@ -109,6 +109,15 @@ def test_config_errors_are_one_line(setup, capsys, tmp_path):
     assert "--model" in capsys.readouterr().err
 
 
+def test_bad_model_path_fails_before_anything_is_written(setup, capsys, tmp_path):
+    root, _ = setup
+    out = tmp_path / "never"
+    assert main(run_args(root, tmp_path / "no_such_model", out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0]
+    assert not out.exists()
+
+
 def test_yaml_config_gives_options_and_command_line_wins(tmp_path):
     from metacl.cli.ckl import config_from_options, merge_options
     from metacl.cli.main import build_parser

@@ -109,12 +109,13 @@ def _completed(rows: list[dict], seed: int, last_epoch: int) -> bool:
 def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the protocol for every seed in `cfg.seeds`; returns the summary (also written to disk)."""
     from metacl.data.lama import load_ckl_data
-    from metacl.models.loading import load_model_and_tokenizer
+    from metacl.models.loading import check_causal_lm_path, load_model_and_tokenizer
     from metacl.models.pretrain import read_corpus
 
     cfg.validate()
     for n in cfg.strategies:  # unknown names fail before anything is written
         get_strategy(n)
+    check_causal_lm_path(cfg.model)  # so does a wrong --model
     data = load_ckl_data(cfg.data, tl=cfg.tl, nf=cfg.nf, tl_val=cfg.tl_val)
     tl, nf, tl_val = data.tl, data.nf, data.tl_val
     if cfg.max_items is not None:

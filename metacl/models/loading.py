@@ -49,15 +49,13 @@ def load_tokenizer(path: str | os.PathLike):
     return tok
 
 
-def load_model_and_tokenizer(path: str | os.PathLike, device: str | torch.device | None = None,
-                             dtype: str | torch.dtype | None = None,
-                             attn_implementation: str | None = None):
-    """Return `(model, tokenizer)` for the causal LM saved at `path`, in eval mode on `device`.
+def check_causal_lm_path(path: str | os.PathLike):
+    """Cheap checks (no weights loaded): the folder exists, has a readable config of a causal LM.
 
-    `attn_implementation="eager"` is what second-order meta-gradients need (fused attention
-    kernels have no double backward); `None` keeps the transformers default.
+    Returns the config. Commands call this before they write any output, so a wrong `--model`
+    leaves nothing half-written.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     p = Path(path)
     if not p.exists():
@@ -75,6 +73,21 @@ def load_model_and_tokenizer(path: str | os.PathLike, device: str | torch.device
             f"model at {p} is a {config.model_type!r} model, not a causal LM; pass a decoder model "
             "(Llama, GPT-2, Mistral, ...) saved with save_pretrained"
         )
+    return config
+
+
+def load_model_and_tokenizer(path: str | os.PathLike, device: str | torch.device | None = None,
+                             dtype: str | torch.dtype | None = None,
+                             attn_implementation: str | None = None):
+    """Return `(model, tokenizer)` for the causal LM saved at `path`, in eval mode on `device`.
+
+    `attn_implementation="eager"` is what second-order meta-gradients need (fused attention
+    kernels have no double backward); `None` keeps the transformers default.
+    """
+    from transformers import AutoModelForCausalLM
+
+    p = Path(path)
+    check_causal_lm_path(p)
     tokenizer = load_tokenizer(p)
     kwargs = {}
     if dtype is not None:
