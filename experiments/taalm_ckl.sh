@@ -5,7 +5,7 @@
 # probes before training and after every epoch, 3 seeds.
 #
 # Usage: experiments/taalm_ckl.sh MODEL_DIR WORLD_DIR RUNS_DIR STRATEGY_SET...
-#   STRATEGY_SET: finetune | lora | oracle | taalm | taalm_retention | random | random_retention
+#   STRATEGY_SET: finetune | lora | oracle | taalm | taalm_retention | random | random_retention | taalm60 | random60
 #   taalm uses RUNS_DIR/tw/best, taalm_retention RUNS_DIR/tw_ret/best (see experiments/taalm_meta.sh);
 #   random shuffles that predictor's own weights within each document (same mean and spread).
 # Each run's summary.json + plot.png are copied to docs/results/taalm_<set>/.
@@ -22,6 +22,8 @@ for set in "$@"; do
     taalm_retention) strat=(taalm --taalm-predictor "$RUNS/tw_ret/best") ;;
     random) strat=(random --random-predictor "$RUNS/tw/best") ;;
     random_retention) strat=(random --random-predictor "$RUNS/tw_ret/best") ;;
+    taalm60) strat=(taalm --taalm-predictor "$RUNS/tw60/best") ;;   # tw resumed to 60 meta-steps
+    random60) strat=(random --random-predictor "$RUNS/tw60/best") ;;
     *) echo "unknown set $set" >&2; exit 2 ;;
   esac
   out=$RUNS/ckl_$set
