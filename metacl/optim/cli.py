@@ -16,7 +16,14 @@ def register(subparsers) -> None:
     p.add_argument("--family", default="digits", help="optimizee family: digits (MLPs on Split/Permuted digits) or toy")
     p.add_argument("--steps", type=int, default=200, help="meta-steps (one episode each)")
     p.add_argument("--inner-steps", type=int, default=40, help="optimizee updates per task")
-    p.add_argument("--tasks-per-episode", type=int, default=2)
+    p.add_argument("--tasks-per-episode", type=int, default=2, help="tasks per episode (the maximum if --min-tasks is set)")
+    p.add_argument("--min-tasks", type=int, default=None, help="draw each episode's length uniformly in [MIN, --tasks-per-episode]")
+    p.add_argument("--kinds", default="split,permuted",
+                   help="digits episode kinds, comma list of split (task-IL), class (class-IL, shared head), permuted")
+    p.add_argument("--normalize", choices=["none", "log_classes"], default="none",
+                   help="log_classes: divide each task's loss by ln(#classes) so 10-class tasks do not dominate")
+    p.add_argument("--learn-reduce", choices=["sum", "mean"], default="sum",
+                   help="combine the per-task 'loss after learning it' terms by sum (original) or mean")
     p.add_argument("--retention", type=float, default=1.0, help="weight of earlier tasks' held-out loss after the last task")
     p.add_argument("--estimator", choices=["backprop", "es"], default="backprop")
     p.add_argument("--second-order", action="store_true", help="differentiate through inner gradients (slower)")
@@ -50,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         retention=args.retention, estimator=args.estimator, first_order=not args.second_order, truncate=args.truncate,
         es_pairs=args.es_pairs, es_sigma=args.es_sigma, meta_lr=args.meta_lr, batch_size=args.batch_size,
         init_lr=args.init_lr, seed=args.seed, ckpt_every=args.ckpt_every, eval_episodes=args.eval_episodes,
+        min_tasks=args.min_tasks, kinds=args.kinds, normalize=args.normalize, learn_reduce=args.learn_reduce,
     )
     summary = meta_train(cfg, args.out, resume=args.resume, progress=not args.no_progress,
                          command="metacl " + " ".join(sys.argv[1:]))

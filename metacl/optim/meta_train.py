@@ -15,9 +15,13 @@ Estimators: `backprop` differentiates through the unroll (first-order inner grad
 default, `truncate=k` to differentiate only the last k steps of each task); `es` is antithetic
 evolution strategies on the meta-parameters (no backprop; for long horizons).
 
-Optimizee family `digits`: MLPs (hidden 32 or 64) on the *meta* half of scikit-learn digits,
-episodes are either 2-class splits (masked heads) or 10-class pixel permutations. `toy` is a
-tiny linear-regression family used by the tests.
+Optimizee family `digits`: MLPs (hidden 32 or 64) on the *meta* half of scikit-learn digits;
+an episode's tasks are 2-class splits with masked heads (task-IL), the same splits on a shared
+10-way head (class-IL), or 10-class pixel permutations (`kinds`), and episodes may vary in length
+(`min_tasks`..`tasks_per_episode`) so the optimizer sees as many task boundaries as the 5-task
+benchmark. `normalize="log_classes"` divides each task's loss by ln(#classes) (the loss of a
+chance-level predictor) so that 10-class episodes (loss ~2.3) do not drown out 2-class ones
+(~0.3). `toy` is a tiny linear-regression family used by the tests.
 """
 
 from __future__ import annotations
@@ -66,6 +70,12 @@ class MetaTrainConfig:
     ckpt_every: int = 25
     eval_episodes: int = 8
     baseline_lr: float = 3e-3        # fixed Adam(W) compared against at evaluation
+    # episode shape (digits family); the defaults reproduce the original 2-kind, fixed-length episodes
+    min_tasks: int | None = None     # if set: episode length uniform in [min_tasks, tasks_per_episode]
+    kinds: str = "split,permuted"    # comma list of: split (task-IL, masked 2-class heads), class (class-IL,
+                                     # shared 10-way head, no mask), permuted (10-class pixel permutations)
+    normalize: str = "none"          # none | log_classes: each task's loss / ln(#classes its head scores)
+    learn_reduce: str = "sum"        # sum | mean: how the "learn each task" terms are combined
 
     def check(self) -> None:
         if self.family not in FAMILIES:
@@ -76,6 +86,27 @@ class MetaTrainConfig:
             raise MetaclError("--tasks-per-episode and --inner-steps must be >= 1 and --steps >= 0")
         if self.truncate is not None and not 1 <= self.truncate <= self.inner_steps:
             raise MetaclError(f"--truncate {self.truncate} must be in [1, --inner-steps={self.inner_steps}]")
+        if self.min_tasks is not None and not 1 <= self.min_tasks <= self.tasks_per_episode:
+            raise MetaclError(f"--min-tasks {self.min_tasks} must be in [1, --tasks-per-episode={self.tasks_per_episode}]")
+        bad = sorted(set(self.kind_list()) - set(DIGITS_KINDS)) or ([] if self.kind_list() else ["(empty)"])
+        if bad:
+            raise MetaclError(f"--kinds: unknown episode kind(s) {', '.join(bad)}; use a comma list of {', '.join(DIGITS_KINDS)}")
+        if self.normalize not in ("none", "log_classes"):
+            raise MetaclError(f"--normalize {self.normalize!r}: use 'none' or 'log_classes'")
+        if self.learn_reduce not in ("sum", "mean"):
+            raise MetaclError(f"--learn-reduce {self.learn_reduce!r}: use 'sum' or 'mean'")
+
+    def kind_list(self) -> list[str]:
+        return [k.strip() for k in self.kinds.split(",") if k.strip()]
+
+    def n_tasks(self, rng: random.Random) -> int:
+        """Tasks in the next episode; draws from `rng` only when a range is asked for (keeps old episodes)."""
+        if self.min_tasks is None or self.min_tasks == self.tasks_per_episode:
+            return self.tasks_per_episode
+        return rng.randint(self.min_tasks, self.tasks_per_episode)
+
+
+DIGITS_KINDS = ("split", "class", "permuted")
 
 
 # ----------------------------------------------------------------------------- optimizee families
@@ -84,12 +115,15 @@ class Episode:
     """A sampled optimizee: model (only its structure is used), initial params, and its tasks.
 
     Each task is (train batches for the inner loop, held-out batch for the meta-loss).
+    `scales` (optional, one per task) is the loss of a chance-level predictor on that task, used
+    by `normalize="log_classes"` so that 2-class and 10-class tasks weigh the same in the meta-loss.
     """
 
     model: nn.Module
     params: dict[str, Tensor]
     tasks: list[tuple[list[Any], Any]]
     loss_fn: Callable[[nn.Module, dict[str, Tensor], Any], Tensor]
+    scales: list[float] | None = None
 
 
 def _classifier_loss(model: nn.Module, params: dict[str, Tensor], batch) -> Tensor:
@@ -101,30 +135,39 @@ def _classifier_loss(model: nn.Module, params: dict[str, Tensor], batch) -> Tens
 
 
 def digits_episode(rng: random.Random, cfg: MetaTrainConfig, pool: str = "meta") -> Episode:
-    """MLP on digits; tasks are 2-class splits (masked) or 10-class pixel permutations."""
+    """MLP on digits; the episode's tasks are all of one kind, drawn from `cfg.kinds`:
+
+    - split: 2-class tasks with masked heads (task-incremental, as the benchmark's `split-task`);
+    - class: the same 2-class tasks on a shared 10-way head, no mask (class-incremental: the
+      retention term then punishes pushing old classes' logits down, which only an optimizer that
+      protects the old-class weights can avoid);
+    - permuted: 10-class tasks, each a fresh pixel permutation.
+    """
     from metacl.benchmarks.split_digits import load_pool, make_model, make_task
 
     x, y = load_pool(pool)
     g = torch.Generator().manual_seed(rng.randrange(2**31))
     model = make_model("mlp", seed=rng.randrange(2**31), hidden=rng.choice([32, 64]))
-    kind = rng.choice(["split", "permuted"])
+    kind = rng.choice(cfg.kind_list())
+    n_tasks = cfg.n_tasks(rng)
     classes = list(range(10))
     rng.shuffle(classes)
-    tasks = []
-    for i in range(cfg.tasks_per_episode):
-        if kind == "split":
+    tasks, scales = [], []
+    for i in range(n_tasks):
+        if kind in ("split", "class"):
             c = tuple(sorted(classes[2 * (i % 5) : 2 * (i % 5) + 2]))
-            t = make_task(x, y, c, None, g)
+            t = make_task(x, y, c, None, g, masked=kind == "split")
         else:
             t = make_task(x, y, None, torch.randperm(64, generator=g), g)
         mask = t.mask()
+        scales.append(math.log(2.0 if mask is not None else 10.0))
         bs = []
         for _ in range(cfg.inner_steps):
             idx = torch.randint(0, len(t.y_train), (cfg.batch_size,), generator=g)
             bs.append((t.x_train[idx], t.y_train[idx], mask))
         tasks.append((bs, (t.x_test, t.y_test, mask)))
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    return Episode(model, params, tasks, _classifier_loss)
+    return Episode(model, params, tasks, _classifier_loss, scales)
 
 
 def _mse_loss(model: nn.Module, params: dict[str, Tensor], batch) -> Tensor:
@@ -182,7 +225,10 @@ def episode_loss(ep: Episode, opt, cfg: MetaTrainConfig, differentiable: bool = 
         if hasattr(opt, "consolidate"):
             state = opt.consolidate(params, state)
     old = [ep.loss_fn(ep.model, params, ep.tasks[j][1]) for j in range(len(ep.tasks) - 1)]
-    loss = torch.stack(learn).sum()
+    if cfg.normalize == "log_classes" and ep.scales is not None:
+        learn = [l / s for l, s in zip(learn, ep.scales)]
+        old = [l / s for l, s in zip(old, ep.scales)]
+    loss = torch.stack(learn).sum() if cfg.learn_reduce == "sum" else torch.stack(learn).mean()
     if old:
         loss = loss + cfg.retention * torch.stack(old).mean()
     parts = {
