@@ -83,3 +83,42 @@ def test_ckl_sequence_cli_end_to_end(tmp_path):
     # a rerun with the same options resumes (nothing retrained); different options are refused
     assert main(argv) == 0
     assert main(argv[:-2] + ["--epochs", "2"]) == 2
+
+
+def test_sequence_optimizer_rows_and_icl_memory(tmp_path, monkeypatch):
+    """`--optimizer` rows get their own name in the same --out (same periods, same hash), and a
+    non-training strategy (ICL) keeps every earlier period's documents as its memory."""
+    import metacl.benchmarks.sequence as seq_mod
+    from metacl.cli.main import main
+    from metacl.data.world import write_world
+    from metacl.models.pretrain import tiny_model_for_tests
+
+    world = tmp_path / "world"
+    write_world(world, 40, 0)
+    texts = [json.loads(l)["text"] for l in (world / "pretrain_corpus.jsonl").read_text().splitlines()[:200]]
+    model = tiny_model_for_tests(tmp_path / "lm", texts)
+    out = tmp_path / "seq"
+    base = ["ckl", "sequence", "--model", str(model), "--world", str(world), "--out", str(out), "--periods", "2",
+            "--facts-per-period", "3", "--epochs", "1", "--max-nf", "4", "--batch-size", "4", "--max-length", "64",
+            "--lr", "1e-3", "--device", "cpu", "--seeds", "0"]
+    assert main(base + ["--strategies", "finetune", "--optimizer", "learned"]) == 0
+    r = json.loads((out / "runs" / "finetune@learned" / "seed_0.json").read_text())
+    assert r["optim"]["optimizer"] == "learned" and r["strategy"] == "finetune"
+
+    # ICL: record, per evaluation, which prefix a period-1 probe gets
+    seen = []
+    real = seq_mod._evaluate
+
+    def spy(model, tok, probe_sets, nf, cfg, device, prefix_fn=None):
+        item = probe_sets[0][0]
+        seen.append(prefix_fn(item) == item["evidence"] if prefix_fn else None)
+        return real(model, tok, probe_sets, nf, cfg, device, prefix_fn)
+
+    monkeypatch.setattr(seq_mod, "_evaluate", spy)
+    assert main(base + ["--strategies", "icl"]) == 0
+    assert seen == [True, True]          # after period 2 the period-1 evidence is still in memory
+    s = json.loads((out / "summary.json").read_text())
+    assert {"finetune@learned", "icl"} <= set(s["strategies"])
+    assert (out / "heatmap_finetune@learned.png").is_file()
+    # a learned-optimizer path without --optimizer learned is a user error (one line, exit 2)
+    assert main(base + ["--strategies", "finetune", "--optimizer-path", str(tmp_path)]) == 2

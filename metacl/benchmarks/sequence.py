@@ -17,6 +17,10 @@ mean matrix, ACC/BWT/FWT/NF mean ± std over seeds, the per-seed numbers), `tabl
 `heatmap_<strategy>.png` (the mean accuracy matrix plus the NF column).
 
 Strategies are run one at a time; `a+b` composes them within one run (e.g. `taalm+recadam`).
+`--optimizer sgd|learned` (as in `ckl run`) trains with another optimizer; such rows are named
+`<strategy>@<optimizer>` so they sit beside the AdamW rows of the same `--out`. A non-training
+strategy (in-context learning) keeps every document seen so far as its memory, the analogue of
+a trained model having learned all earlier periods.
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ class SequenceConfig:
     max_nf: int | None = None
     device: str | None = None
     progress: bool = True
+    optimizer: str = "adamw"
+    optimizer_path: str | None = None
+    learned_lr: float = 1.0
 
     def validate(self) -> "SequenceConfig":
         if not self.model:
@@ -67,16 +74,29 @@ class SequenceConfig:
         if not self.strategies:
             raise MetaclError("no strategy given; pass e.g. --strategies finetune spg (see `metacl ckl strategies`)")
         if self.epochs < 1 or self.batch_size < 1:
-            raise MetaclError(f"--epochs and --batch-size must be >= 1, got {self.epochs} and {self.batch_size}")
+            raise MetaclError(f"--epochs and --batch-size must be >= 1, got {self.epochs} and {self.batch_size}; pass e.g. --epochs 4 --batch-size 8")
         if not self.seeds:
             raise MetaclError("no seeds given; pass e.g. --seeds 0 1 2")
+        from metacl.ckl.optimizers import OPTIMIZERS
+
+        if self.optimizer not in OPTIMIZERS:
+            raise MetaclError(f"unknown --optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.optimizer_path and self.optimizer != "learned":
+            raise MetaclError(f"--optimizer-path {self.optimizer_path} is only used by --optimizer learned; "
+                              "add --optimizer learned or drop --optimizer-path")
         return self
+
+    def run_name(self, spec: str) -> str:
+        """The row (and runs/ subfolder) name: the strategy spec, plus @optimizer unless AdamW."""
+        return spec if self.optimizer == "adamw" else f"{spec}@{self.optimizer}"
 
     def hash(self) -> str:
         d = asdict(self)
         # strategies, their options and seeds are per-run (each seed file records its own), so one
         # --out can collect strategies run by several commands over the same sequence
-        for k in ("out", "device", "progress", "eval_batch_size", "strategies", "seeds", "strategy_options"):
+        # (the optimizer too: its rows get their own name, see run_name)
+        for k in ("out", "device", "progress", "eval_batch_size", "strategies", "seeds", "strategy_options",
+                  "optimizer", "optimizer_path", "learned_lr"):
             d.pop(k)
         d["model"], d["world"] = str(Path(self.model).resolve()), str(Path(self.world).resolve())
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -142,10 +162,15 @@ def run_strategy_seed(cfg: SequenceConfig, spec: str, seed: int, periods: list[l
     for i, rows in enumerate(periods):
         ctx.task_index = i
         ctx.train_docs = [r["evidence"] for r in rows]
+        if not trains:  # a memory-only learner (ICL) keeps every period's documents, not just the last
+            ctx.train_docs = list(ctx.seen_docs) + ctx.train_docs
         if trains:
-            stats = train_task(ctx, strategies, cfg.epochs,
-                               lambda params: build_optimizer("adamw", params, lr=cfg.lr, weight_decay=cfg.weight_decay),
-                               grad_clip=cfg.grad_clip or None, progress=cfg.progress)
+            def make_opt(params):
+                return build_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                       path=cfg.optimizer_path, total_steps=ctx.total_steps, learned_lr=cfg.learned_lr)
+
+            stats = train_task(ctx, strategies, cfg.epochs, make_opt, grad_clip=cfg.grad_clip or None,
+                               progress=cfg.progress)
             losses.append(stats["losses"])
         else:
             for s in strategies:
@@ -156,11 +181,12 @@ def run_strategy_seed(cfg: SequenceConfig, spec: str, seed: int, periods: list[l
             accs, nf_acc = _evaluate(ctx.model, tok, periods, nf, cfg, device, _prefix_fn(strategies, ctx))
         R.append(accs)
         nf_curve.append(nf_acc)
-        ctx.seen_docs = list(ctx.seen_docs) + list(ctx.train_docs)
+        ctx.seen_docs = list(ctx.train_docs) if not trains else list(ctx.seen_docs) + list(ctx.train_docs)
         log(f"{spec} seed {seed} after period {i + 1}: " + " ".join(f"{a:.3f}" for a in accs)
             + f" | NF {nf_acc:.3f} ({time.time() - t0:.0f}s)")
     opts = {k: v for k, v in cfg.strategy_options.items()}
-    return {"strategy": spec, "seed": seed, "strategy_options": opts, "R": R, "nf": nf_curve, "losses": losses, "seconds": round(time.time() - t0, 1)}
+    optim = {"optimizer": cfg.optimizer, "optimizer_path": cfg.optimizer_path, "learned_lr": cfg.learned_lr}
+    return {"strategy": spec, "name": cfg.run_name(spec), "seed": seed, "strategy_options": opts, "optim": optim, "R": R, "nf": nf_curve, "losses": losses, "seconds": round(time.time() - t0, 1)}
 
 
 def heatmap(name: str, R: list[list[float]], nf: list[float], path: Path) -> Path:
@@ -241,14 +267,31 @@ def run_sequence(cfg: SequenceConfig, log: Callable[[str], None] = print) -> dic
     for spec in cfg.strategies:
         for n in spec.split("+"):
             get_strategy(n)
+    # every input is checked before --out is touched, so a refused run leaves nothing behind (H6)
+    from metacl.ckl.protocol import build_strategies
+    from metacl.models.loading import check_causal_lm_path
+    from metacl.utils import check_out_kind
+
+    check_causal_lm_path(cfg.model)
+    world = load_world(cfg.world)
+    for spec in cfg.strategies:
+        for strat in build_strategies(spec.split("+"), cfg.strategy_options):
+            if hasattr(strat, "preflight"):
+                strat.preflight(cfg.model)
     out = Path(cfg.out)
     cfg_path = out / "config.json"
-    if cfg_path.is_file() and json.loads(cfg_path.read_text()).get("hash") != cfg.hash():
-        raise MetaclError(f"--out {out} holds a sequence run with different options; choose a new --out or delete it")
+    check_out_kind(out, "ckl sequence")
+    if cfg_path.is_file():
+        try:
+            stored = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise MetaclError(f"{cfg_path} is corrupt ({e.msg}); delete the folder or choose another --out") from e
+        if stored.get("hash") != cfg.hash():
+            raise MetaclError(f"--out {out} holds a sequence run with different options; choose a new --out or delete it")
+    elif out.is_dir() and any(out.iterdir()):
+        raise MetaclError(f"--out {out} is not empty and holds no metacl run (no config.json); choose a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cfg_path, {"hash": cfg.hash(), "config": asdict(cfg)})
-
-    world = load_world(cfg.world)
     seq = write_sequence(out / "sequence", world, n_periods=cfg.periods, facts_per_period=cfg.facts_per_period,
                          seed=cfg.data_seed)
     periods, nf = seq["periods"], seq["nf"][: cfg.max_nf] if cfg.max_nf else seq["nf"]
@@ -269,16 +312,17 @@ def run_sequence(cfg: SequenceConfig, log: Callable[[str], None] = print) -> dic
 
     results: dict[str, list[dict]] = {}
     for spec in cfg.strategies:
-        results[spec] = []
+        name = cfg.run_name(spec)
+        results[name] = []
         for seed in cfg.seeds:
-            path = out / "runs" / spec / f"seed_{seed}.json"
+            path = out / "runs" / name / f"seed_{seed}.json"
             if path.is_file():
-                log(f"{spec} seed {seed}: done already ({path}), skipped")
+                log(f"{name} seed {seed}: done already ({path}), skipped")
                 r = json.loads(path.read_text())
             else:
                 r = run_strategy_seed(cfg, spec, seed, periods, nf, old_corpus, device, log)
                 write_json_atomic(path, r)
-            results[spec].append(r)
+            results[name].append(r)
     # strategies finished earlier into the same --out (e.g. by a parallel command) join the table
     for d in sorted((out / "runs").iterdir()) if (out / "runs").is_dir() else []:
         files = [d / f"seed_{s}.json" for s in cfg.seeds]
@@ -286,7 +330,8 @@ def run_sequence(cfg: SequenceConfig, log: Callable[[str], None] = print) -> dic
             results[d.name] = [json.loads(f.read_text()) for f in files]
     summary = {"hash": cfg.hash(), "config": asdict(cfg), "sequence": seq["meta"], "device": str(device),
                "baseline": base["baseline"], "nf0": base["nf0"],
-               "strategies": summarize_runs(results, base["baseline"], base["nf0"])}
+               # sorted: the table reads the same whichever command of a shared --out ran last
+               "strategies": summarize_runs(dict(sorted(results.items())), base["baseline"], base["nf0"])}
     write_json_atomic(out / "summary.json", summary)
     (out / "table.md").write_text(table_markdown(summary))
     for spec, s in summary["strategies"].items():
@@ -319,6 +364,14 @@ def register_cli(ckl_subparsers) -> None:
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     p.add_argument("--max-nf", type=int, default=None, help="score only the first N old-world probes (quick runs)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    from metacl.ckl.optimizers import OPTIMIZERS
+
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
+                   help="default adamw; other optimizers' rows are named <strategy>@<optimizer>")
+    p.add_argument("--optimizer-path", metavar="DIR", default=None,
+                   help="weights of the learned optimizer (default: shipped weights)")
+    p.add_argument("--learned-lr", type=float, default=d.learned_lr,
+                   help="multiplier on the learned optimizer's step (default 1)")
     import metacl.strategies as strategies
 
     for cls in strategies.REGISTRY.values():

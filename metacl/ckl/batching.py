@@ -72,7 +72,23 @@ class DocBatches:
         return (len(self.windows) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[Batch]:
+        order = self.epoch_order()
+        for b in range(len(self)):
+            yield self.batch_at(order, b)
+
+    def epoch_order(self) -> list[int]:
+        """One epoch's window order (draws from the generator, as iterating does).
+
+        Kept apart from iteration so a checkpoint can store the order of the epoch in progress
+        and a resumed run can replay its remaining batches exactly (`batch_at`).
+        """
         n = len(self.windows)
-        order = torch.randperm(n, generator=self.generator).tolist() if self.shuffle else list(range(n))
-        for b in range(0, n, self.batch_size):
-            yield collate([self.windows[i] for i in order[b:b + self.batch_size]], self.pad_id)
+        return torch.randperm(n, generator=self.generator).tolist() if self.shuffle else list(range(n))
+
+    def batch_at(self, order: Sequence[int], b: int) -> Batch:
+        """Batch number `b` (0-based) of an epoch whose window order is `order`."""
+        if len(order) != len(self.windows):
+            raise MetaclError(f"stored batch order has {len(order)} windows but the data has {len(self.windows)}; "
+                              "the checkpoint belongs to other data: delete OUT/checkpoint or use the original data")
+        s = b * self.batch_size
+        return collate([self.windows[i] for i in order[s:s + self.batch_size]], self.pad_id)

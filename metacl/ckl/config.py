@@ -19,7 +19,10 @@ from metacl.errors import MetaclError
 # Options that do not change the numbers a run produces. `seeds` is left out on purpose: each
 # seed's rows depend only on the other options, so a finished run can be extended with more
 # seeds (`--seeds 0 1 2` after `--seeds 0`) in the same folder.
-_NOT_HASHED = {"out", "device", "progress", "eval_batch_size", "seeds"}
+_NOT_HASHED = {"out", "device", "progress", "eval_batch_size", "seeds", "ckpt_every", "max_bad_steps"}
+# Options added later that do change results: hashed only when not at their default, so the
+# folders of runs made before they existed keep their hash and still resume.
+_HASHED_IF_NOT_DEFAULT = {"precision": "fp32"}
 
 
 @dataclass
@@ -49,6 +52,9 @@ class CklConfig:
     tl_val_fraction: float = 0.1         # carved from TL when no tl_val split exists
     device: str | None = None
     progress: bool = True
+    ckpt_every: int | None = None        # training steps between mid-seed checkpoints; None = once per epoch, 0 = off
+    max_bad_steps: int = 10              # stop after this many skipped (non-finite) steps; 0 = never stop
+    precision: str = "fp32"              # fp32 | bf16 (autocast around forward passes, fp32 weights)
 
     def validate(self) -> "CklConfig":
         if not self.model:
@@ -67,14 +73,31 @@ class CklConfig:
             raise MetaclError(f"--batch-size must be a positive integer, got {self.batch_size}")
         if self.max_items is not None and self.max_items < 2:
             raise MetaclError(f"--max-items must be at least 2, got {self.max_items}")
+        if self.optimizer in ("adamw", "sgd") and not float(self.lr) > 0:
+            raise MetaclError(f"--lr must be > 0, got {self.lr}; pass e.g. --lr 1e-4")
+        if self.optimizer == "learned" and not float(self.learned_lr) > 0:
+            raise MetaclError(f"--learned-lr must be > 0, got {self.learned_lr}; pass e.g. --learned-lr 1")
+        if int(self.max_length) < 2:
+            raise MetaclError(f"--max-length must be >= 2 tokens, got {self.max_length}")
+        if self.optimizer not in ("adamw", "sgd", "learned"):
+            raise MetaclError(f"unknown optimizer {self.optimizer!r}; choose adamw, sgd or learned")
         if not 0 < self.tl_val_fraction < 1:
             raise MetaclError(f"tl_val_fraction must be in (0, 1), got {self.tl_val_fraction}")
+        if self.ckpt_every is not None and int(self.ckpt_every) < 0:
+            raise MetaclError(f"--ckpt-every must be >= 0 training steps (0 = no checkpoints), got {self.ckpt_every}")
+        if int(self.max_bad_steps) < 0:
+            raise MetaclError(f"--max-bad-steps must be >= 0 (0 = never stop), got {self.max_bad_steps}")
+        if self.precision not in ("fp32", "bf16"):
+            raise MetaclError(f"--precision must be fp32 or bf16, got {self.precision!r}")
         return self
 
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
         for k in _NOT_HASHED:
             d.pop(k, None)
+        for k, default in _HASHED_IF_NOT_DEFAULT.items():
+            if d.get(k) == default:
+                d.pop(k, None)
         for k in ("model", "data", "tl", "nf", "tl_val", "old_corpus", "optimizer_path"):
             if d[k] is not None:
                 d[k] = str(Path(d[k]).resolve())

@@ -18,10 +18,23 @@ When there is none (the official LAMA-ckl files), a deterministic 10% of the TL 
 SHA-1 of their uuid) is carved out: still trained on, but excluded from the TL score, so the
 reported TL accuracy is over the other 90%.
 
-Resuming: seeds whose every epoch is already in `metrics.jsonl` are not rerun; a seed cut off
-half-way is rerun from scratch (its partial rows are dropped first). The seed list is not part
-of the run's identity, so `--seeds 0 1 2` in the folder of a `--seeds 0` run only adds seeds 1
-and 2; the summary covers exactly the seeds asked for.
+Resuming: seeds whose every epoch is already in `metrics.jsonl` are not rerun. A seed cut off
+half-way continues from `OUT/checkpoint/` (written every `--ckpt-every` training steps, by
+default once per epoch; see `metacl.ckl.train` for what it holds) and gets the same rows as an
+uninterrupted run; rows written after that checkpoint are dropped and recomputed. Without a
+checkpoint for the seed it is rerun from scratch. A finished seed's checkpoint is deleted. The
+seed list is not part of the run's identity, so `--seeds 0 1 2` in the folder of a `--seeds 0`
+run only adds seeds 1 and 2; the summary covers exactly the seeds asked for.
+
+Faults: steps with a non-finite loss or gradient are skipped and counted (`skipped_steps`);
+after `--max-bad-steps` of them the run stops with one line naming seed, epoch and step, the
+last checkpoint intact and no summary written. `--precision bf16` runs forward passes (training
+and probes) under bf16 autocast with fp32 weights; every row records the peak memory so far
+(`peak_mem_mib`, measured as `peak_mem_measure` says).
+
+Data parallel: launched under torchrun (`torchrun --nproc_per_node 2 -m metacl.cli.main ckl run
+...`), the ranks split every global batch (`--batch-size` stays the global size) and average
+their gradients; rank 0 alone evaluates and writes (see `metacl.ckl.train`).
 """
 
 from __future__ import annotations
@@ -30,6 +43,8 @@ import argparse
 import hashlib
 import json
 import math
+import os
+import resource
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -40,7 +55,8 @@ from metacl.ckl.config import CklConfig
 from metacl.ckl.metrics import probe_accuracy
 from metacl.ckl.optimizers import build_optimizer
 from metacl.ckl.report import plot_runs, read_rows, summarize, table_markdown
-from metacl.ckl.train import train_task
+from metacl.checkpoint import find_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
+from metacl.ckl.train import TooManyBadSteps, autocast, train_task
 from metacl.errors import MetaclError
 from metacl.strategies.base import Strategy, TrainContext, get_strategy
 from metacl.utils import seed_everything, write_json_atomic
@@ -86,6 +102,9 @@ def _prefix_fn(strategies: list[Strategy], ctx: TrainContext) -> Callable[[Any],
 
 def _prepare_out(cfg: CklConfig) -> Path:
     out = Path(cfg.out)
+    from metacl.utils import check_out_kind
+
+    check_out_kind(out, "ckl run")  # a file, or another kind of run (H6)
     cfg_path = out / "config.json"
     if cfg_path.is_file():
         try:
@@ -102,6 +121,40 @@ def _prepare_out(cfg: CklConfig) -> Path:
     return out
 
 
+def _quiet(msg: str) -> None:
+    """Log function of non-main ranks: rank 0 speaks for the job."""
+
+
+def _device(cfg: CklConfig, info) -> torch.device:
+    if cfg.device:
+        dev = torch.device(cfg.device)
+        if info.enabled and dev.type == "cuda" and dev.index is None:
+            return torch.device("cuda", info.local_rank)
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda", info.local_rank) if info.enabled else torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _checkpoint_for(ckpt_dir: Path, cfg: CklConfig, seed: int) -> tuple[dict, dict] | None:
+    """The mid-seed checkpoint of `seed` in this run folder, or None (absent, or of another seed)."""
+    if find_checkpoint(ckpt_dir) is None:
+        return None
+    tensors, state = load_checkpoint(ckpt_dir)
+    if state.get("hash") != cfg.hash():
+        raise MetaclError(f"{ckpt_dir} belongs to a different run (hash {state.get('hash')} != {cfg.hash()}); "
+                          "delete it or choose another --out")
+    return (tensors, state) if state.get("seed") == seed else None
+
+
+def peak_memory(device: torch.device) -> tuple[float, str]:
+    """(peak MiB so far, how it was measured): CUDA allocator peak, or the process's max RSS on CPU."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1), "cuda_max_memory_allocated"
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: whole process, never reset
+    return round(kib / 1024, 1), "cpu_ru_maxrss_process"
+
+
 def _completed(rows: list[dict], seed: int, last_epoch: int) -> bool:
     return {r["epoch"] for r in rows if r["seed"] == seed} >= set(range(last_epoch + 1))
 
@@ -116,6 +169,9 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
     for n in cfg.strategies:  # unknown names fail before anything is written
         get_strategy(n)
     check_causal_lm_path(cfg.model)  # so does a wrong --model
+    for strat in build_strategies(cfg.strategies, cfg.strategy_options):  # and a strategy's bad inputs (H6)
+        if hasattr(strat, "preflight"):  # e.g. a taalm predictor built for another tokenizer
+            strat.preflight(cfg.model)
     data = load_ckl_data(cfg.data, tl=cfg.tl, nf=cfg.nf, tl_val=cfg.tl_val)
     tl, nf, tl_val = data.tl, data.nf, data.tl_val
     if cfg.max_items is not None:
@@ -129,25 +185,62 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
     train_docs = [it.evidence for it in train_items]
     old_corpus = read_corpus([cfg.old_corpus]) if cfg.old_corpus else list(data.old_corpus)
 
-    out = _prepare_out(cfg)
+    from metacl import distributed as D
+
+    info = D.init(cfg.device)
+    if not info.is_main:
+        log = _quiet
+    out, refused = Path(cfg.out), None
+    if info.is_main:
+        try:
+            out = _prepare_out(cfg)
+        except MetaclError as e:
+            refused = e
+    # doubles as a barrier: config.json is settled before other ranks read the folder, and a
+    # refusal on rank 0 stops every rank instead of leaving them waiting
+    if D.all_reduce_flag(refused is not None, info):
+        raise refused or MetaclError(f"rank 0 refused --out {cfg.out} (see its error line); fix that and relaunch")
     metrics_path = out / "metrics.jsonl"
     rows = read_rows(metrics_path)
-    device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(cfg, info)
     trains = any(get_strategy(n).trains for n in cfg.strategies)
     last_epoch = cfg.epochs if trains else 0
+    ckpt_dir = out / "checkpoint"
     log(f"ckl run {'+'.join(cfg.strategies)}: TL {len(tl_test)} scored, TL_val {len(tl_val)} ({val_source}), "
-        f"NF {len(nf)}, {len(train_docs)} training documents, old corpus {len(old_corpus)} docs, device {device}")
+        f"NF {len(nf)}, {len(train_docs)} training documents, old corpus {len(old_corpus)} docs, device {device}"
+        + (f", {info.world_size} data-parallel ranks" if info.enabled else ""))
 
     for seed in cfg.seeds:
         if _completed(rows, seed, last_epoch):
             log(f"seed {seed}: already complete in {metrics_path}, skipped")
             continue
-        rows = [r for r in rows if r["seed"] != seed]  # drop a half-finished seed, rerun it whole
-        with open(metrics_path, "w") as f:
-            f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-        rows += _run_seed(cfg, seed, device, tl_test, nf, tl_val, train_docs, old_corpus, trains, metrics_path, log,
-                          load_model_and_tokenizer)
+        resume = _checkpoint_for(ckpt_dir, cfg, seed) if trains else None
+        if resume is not None and not _completed(rows, seed, int(resume[1]["train"]["position"]["epoch"]) - 1):
+            log(f"seed {seed}: {ckpt_dir} is ahead of {metrics_path} (rows missing), rerunning the seed from scratch")
+            resume = None
+        if resume is not None:  # keep the rows evaluated before the checkpoint, recompute the rest
+            first_todo = int(resume[1]["train"]["position"]["epoch"])
+            log(f"seed {seed}: resuming from {ckpt_dir} (epoch {first_todo}, step {resume[1]['train']['position']['step']})")
+        else:
+            first_todo = 0
+        rows = [r for r in rows if r["seed"] != seed or r["epoch"] < first_todo]
+        D.barrier(info)  # every rank has read the checkpoint and the rows before rank 0 rewrites them
+        if info.is_main:  # temp file + rename: a kill here must not lose the rows that are kept
+            tmp = metrics_path.with_name(f".{metrics_path.name}.tmp-{os.getpid()}")
+            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+            os.replace(tmp, metrics_path)
+        try:
+            rows += _run_seed(cfg, seed, device, tl_test, nf, tl_val, train_docs, old_corpus, trains, metrics_path, log,
+                              load_model_and_tokenizer, resume=resume, ckpt_dir=ckpt_dir, info=info)
+        except TooManyBadSteps as e:
+            kept = f"the last checkpoint {ckpt_dir} is kept" if find_checkpoint(ckpt_dir) else "no checkpoint was written yet"
+            raise TooManyBadSteps(f"{e}; {kept}, no summary written") from None
+        D.barrier(info)
+        if info.is_main:
+            remove_checkpoint(ckpt_dir)  # the seed's rows are complete; its checkpoint is obsolete
 
+    if not info.is_main:
+        return {"rank": info.rank}
     wanted = set(cfg.seeds)  # the folder may hold more seeds from an earlier call; report the asked ones
     summ = summarize([r for r in rows if r["seed"] in wanted])
     name = "+".join(cfg.strategies)
@@ -162,24 +255,37 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
     return summary
 
 
-def _run_seed(cfg, seed, device, tl_test, nf, tl_val, train_docs, old_corpus, trains, metrics_path, log, loader):
+def _run_seed(cfg, seed, device, tl_test, nf, tl_val, train_docs, old_corpus, trains, metrics_path, log, loader,
+              resume=None, ckpt_dir=None, info=None):
+    from metacl import distributed as D
+
+    info = info or D.SINGLE
     gen = seed_everything(seed)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     model, tok = loader(cfg.model, device=device)
     strategies = build_strategies(cfg.strategies, cfg.strategy_options)
     ctx = TrainContext(model=model, tokenizer=tok, device=device, train_docs=train_docs, old_corpus=old_corpus,
                        batch_size=cfg.batch_size, max_length=cfg.max_length, seed=seed, generator=gen)
     rows: list[dict] = []
     t0 = time.time()
+    precision = getattr(cfg, "precision", "fp32")
 
     def evaluate(epoch: int, stats: dict) -> None:
+        if not info.is_main:  # rank 0 evaluates and writes; the others wait
+            D.barrier(info)
+            return
         pf = _prefix_fn(strategies, ctx)
         row: dict[str, Any] = {"seed": seed, "epoch": epoch, **stats}
         for key, items in (("tl", tl_test), ("nf", nf), ("val", tl_val)):
-            r = probe_accuracy(ctx.model, tok, items, batch_size=cfg.eval_batch_size, prefix_fn=pf, device=device,
-                               exact_match=cfg.exact_match)
+            with autocast(device, precision):
+                r = probe_accuracy(ctx.model, tok, items, batch_size=cfg.eval_batch_size, prefix_fn=pf, device=device,
+                                   exact_match=cfg.exact_match)
             row[f"{key}_acc"], row[f"{key}_em"] = r["acc"], r["em"]
             row[f"{key}_prompt_tokens"], row[f"{key}_seconds_per_query"] = r["prompt_tokens"], r["seconds_per_query"]
         row["seconds"] = round(time.time() - t0, 2)
+        row["precision"] = precision
+        row["peak_mem_mib"], row["peak_mem_measure"] = peak_memory(device)
         rows.append(row)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
@@ -187,6 +293,7 @@ def _run_seed(cfg, seed, device, tl_test, nf, tl_val, train_docs, old_corpus, tr
         loss = stats.get("train_loss")
         log(f"seed {seed} epoch {epoch:>2}: TL {row['tl_acc']:.3f} NF {row['nf_acc']:.3f} val {row['val_acc']:.3f}{em}"
             + (f" loss {loss:.3f}" if loss is not None else "") + f" ({row['seconds']:.0f}s)")
+        D.barrier(info)
 
     if not trains:  # in-context learning and other non-training methods: one evaluation
         for s in strategies:
@@ -195,12 +302,29 @@ def _run_seed(cfg, seed, device, tl_test, nf, tl_val, train_docs, old_corpus, tr
         for s in strategies:
             s.after_task(ctx)
         return rows
-    evaluate(0, {"train_loss": None, "skipped_steps": 0})
+    if resume is None:
+        evaluate(0, {"train_loss": None, "skipped_steps": 0})
 
     def make_opt(params):
         return build_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                path=cfg.optimizer_path, total_steps=ctx.total_steps, learned_lr=cfg.learned_lr)
 
+    # Fault-injection for tests: after writing the checkpoint of this step, wait to be killed.
+    pause_at = int(os.environ.get("METACL_DEBUG_PAUSE_AFTER_CKPT_STEP", "0") or 0)
+
+    def save_state(tensors: dict, state: dict) -> None:
+        if info.is_main and ckpt_dir is not None:
+            save_checkpoint(ckpt_dir, tensors, {"seed": seed, "hash": cfg.hash(), "train": state})
+            if pause_at and state["position"]["step"] == pause_at:
+                time.sleep(600)
+
+    ckpt_every = getattr(cfg, "ckpt_every", None)
+    if ckpt_every is None:  # default: once per epoch
+        from metacl.ckl.batching import DocBatches
+
+        ckpt_every = len(DocBatches(tok, train_docs, cfg.batch_size, cfg.max_length))
     train_task(ctx, strategies, cfg.epochs, make_opt, on_epoch_end=evaluate, grad_clip=cfg.grad_clip or None,
-               progress=cfg.progress)
+               progress=cfg.progress and info.is_main, ckpt_every=ckpt_every, save_state=save_state,
+               resume=(resume[0], resume[1]["train"]) if resume is not None else None,
+               max_bad_steps=getattr(cfg, "max_bad_steps", None), precision=precision, dist=info)
     return rows

@@ -48,6 +48,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="skip greedy-generation exact match (faster)")
     p.add_argument("--max-items", type=int, default=None, help="use only the first N TL and N NF items (quick runs)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every, metavar="N",
+                   help="write OUT/checkpoint every N training steps to resume a killed run (default: once per epoch; 0 = off)")
+    p.add_argument("--max-bad-steps", type=int, default=d.max_bad_steps, metavar="N",
+                   help=f"stop after N steps skipped for NaN/inf loss or gradients (default {d.max_bad_steps}; 0 = never)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=d.precision,
+                   help="bf16: autocast forward passes (fp32 weights); default fp32")
 
 
 def _add_strategy_args(p: argparse.ArgumentParser) -> None:
@@ -85,6 +91,16 @@ def register(sub) -> None:
     p.set_defaults(func=lambda args: p.print_help())
 
 
+def did_you_mean(key: str, allowed) -> str:
+    """' (did you mean epochs?)' for a misspelt key, '' when nothing is close."""
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(allowed), n=3, cutoff=0.6)
+    if not close:  # same first word, e.g. `taalm_path` -> taalm_predictor
+        close = sorted(a for a in allowed if a.split("_")[0] == key.split("_")[0])[:3]
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
 def merge_options(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     """defaults < YAML (--config) < typed options; unknown YAML keys are a one-line error."""
     from metacl.ckl.config import load_yaml_options
@@ -95,8 +111,7 @@ def merge_options(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, 
         allowed = (set(defaults) | set(_RENAMED.values())) - {"config", "func"}
         for k, v in load_yaml_options(cfg_file).items():
             if k not in allowed:
-                close = sorted(a for a in allowed if a.split("_")[0] == k.split("_")[0])[:3]
-                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                hint = did_you_mean(k, allowed)
                 raise MetaclError(f"config file {cfg_file}: unknown key {k!r}{hint}; use the run options' names, "
                                   "e.g. model, data, strategy, epochs, seeds, lr")
             if k == "strategies":
@@ -127,7 +142,8 @@ def config_from_options(opts: dict[str, Any]):
         cfg = CklConfig(**kw)
     except TypeError as e:  # pragma: no cover - guarded by merge_options
         raise MetaclError(f"bad ckl run options ({e}); see `metacl ckl run --help`") from e
-    for k in ("epochs", "batch_size", "max_length", "eval_batch_size"):
+    for k in ("epochs", "batch_size", "max_length", "eval_batch_size", "max_bad_steps") + (
+            ("ckpt_every",) if cfg.ckpt_every is not None else ()):
         try:
             setattr(cfg, k, int(getattr(cfg, k)))
         except (TypeError, ValueError) as e:
@@ -147,6 +163,8 @@ def cmd_run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     summary = run_ckl(cfg)
     from pathlib import Path
 
+    if summary.get("rank", 0) != 0:  # data-parallel ranks other than 0 write and print nothing
+        return 0
     print((Path(cfg.out) / "table.md").read_text(), end="")
     print(f"wrote {cfg.out}/metrics.jsonl, summary.json, table.md, plot.png")
     return 0
@@ -155,6 +173,10 @@ def cmd_run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from metacl.ckl.report import compare
 
+    if args.out:  # its table.md / plot.png would overwrite a run's own (H6)
+        from metacl.utils import check_out_kind
+
+        check_out_kind(args.out, "ckl compare")
     print(compare(args.runs, args.out), end="")
     if args.out:
         print(f"wrote {args.out}/table.md and {args.out}/plot.png")

@@ -28,6 +28,9 @@ def _world(args) -> int:
 
     if not 0 <= args.overwrite_fraction <= 1:
         raise MetaclError(f"--overwrite-fraction {args.overwrite_fraction} must be between 0 and 1")
+    from metacl.utils import check_out_kind
+
+    check_out_kind(args.out, "data world")  # never mix a world's files into another run's folder
     meta = write_world(args.out, args.entities, args.seed, overwrite_fraction=args.overwrite_fraction,
                        paraphrases=args.paraphrases)
     counts = ", ".join(f"{k} {v}" for k, v in meta["counts"].items())

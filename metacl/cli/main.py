@@ -5,6 +5,10 @@ Each command module exposes `register(subparsers)`; it adds its parser and sets
 command functions so that `metacl --help` stays fast.
 
 A `MetaclError` anywhere becomes one line on stderr and exit code 2; nothing else is printed.
+Command-line mistakes (unknown option, bad value, unknown command) get the same treatment:
+argparse's usage block is replaced by one line naming the command and where to find its help,
+`metacl: error: <command>: <message> (see metacl <command> --help)`, so scripts and people see
+the same single line whichever layer refused the input.
 """
 
 from __future__ import annotations
@@ -24,8 +28,29 @@ COMMAND_MODULES = [
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
+    """An ArgumentParser whose errors are one stderr line and exit code 2 (subparsers inherit it)."""
+
+    def command(self) -> str:
+        """'ckl run' for the parser of `metacl ckl run`; '' for the top-level parser."""
+        parts = self.prog.split()
+        return " ".join(parts[1:])
+
+    def error(self, message: str) -> None:
+        cmd = self.command()
+        where = f"{cmd}: " if cmd else ""
+        see = f"metacl {cmd} --help" if cmd else "metacl --help"
+        message = " ".join(message.split())  # argparse messages may span lines
+        self.exit(2, f"metacl: error: {where}{message} (see {see})\n")
+
+
+def _deepest_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command the user chose, e.g. that of `metacl ckl run`."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, subs[0].dest, None) if subs else None
+        if not subs or chosen not in subs[0].choices:
+            return parser
+        parser = subs[0].choices[chosen]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,8 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code (0 ok, 2 bad input, 130 interrupted).
+
+    Returns instead of exiting so tests can call it in-process; argparse's own exits (--help,
+    --version, a refused option) are turned into return codes too.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # name the subcommand whose options were wrong, not the top-level parser
+            _deepest_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -53,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except MetaclError as e:
-        print(f"metacl: error: {e}", file=sys.stderr)
+        print(f"metacl: error: {' '.join(str(e).split())}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("metacl: interrupted", file=sys.stderr)

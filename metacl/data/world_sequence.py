@@ -37,6 +37,17 @@ NEW_CODES = ("spouse", "alma_mater")
 WORLD_SPLITS = ("pretrain_corpus", "nf", "tl", "tl_val", "meta_train", "meta_val")
 
 
+def _check_world_row(row, split: str, path: Path, lineno: int) -> None:
+    """One-line DataError for a row the sequence cannot use (names file, line and field)."""
+    if split == "pretrain_corpus":
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip():
+            raise DataError(f"{path}:{lineno}: field 'text' is missing or empty; regenerate the world folder")
+    elif split in ("nf", "tl", "tl_val"):
+        from metacl.data.lama import validate_row
+
+        validate_row(row, path, lineno)
+
+
 def load_world(world_dir: str | Path) -> dict[str, list[dict]]:
     """The splits of a world folder written by `metacl data world` (JSONL per split)."""
     d = Path(world_dir)
@@ -54,6 +65,7 @@ def load_world(world_dir: str | Path) -> dict[str, list[dict]]:
                             rows.append(json.loads(line))
                         except json.JSONDecodeError as e:
                             raise DataError(f"{path}:{i}: malformed JSON ({e.msg}); regenerate the world folder") from e
+                        _check_world_row(rows[-1], name, path, i)  # a bad row fails here, not mid-run
         out[name] = rows
     return out
 

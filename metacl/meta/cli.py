@@ -50,6 +50,12 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint (same options)")
+    p.add_argument("--ckpt-every", type=int, default=None,
+                   help="checkpoint every N meta-steps (default: at each validation and every min(val-every, 25))")
+    p.add_argument("--max-bad-steps", type=int, default=10,
+                   help="stop after this many meta-steps skipped for a non-finite loss or gradient")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: autocast the forward passes (fp32 master weights; attention stays eager/math)")
     p.set_defaults(func=run)
 
 
@@ -70,10 +76,21 @@ def run(args: argparse.Namespace) -> int:
         raise MetaclError(f"--data {data} lacks {', '.join(missing)}; generate a world with `metacl data world --out DIR`")
     for name in ("inner_steps", "meta_batch", "steps", "max_length"):
         if getattr(args, name) < 1:
-            raise MetaclError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise MetaclError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}; pass a positive count (see metacl meta-train token-weighting --help)")
     if args.retention < 0:
         raise MetaclError(f"--retention {args.retention} is negative; pass 0 (off) or a positive lambda")
+    for name in ("inner_lr", "outer_lr"):  # bad input is refused before --out is touched (H6)
+        if not getattr(args, name) > 0:
+            raise MetaclError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    from metacl.utils import check_out_kind
+
+    check_out_kind(args.out, "meta-train token-weighting")
     device = torch.device(args.device) if args.device else default_device()
+    from metacl import distributed
+
+    dist_info = distributed.init(str(device))  # under torchrun: one GPU per process
+    if device.type == "cuda" and dist_info.enabled:
+        device = torch.device("cuda", dist_info.local_rank)
     seed_everything(args.seed)
     model, tok = load_model_and_tokenizer(args.model, device=device)
     train_items = load_lama_jsonl(files["meta_train"])
@@ -89,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
                      mode=args.mode, lora_rank=args.lora_rank, truncate=args.truncate, retention=args.retention,
                      retention_probes=args.retention_probes, meta_batch=args.meta_batch, outer_lr=args.outer_lr,
                      max_length=args.max_length, seed=args.seed, steps=args.steps, val_every=args.val_every,
-                     val_at_start=not args.skip_initial_val,
+                     val_at_start=not args.skip_initial_val, ckpt_every=args.ckpt_every,
+                     max_bad_steps=args.max_bad_steps, precision=args.precision,
                      extra={"model": str(args.model), "data": str(data), "backbone": args.backbone})
     validate = None
     if args.val_every > 0 and val_items:
@@ -99,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     trainer = MetaTrainer(model, tok, examples_from_items(train_items), args.out, cfg, nf_probes,
                           weighter=weighter, validate=validate)
     res = trainer.run(resume=args.resume)
+    if not dist_info.is_main:  # rank 0 reports and writes
+        return 0
     write_json_atomic(Path(args.out) / "summary.json", {"config": {**vars(args), "func": None}, **res})
     best = res.get("best") or {}
     print(f"meta-trained {res['step']} steps in {res['seconds']:.0f}s; best weighter: {Path(args.out) / 'best'}"
@@ -118,17 +138,20 @@ def make_ckl_validator(model_path, tl_file, nf_file, out_dir, epochs: int, seed:
     from metacl.ckl.config import CklConfig
     from metacl.ckl.protocol import run_ckl
 
+    from metacl import distributed
+
     def validate(weighter, path):
+        is_main = distributed.init().is_main  # under torchrun every rank runs the (data-parallel) CKL protocol
         step = json.loads((Path(path) / "token_weighter.json").read_text()).get("meta_step", 0)
         out = Path(out_dir) / f"step_{int(step):06d}"
-        if out.exists():  # a validation cut off by a crash: redo it from scratch
+        if out.exists() and is_main:  # a validation cut off by a crash: redo it from scratch
             shutil.rmtree(out)
         cfg = CklConfig(model=str(model_path), out=str(out), tl=str(tl_file), nf=str(nf_file),
                         strategies=["taalm"], strategy_options={"taalm_predictor": str(path)}, epochs=epochs,
                         seeds=[seed], max_items=max_items, max_length=max_length, exact_match=False,
                         device=str(device), progress=False, **({"lr": lr} if lr is not None else {}))
         res = run_ckl(cfg, log=lambda msg: None)
-        return ckl_score(res)
+        return ckl_score(res) if is_main else {}
 
     return validate
 

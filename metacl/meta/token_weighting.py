@@ -16,6 +16,9 @@ loss of predicting token `t`. It is computed from the hidden state at position `
 read token `t` itself (and everything before it): a weighter that could not see the token it
 weighs would have to guess whether it is an object token. Position 0 is never a label (nothing
 predicts it), padding gets weight 0.
+
+Untrusted folders: weights are read from safetensors only (`use_safetensors=True`); a backbone or
+saved weighter that holds only a pickle (`pytorch_model.bin`, `.pt`) is refused, never unpickled.
 """
 
 from __future__ import annotations
@@ -75,6 +78,47 @@ def check_same_tokenizer(a: Any, b: Any, where: str) -> None:
         )
 
 
+def backbone_tokenizer(path: str | os.PathLike) -> Any:
+    """The tokenizer saved in a backbone folder (cheap: no weights), or a one-line error."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:
+        raise MetaclError(f"token-weighter backbone {path} has no loadable tokenizer ({type(e).__name__}); "
+                          "save the tokenizer next to the model") from e
+
+
+def check_saved_weighter_tokenizer(path: str | os.PathLike, base_tokenizer: Any) -> None:
+    """Cheap pre-flight (no weights loaded): does the weighter saved at `path` fit this tokenizer?
+
+    Commands call this before they write anything, so a predictor built for another base LM
+    is refused up front instead of after the output folder has been set up.
+    """
+    path = Path(path)
+    if not (path / CONFIG_NAME).is_file() and (path / "best" / CONFIG_NAME).is_file():
+        path = path / "best"
+    cfg_path = path / CONFIG_NAME
+    if not path.exists():
+        raise MetaclError(f"token weighter {path} does not exist; pass the --out folder of "
+                          "`metacl meta-train token-weighting` (or its best/ subfolder)")
+    if not cfg_path.is_file():
+        raise MetaclError(f"{path} is not a token weighter (no {CONFIG_NAME}); pass the --out directory of "
+                          "`metacl meta-train token-weighting` (or its best/ subfolder)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise MetaclError(f"token weighter config {cfg_path} is corrupt ({type(e).__name__}); "
+                          "re-run meta-training or point to another copy") from e
+    if not isinstance(cfg, dict):
+        raise MetaclError(f"token weighter config {cfg_path} is not a JSON object; re-run meta-training")
+    if (path / "tokenizer_config.json").is_file():
+        check_same_tokenizer(backbone_tokenizer(path), base_tokenizer, f"token weighter {path}")
+    elif "tokenizer" in cfg and cfg["tokenizer"] != tokenizer_fingerprint(base_tokenizer):
+        raise MetaclError(f"token weighter {path}: tokenizer differs from the base LM's; "
+                          "meta-train a weighter for this base LM (same tokenizer)")
+
+
 class TokenWeighter(nn.Module):
     """Per-token importance weights in (0, 1); see the module docstring for why and how."""
 
@@ -105,16 +149,22 @@ class TokenWeighter(nn.Module):
         """Any local HF causal LM as backbone, provided its tokenizer matches the base LM's."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from metacl.models.loading import check_causal_lm_path, check_safetensors_weights, quiet_hf_loading
+
         path = Path(path)
         if not path.is_dir():
-            raise MetaclError(f"token-weighter backbone {path} is not a directory; pass a local Hugging Face model folder")
-        try:
-            tok = AutoTokenizer.from_pretrained(str(path))
-        except Exception as e:
-            raise MetaclError(f"token-weighter backbone {path} has no loadable tokenizer ({type(e).__name__}); "
-                              "save the tokenizer next to the model") from e
+            where = "does not exist" if not path.exists() else "is not a directory"
+            raise MetaclError(f"token-weighter backbone {path} {where}; pass a local Hugging Face model folder")
+        check_causal_lm_path(path)
+        tok = backbone_tokenizer(path)
         check_same_tokenizer(tok, base_tokenizer, f"token-weighter backbone {path}")
-        lm = AutoModelForCausalLM.from_pretrained(str(path))
+        check_safetensors_weights(path, "token-weighter backbone")
+        try:
+            with quiet_hf_loading():
+                lm = AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True)
+        except Exception as e:
+            raise MetaclError(f"token-weighter backbone {path}: weights unreadable ({type(e).__name__}); "
+                              "re-save the model with save_pretrained") from e
         return cls.from_base_lm(lm, base_tokenizer, init_bias=init_bias)
 
     # --- forward --------------------------------------------------------------------------
@@ -181,18 +231,27 @@ class TokenWeighter(nn.Module):
                 f"{path} is not a token weighter (no {CONFIG_NAME}); pass the --out directory of "
                 "`metacl meta-train token-weighting` (or its best/ subfolder)"
             )
+        from metacl.errors import CheckpointError
+        from metacl.models.loading import check_safetensors_weights, quiet_hf_loading
+
+        if base_tokenizer is not None:  # cheap, before any weights are read
+            check_saved_weighter_tokenizer(path, base_tokenizer)
+        check_safetensors_weights(path / BACKBONE_DIR, "token-weighter backbone")
         try:
             cfg = json.loads(cfg_path.read_text())
             dtype = getattr(torch, cfg.get("dtype", "float32"))
-            backbone = AutoModel.from_pretrained(str(path / BACKBONE_DIR), dtype=dtype)
+            with quiet_hf_loading():
+                backbone = AutoModel.from_pretrained(str(path / BACKBONE_DIR), dtype=dtype, use_safetensors=True)
             head = load_file(str(path / HEAD_NAME))
+            tw = cls(backbone, cfg["hidden_size"], init_bias=cfg.get("init_bias", 4.0))
+            tw.head.to(dtype)
+            tw.head.load_state_dict(head)
         except MetaclError:
             raise
         except Exception as e:
-            raise MetaclError(f"token weighter at {path} is unreadable ({type(e).__name__}: {e}); re-run meta-training or point to another copy") from e
-        tw = cls(backbone, cfg["hidden_size"], init_bias=cfg.get("init_bias", 4.0))
-        tw.head.to(dtype)
-        tw.head.load_state_dict(head)
+            msg = " ".join(str(e).split())[:200]
+            raise CheckpointError(f"token weighter at {path} is corrupt or unreadable ({type(e).__name__}: {msg}); "
+                                  "re-run meta-training or point to another copy") from e
         tok = None
         if (path / "tokenizer_config.json").is_file():
             from transformers import AutoTokenizer

@@ -71,12 +71,17 @@ class MetaConfig:
     val_every: int = 50
     val_at_start: bool = True     # validate the untrained weighter too (the plain-fine-tuning reference)
     extra: dict = field(default_factory=dict)
+    ckpt_every: int | None = None  # checkpoint every N steps (None: at validations and every min(val_every, 25))
+    max_bad_steps: int = 10       # stop after this many skipped (non-finite) meta-steps
+    precision: str = "fp32"       # fp32 | bf16 (autocast the forward passes; fp32 master weights)
 
     # what must agree between a checkpoint and the run that resumes it
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("steps", "val_every", "val_at_start", "extra"):
+        for k in ("steps", "val_every", "val_at_start", "extra", "ckpt_every", "max_bad_steps"):
             d.pop(k)
+        if d["precision"] == "fp32":  # checkpoints from before --precision existed stay resumable
+            d.pop("precision")
         return d
 
 
@@ -277,7 +282,7 @@ class MetaTrainer:
         if len(train) == 0:
             raise MetaclError("meta-training needs at least one meta-example (document + query); check --data")
         if cfg.inner_steps < 1:
-            raise MetaclError(f"--inner-steps {cfg.inner_steps} must be >= 1")
+            raise MetaclError(f"--inner-steps {cfg.inner_steps} must be >= 1; pass e.g. --inner-steps 2")
         if cfg.retention > 0 and not nf_probes:
             raise MetaclError("--retention > 0 needs old-fact probes (meta_nf.jsonl in --data); add them or use --retention 0")
         self.cfg, self.tokenizer, self.train = cfg, tokenizer, list(train)
@@ -298,7 +303,18 @@ class MetaTrainer:
         self._names = {i: n for i, (n, _) in enumerate(named)}
         self.opt = torch.optim.AdamW([p for _, p in named], lr=cfg.outer_lr, weight_decay=cfg.outer_weight_decay)
         self.step = 0
+        self.bad_steps = 0
         self.best: dict[str, Any] | None = None
+        from metacl import distributed
+        from metacl.precision import check_precision
+
+        check_precision(cfg.precision)
+        if cfg.max_bad_steps < 1 or (cfg.ckpt_every is not None and cfg.ckpt_every < 1):
+            raise MetaclError(f"--max-bad-steps ({cfg.max_bad_steps}) and --ckpt-every ({cfg.ckpt_every}) must be >= 1")
+        # under torchrun: same weighter on every rank; each rank runs its share of every meta-batch
+        self.dist = distributed.init(str(next(self.weighter.parameters()).device))
+        distributed.shard(range(min(cfg.meta_batch, len(self.train))), self.dist)  # one-line error if it does not split
+        distributed.broadcast_(self.weighter.parameters(), self.dist)
 
     # sampling depends only on (seed, step): resume-safe without saving RNG streams
     def batch_for(self, step: int) -> tuple[list[MetaExample], list[tuple[str, str]]]:
@@ -313,17 +329,53 @@ class MetaTrainer:
         return ex, probes
 
     def meta_step(self) -> dict[str, float]:
+        """One outer update on the global meta-batch of this step; skipped if anything is non-finite.
+
+        Under torchrun each rank takes its equal share of the examples (and their retention
+        probes), backpropagates its mean loss, and the gradients are averaged, which equals the
+        gradient of the global mean. A non-finite loss or gradient on any rank skips the update
+        on every rank: the weights and AdamW moments stay exactly as they were.
+        """
+        from metacl import distributed
+        from metacl.precision import autocast
+
         ex, probes = self.batch_for(self.step)
+        ex = distributed.shard(ex, self.dist)
+        probes = distributed.shard(probes, self.dist) if probes else probes
         self.weighter.train()
-        out = meta_objective(self.weighter, self.model, self.tokenizer, ex, self.cfg, probes, self.params)
+        dev = next(self.weighter.parameters()).device
+        with autocast(self.cfg.precision, dev):
+            out = meta_objective(self.weighter, self.model, self.tokenizer, ex, self.cfg, probes, self.params)
         self.opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(self.weighter.parameters(), self.cfg.grad_clip)
-        self.opt.step()
+        bad = not bool(torch.isfinite(out["loss"]).all())
+        if not bad:
+            out["loss"].backward()
+        trained = [p for p in self.weighter.parameters() if p.requires_grad]
+        if self.dist.enabled:
+            unused = [p.grad is None for p in trained]
+            for p in trained:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            distributed.all_reduce_mean_([p.grad for p in trained], self.dist)
+            if not bad:  # every rank ran backward: a grad that was None here was None everywhere
+                for p, u in zip(trained, unused):
+                    if u:
+                        p.grad = None
+        gnorm = torch.nn.utils.clip_grad_norm_(trained, self.cfg.grad_clip)
+        bad = distributed.all_reduce_flag(bad or not bool(torch.isfinite(gnorm)), self.dist)
+        stats = torch.stack([out["loss"].detach().float(), out["query_nll"].float(), out["retention_nll"].float(),
+                             out["mean_weight"].float()]).cpu()
+        distributed.all_reduce_mean_([stats], self.dist)
+        if not bad:
+            self.opt.step()
         self.step += 1
-        return {"step": self.step, "meta_loss": float(out["loss"].detach()), "query_nll": float(out["query_nll"]),
-                "retention_nll": float(out["retention_nll"]), "mean_weight": float(out["mean_weight"]),
-                "grad_norm": float(gnorm)}
+        row = {"step": self.step, "meta_loss": float(stats[0]), "query_nll": float(stats[1]),
+               "retention_nll": float(stats[2]), "mean_weight": float(stats[3]), "grad_norm": float(gnorm)}
+        if bad:
+            self.bad_steps += 1
+            row.update(skipped=True, bad_steps=self.bad_steps,
+                       reason="non-finite meta-loss" if not math.isfinite(row["meta_loss"]) else "non-finite meta-gradient")
+        return row
 
     # ---- persistence
     def save(self) -> None:
@@ -332,15 +384,18 @@ class MetaTrainer:
         tensors = {f"weighter.{k}": v for k, v in self.weighter.state_dict().items()}
         opt_t, opt_meta = _opt_tensors(self.opt, self._names)
         tensors.update(opt_t)
+        from metacl.rng import all_rng_state
+
         state = {"step": self.step, "config": asdict(self.cfg), "identity": self.cfg.identity(),
-                 "best": self.best, "optimizer": opt_meta}
-        save_checkpoint(self.out / CKPT_DIR, tensors, state)
+                 "best": self.best, "optimizer": opt_meta, "bad_steps": self.bad_steps, "rng": all_rng_state()}
+        if self.dist.is_main:
+            save_checkpoint(self.out / CKPT_DIR, tensors, state)
 
     def resume(self) -> bool:
         """Load out/checkpoint if present; True if resumed. Refuses a checkpoint of another config."""
-        from metacl.checkpoint import load_checkpoint
+        from metacl.checkpoint import find_checkpoint, load_checkpoint
 
-        if not (self.out / CKPT_DIR).exists():
+        if find_checkpoint(self.out / CKPT_DIR) is None:  # also one left aside by a write that was killed
             return False
         tensors, state = load_checkpoint(self.out / CKPT_DIR)
         if state.get("identity") != json.loads(json.dumps(self.cfg.identity())):
@@ -352,58 +407,98 @@ class MetaTrainer:
         _load_opt(self.opt, self._names, tensors, state["optimizer"])
         self.step = int(state["step"])
         self.best = state.get("best")
+        self.bad_steps = int(state.get("bad_steps", 0))
+        if "rng" in state:
+            from metacl.rng import set_all_rng_state
+
+            set_all_rng_state(state["rng"])
         # forget log rows written after the checkpoint (a crash between checkpoint and log)
         log = self.out / METRICS
-        if log.exists():
-            rows = [l for l in log.read_text().splitlines() if l.strip() and json.loads(l).get("step", 0) <= self.step]
-            log.write_text("".join(r + "\n" for r in rows))
+        if log.exists() and self.dist.is_main:
+            from metacl.utils import truncate_jsonl
+
+            truncate_jsonl(log, self.step)
         return True
 
     def _log(self, row: dict) -> None:
         from metacl.utils import append_jsonl
 
-        append_jsonl(self.out / METRICS, [row])
+        if self.dist.is_main:
+            append_jsonl(self.out / METRICS, [row])
 
     def _validate(self) -> None:
+        """Score the current weighter; rank 0 keeps the best.
+
+        Under torchrun every rank calls `validate`: the CKL protocol it runs is data-parallel
+        itself (it joins the same process group), so a rank-0-only call would wait forever for
+        the others. Only rank 0's result is used.
+        """
         if self.validate is None:
             return
+        from metacl import distributed
+
         self.weighter.eval()
         cand = self.out / LAST_DIR
-        self.weighter.save_pretrained(cand, extra={"meta_step": self.step, "meta_config": asdict(self.cfg)})
+        if self.dist.is_main:
+            self.weighter.save_pretrained(cand, extra={"meta_step": self.step, "meta_config": asdict(self.cfg)})
+        distributed.barrier(self.dist)  # the candidate is on disk before any rank reads it
         res = self.validate(self.weighter, cand)
-        score = float(res["score"])
-        row = {"step": self.step, "kind": "val", **{k: v for k, v in res.items() if isinstance(v, (int, float))}}
-        self._log(row)
-        if self.best is None or score > self.best["score"]:
-            self.best = {"step": self.step, "score": score, **{k: v for k, v in res.items() if isinstance(v, (int, float))}}
-            self.weighter.save_pretrained(self.out / BEST_DIR, extra={"meta_step": self.step, "val": self.best,
-                                                                      "meta_config": asdict(self.cfg)})
+        if self.dist.is_main:
+            score = float(res["score"])
+            row = {"step": self.step, "kind": "val", **{k: v for k, v in res.items() if isinstance(v, (int, float))}}
+            self._log(row)
+            if self.best is None or score > self.best["score"]:
+                self.best = {"step": self.step, "score": score,
+                             **{k: v for k, v in res.items() if isinstance(v, (int, float))}}
+                self.weighter.save_pretrained(self.out / BEST_DIR, extra={"meta_step": self.step, "val": self.best,
+                                                                          "meta_config": asdict(self.cfg)})
+        distributed.barrier(self.dist)
 
     def run(self, resume: bool = False) -> dict[str, Any]:
-        self.out.mkdir(parents=True, exist_ok=True)
+        """Train to `cfg.steps`; stops with a `MetaclError` after `cfg.max_bad_steps` skipped steps."""
+        from metacl import distributed
+        from metacl.checkpoint import find_checkpoint
+        from metacl.precision import peak_memory
+
         if resume:
-            self.resume()
-        elif (self.out / CKPT_DIR).exists():
+            if not self.resume() and self.dist.is_main:
+                print(f"--resume: no checkpoint in {self.out / CKPT_DIR}; starting from step 0", flush=True)
+        elif find_checkpoint(self.out / CKPT_DIR) is not None:
             raise MetaclError(f"{self.out} already holds a meta-training checkpoint; pass --resume or choose a new --out")
+        distributed.barrier(self.dist)  # all ranks have looked at `out` before rank 0 writes there
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         if self.step == 0 and self.validate is not None and self.cfg.val_every > 0 and self.cfg.val_at_start:
             self._validate()  # step 0: the untrained weighter (~ plain fine-tuning) as the reference
-        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="meta-train token-weighting", disable=not self.progress)
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="meta-train token-weighting",
+                   disable=not self.progress or not self.dist.is_main)
+        ckpt_every = self.cfg.ckpt_every or max(1, min(self.cfg.val_every or 25, 25))
         while self.step < self.cfg.steps:
             row = self.meta_step()
             row["seconds"] = round(time.time() - t0, 3)
             self._log(row)
             bar.update(1)
             bar.set_postfix(q=f"{row['query_nll']:.3f}", w=f"{row['mean_weight']:.3f}")
+            if row.get("skipped") and self.bad_steps >= self.cfg.max_bad_steps:
+                bar.close()
+                raise MetaclError(
+                    f"meta-training stopped at step {self.step}: {self.bad_steps} meta-steps had a {row['reason']} "
+                    f"(--max-bad-steps {self.cfg.max_bad_steps}); {self.out / CKPT_DIR} holds the last good state; "
+                    "lower --outer-lr / --inner-lr or check the data, then rerun with --resume")
             if self.cfg.val_every > 0 and (self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps):
                 self._validate()
                 self.save()
-            elif self.step % max(1, min(self.cfg.val_every or 25, 25)) == 0:
+            elif self.step % ckpt_every == 0:
                 self.save()
         bar.close()
         self.save()
+        dev = next(self.weighter.parameters()).device
+        if not self.dist.is_main:
+            return {"step": self.step, "best": self.best, "seconds": time.time() - t0, "rank": self.dist.rank}
         self.weighter.eval()
         self.weighter.save_pretrained(self.out / LAST_DIR, extra={"meta_step": self.step, "meta_config": asdict(self.cfg)})
         if self.best is None:  # no validation: the last weighter is the one to use
             self.weighter.save_pretrained(self.out / BEST_DIR, extra={"meta_step": self.step, "meta_config": asdict(self.cfg)})
-        return {"step": self.step, "best": self.best, "seconds": time.time() - t0}
+        return {"step": self.step, "best": self.best, "seconds": time.time() - t0, "bad_steps": self.bad_steps,
+                "world_size": self.dist.world_size, **peak_memory(dev)}

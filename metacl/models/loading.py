@@ -4,10 +4,15 @@ Why one function: every command (`ckl run`, `meta-train`, `demo`) takes `--model
 failure modes a user meets (a typo in the path, a folder holding an encoder-only model, a
 checkpoint saved without its tokenizer) should each give one clear line, not a transformers
 traceback. Nothing here knows about metacl's own pretrained models: they are ordinary HF folders.
+
+Untrusted folders never execute code: weights are read from safetensors only
+(`use_safetensors=True`), so a `pytorch_model.bin` / `.pt` pickle in a downloaded folder is
+refused with a one-line error instead of being unpickled, and `trust_remote_code` is never set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -50,7 +55,8 @@ def load_tokenizer(path: str | os.PathLike):
 
 
 def check_causal_lm_path(path: str | os.PathLike):
-    """Cheap checks (no weights loaded): the folder exists, has a readable config of a causal LM.
+    """Cheap checks (no weights loaded): the folder exists, has a readable config of a causal LM
+    and safetensors weights.
 
     Returns the config. Commands call this before they write any output, so a wrong `--model`
     leaves nothing half-written.
@@ -60,8 +66,10 @@ def check_causal_lm_path(path: str | os.PathLike):
     p = Path(path)
     if not p.exists():
         raise MetaclError(f"model path {p} does not exist; pass a folder written by save_pretrained (e.g. `metacl pretrain --out DIR`)")
-    if not p.is_dir() or not (p / "config.json").is_file():
-        raise MetaclError(f"model path {p} has no config.json; pass a folder written by save_pretrained")
+    if not p.is_dir():
+        raise MetaclError(f"model path {p} is a file, not a model folder; pass the folder written by save_pretrained")
+    if not (p / "config.json").is_file():
+        raise MetaclError(f"model path {p} has no config.json (not a saved model); pass a folder written by save_pretrained")
     try:
         config = AutoConfig.from_pretrained(str(p))
     except Exception as e:
@@ -73,7 +81,45 @@ def check_causal_lm_path(path: str | os.PathLike):
             f"model at {p} is a {config.model_type!r} model, not a causal LM; pass a decoder model "
             "(Llama, GPT-2, Mistral, ...) saved with save_pretrained"
         )
+    check_safetensors_weights(p)  # pickle-only or weightless folders fail here too, before any output
     return config
+
+
+@contextlib.contextmanager
+def quiet_hf_loading():
+    """Silence transformers' per-load progress bars and info logs for the duration of a load.
+
+    Why: a CLI's stderr is for metacl's own progress and for the one-line error of bad input; a
+    "Loading weights" bar per model (several per run) buries both.
+    """
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    level = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+# Pickle-based weight files: loading them means unpickling, which can run arbitrary code.
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def check_safetensors_weights(path: str | os.PathLike, what: str = "model") -> None:
+    """Refuse a folder whose weights exist only as pickles (a one-line error, nothing unpickled)."""
+    p = Path(path)
+    if any(p.glob("*.safetensors")) or any(p.glob("*.safetensors.index.json")):
+        return
+    pickles = sorted(f.name for pat in PICKLE_WEIGHTS for f in p.glob(pat))
+    if pickles:
+        raise MetaclError(f"{what} folder {p} holds only pickle weights ({', '.join(pickles[:3])}), which metacl never "
+                          "loads (unpickling can run code); re-save it with save_pretrained(PATH, safe_serialization=True)")
+    raise MetaclError(f"{what} folder {p} has no weights (*.safetensors); pass a complete folder written by save_pretrained")
 
 
 def load_model_and_tokenizer(path: str | os.PathLike, device: str | torch.device | None = None,
@@ -89,15 +135,16 @@ def load_model_and_tokenizer(path: str | os.PathLike, device: str | torch.device
     p = Path(path)
     check_causal_lm_path(p)
     tokenizer = load_tokenizer(p)
-    kwargs = {}
+    kwargs = {"use_safetensors": True}
     if dtype is not None:
         kwargs["dtype"] = _dtype(dtype)
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(p), **kwargs)
-    except (OSError, ValueError) as e:
-        raise MetaclError(f"could not load the model weights in {p} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+        with quiet_hf_loading():
+            model = AutoModelForCausalLM.from_pretrained(str(p), **kwargs)
+    except Exception as e:  # truncated or mismatched safetensors, missing shards, ...
+        raise MetaclError(f"could not load the model weights in {p} ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}); "
                           "check that the folder is complete") from e
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))  # a pad token was added above

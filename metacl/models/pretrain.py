@@ -255,14 +255,19 @@ def pretrain(
         raise MetaclError("--steps and --batch-tokens must be positive integers; pass e.g. --steps 100")
     if epochs is not None and epochs <= 0:
         raise MetaclError(f"--epochs {epochs} must be positive; pass e.g. --epochs 30")
+    if lr is not None and not lr > 0:
+        raise MetaclError(f"--lr {lr} must be > 0; pass e.g. --lr 3e-3")
     preset = replace(preset, **overrides)
     out = Path(out_dir)
+    from metacl.utils import check_out_kind
+
+    check_out_kind(out, "pretrain")  # never overwrite another kind of run's files
+    docs = read_corpus(corpus_files)  # a bad corpus fails before --out is created
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     t0 = time.time()
     gen = seed_everything(seed)
-    docs = read_corpus(corpus_files)
     tokenizer = train_tokenizer(docs, preset.vocab_size)
     model = build_model(preset, tokenizer, seed=seed).to(device)
     n_params = sum(p.numel() for p in model.parameters())

@@ -13,7 +13,7 @@ def register(subparsers) -> None:
         "(load with LearnedOptimizer.from_pretrained(OUT, params)), metrics.jsonl, summary.json and a checkpoint/.",
     )
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--family", default="digits", help="optimizee family: digits (MLPs on Split/Permuted digits) or toy")
+    p.add_argument("--family", default="digits", help="optimizee family: digits (MLPs on Split/Permuted digits), toy, lm (tiny pretrained Llamas learning new facts of a generated world; see metacl/optim/lm_family.py) or digits+lm (half and half)")
     p.add_argument("--steps", type=int, default=200, help="meta-steps (one episode each)")
     p.add_argument("--inner-steps", type=int, default=40, help="optimizee updates per task")
     p.add_argument("--tasks-per-episode", type=int, default=2, help="tasks per episode (the maximum if --min-tasks is set)")
@@ -37,6 +37,13 @@ def register(subparsers) -> None:
     p.add_argument("--ckpt-every", type=int, default=25)
     p.add_argument("--eval-episodes", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these tiny models)")
+    p.add_argument("--meta-batch", type=int, default=1,
+                   help="episodes per meta-step (their meta-gradients averaged); under torchrun split over the "
+                   "processes, so it must be a multiple of --nproc_per_node")
+    p.add_argument("--max-bad-steps", type=int, default=10,
+                   help="stop after this many meta-steps skipped for a non-finite loss or gradient")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: autocast the episodes' forward passes (fp32 master weights)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -50,6 +57,15 @@ def run(args: argparse.Namespace) -> int:
 
     from metacl.optim.meta_train import MetaTrainConfig, meta_train
 
+    from metacl.errors import MetaclError
+    from metacl.utils import check_out_kind
+
+    for name in ("meta_lr", "init_lr"):  # bad input is refused before --out is touched (H6)
+        if not getattr(args, name) > 0:
+            raise MetaclError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.batch_size < 1:
+        raise MetaclError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_out_kind(args.out, "meta-train optimizer")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     cfg = MetaTrainConfig(
@@ -58,8 +74,10 @@ def run(args: argparse.Namespace) -> int:
         es_pairs=args.es_pairs, es_sigma=args.es_sigma, meta_lr=args.meta_lr, batch_size=args.batch_size,
         init_lr=args.init_lr, seed=args.seed, ckpt_every=args.ckpt_every, eval_episodes=args.eval_episodes,
         min_tasks=args.min_tasks, kinds=args.kinds, normalize=args.normalize, learn_reduce=args.learn_reduce,
+        meta_batch=args.meta_batch, max_bad_steps=args.max_bad_steps, precision=args.precision,
     )
     summary = meta_train(cfg, args.out, resume=args.resume, progress=not args.no_progress,
                          command="metacl " + " ".join(sys.argv[1:]))
-    print(json.dumps({"out": args.out, "eval_heldout": summary["eval_heldout"]}, indent=1))
+    if "eval_heldout" in summary:  # rank 0 (or the only process) reports
+        print(json.dumps({"out": args.out, "eval_heldout": summary["eval_heldout"]}, indent=1))
     return 0

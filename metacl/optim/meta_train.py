@@ -76,6 +76,9 @@ class MetaTrainConfig:
                                      # shared 10-way head, no mask), permuted (10-class pixel permutations)
     normalize: str = "none"          # none | log_classes: each task's loss / ln(#classes its head scores)
     learn_reduce: str = "sum"        # sum | mean: how the "learn each task" terms are combined
+    meta_batch: int = 1              # episodes per meta-step (split over torchrun ranks); 1 = one episode
+    max_bad_steps: int = 10          # stop after this many skipped (non-finite) meta-steps
+    precision: str = "fp32"          # fp32 | bf16 (autocast around the episode's forward passes)
 
     def check(self) -> None:
         if self.family not in FAMILIES:
@@ -95,6 +98,12 @@ class MetaTrainConfig:
             raise MetaclError(f"--normalize {self.normalize!r}: use 'none' or 'log_classes'")
         if self.learn_reduce not in ("sum", "mean"):
             raise MetaclError(f"--learn-reduce {self.learn_reduce!r}: use 'sum' or 'mean'")
+        if self.meta_batch < 1 or self.max_bad_steps < 1 or self.ckpt_every < 1:
+            raise MetaclError(f"--meta-batch ({self.meta_batch}), --max-bad-steps ({self.max_bad_steps}) and "
+                              f"--ckpt-every ({self.ckpt_every}) must be >= 1")
+        from metacl.precision import check_precision
+
+        check_precision(self.precision)
 
     def kind_list(self) -> list[str]:
         return [k.strip() for k in self.kinds.split(",") if k.strip()]
@@ -195,9 +204,12 @@ def toy_episode(rng: random.Random, cfg: MetaTrainConfig, pool: str = "meta") ->
     return Episode(model, params, tasks, _mse_loss)
 
 
+from metacl.optim.lm_family import FAMILIES as LM_FAMILIES  # noqa: E402  (`lm`, `digits+lm`: tiny LMs on a generated world)
+
 FAMILIES: dict[str, Callable[[random.Random, MetaTrainConfig, str], Episode]] = {
     "digits": digits_episode,
     "toy": toy_episode,
+    **LM_FAMILIES,
 }
 
 
@@ -289,60 +301,126 @@ def _git_commit() -> str:
 
 def meta_train(cfg: MetaTrainConfig, out: str | Path, resume: bool = False, net: nw.NetConfig | None = None,
                progress: bool = True, command: str | None = None) -> dict:
-    """Meta-train; write checkpoints, metrics.jsonl, optimizer.{safetensors,json} and summary.json to `out`."""
+    """Meta-train; write checkpoints, metrics.jsonl, optimizer.{safetensors,json} and summary.json to `out`.
+
+    Under torchrun every rank samples the same `meta_batch` episodes, runs its equal share,
+    and the meta-gradients are averaged (`metacl.distributed`), so N processes take the same
+    steps as one process with the same global batch. Only rank 0 writes files.
+
+    A meta-step with a non-finite meta-loss or meta-gradient (a non-finite inner loss reaches
+    both) is skipped: no outer update, Adam moments untouched, a `skipped` row in
+    metrics.jsonl. After `max_bad_steps` skips the run stops with a `MetaclError`; the last
+    checkpoint, written before any of that, stays as it was.
+    """
+    from metacl import distributed as dist
+    from metacl.precision import autocast, peak_memory
+
     cfg.check()
+    info = dist.init()
     out = Path(out)
     ckpt_dir = out / "checkpoint"
     if out.exists() and any(out.iterdir()) and not resume and (ckpt_dir.exists() or (out / "metrics.jsonl").exists()):
         raise MetaclError(f"{out} already holds a meta-training run; pass --resume to continue it or choose a new --out")
-    out.mkdir(parents=True, exist_ok=True)
+    dist.shard(range(cfg.meta_batch), info)  # fail early (one line) when the batch does not split over the ranks
+    dist.barrier(info)  # every rank has checked `out` before rank 0 writes into it
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     net = net or nw.NetConfig(init_lr=cfg.init_lr)
     meta = {k: v.requires_grad_(True) for k, v in nw.init_meta(net, cfg.seed).items()}
     mopt = torch.optim.Adam(list(meta.values()), lr=cfg.meta_lr)
-    start = 0
+    start, bad_steps = 0, 0
     es_gen = torch.Generator().manual_seed(cfg.seed + 7)
     if resume:
-        start = _load(ckpt_dir, cfg, meta, mopt, es_gen)
+        start, bad_steps = _load(ckpt_dir, cfg, meta, mopt, es_gen)
+        if info.is_main:
+            _truncate_log(out / "metrics.jsonl", start)
+    dist.broadcast_(meta.values(), info)  # identical start on every rank, whatever happened before
     command = command or " ".join(["metacl"] + sys.argv[1:])
     t0 = time.time()
-    bar = tqdm(range(start, cfg.steps), desc="meta-train optimizer", disable=not progress or None, initial=start,
-               total=cfg.steps)
+    bar = tqdm(range(start, cfg.steps), desc="meta-train optimizer", disable=not progress or not info.is_main or None,
+               initial=start, total=cfg.steps)
     for step in bar:
-        rng = random.Random(cfg.seed * 1_000_003 + step)
-        ep = FAMILIES[cfg.family](rng, cfg, "meta")
+        rng = random.Random(cfg.seed * 1_000_003 + step)  # the global batch: same on every rank, resume-safe
+        episodes = [FAMILIES[cfg.family](rng, cfg, "meta") for _ in range(cfg.meta_batch)]
+        mine = dist.shard(range(cfg.meta_batch), info)
         mopt.zero_grad()
-        if cfg.estimator == "es":
-            grads, L = es_gradient(meta, ep, cfg, net, es_gen)
-            for k, v in meta.items():
-                v.grad = grads[k]
-            parts = {"learn": float("nan"), "retain": float("nan")}
-            ok = math.isfinite(L)
-        else:
-            loss, parts = episode_loss(ep, LearnedFunctional(meta, net, total_steps=cfg.inner_steps), cfg)
-            L = float(loss.detach())
-            ok = _safe(loss)
-            if ok:
-                loss.backward()
-                ok = all(_safe(v.grad) for v in meta.values() if v.grad is not None)
-        if ok:
+        sums = torch.zeros(3, dtype=torch.float64)  # meta_loss, learn, retain summed over my episodes
+        bad = False
+        for i in mine:
+            if cfg.estimator == "es":
+                # one episode: the run-long generator (today's behaviour); a batch: one stream per
+                # (step, episode) so the noise does not depend on which rank runs the episode
+                gen = es_gen if cfg.meta_batch == 1 else torch.Generator().manual_seed(
+                    cfg.seed * 1_000_003 + step * 1_009 + i + 7)
+                grads, L = es_gradient(meta, episodes[i], cfg, net, gen)
+                parts = {"learn": float("nan"), "retain": float("nan")}
+                if math.isfinite(L):
+                    for k, v in meta.items():
+                        v.grad = grads[k] / len(mine) if v.grad is None else v.grad + grads[k] / len(mine)
+                else:
+                    bad = True
+            else:
+                with autocast(cfg.precision):
+                    loss, parts = episode_loss(episodes[i], LearnedFunctional(meta, net, total_steps=cfg.inner_steps), cfg)
+                L = float(loss.detach())
+                if _safe(loss):
+                    (loss / len(mine)).backward()
+                else:
+                    bad = True
+            sums += torch.tensor([L, parts["learn"], parts["retain"]], dtype=torch.float64)
+        for v in meta.values():
+            if v.grad is None:
+                v.grad = torch.zeros_like(v)
+        stats = sums / len(mine)
+        dist.all_reduce_mean_([stats], info)
+        dist.all_reduce_mean_([v.grad for v in meta.values()], info)
+        bad = bad or not all(_safe(v.grad) for v in meta.values())
+        bad = dist.all_reduce_flag(bad, info)  # every rank skips, or none does
+        if not bad:
             torch.nn.utils.clip_grad_norm_(list(meta.values()), cfg.clip)
             mopt.step()
-        row = {"step": step + 1, "meta_loss": L, **parts, "skipped": not ok,
+        L, learn, retain = (float(x) for x in stats)
+        row = {"step": step + 1, "meta_loss": L, "learn": learn, "retain": retain, "skipped": bad,
                "lr": float(meta["log_scale"].detach().exp()), "time_s": round(time.time() - t0, 2)}
-        append_jsonl(out / "metrics.jsonl", [row])
+        if bad:
+            bad_steps += 1
+            row["reason"] = "non-finite meta-loss" if not math.isfinite(L) else "non-finite meta-gradient"
+            row["bad_steps"] = bad_steps
+        if info.is_main:
+            append_jsonl(out / "metrics.jsonl", [row])
         bar.set_postfix(loss=f"{L:.3f}", lr=f"{row['lr']:.2e}")
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
-            _save(ckpt_dir, cfg, meta, mopt, es_gen, step + 1)
+        if bad and bad_steps >= cfg.max_bad_steps:
+            bar.close()
+            raise MetaclError(
+                f"meta-training stopped at step {step + 1}: {bad_steps} meta-steps had a {row['reason']} "
+                f"(--max-bad-steps {cfg.max_bad_steps}); {ckpt_dir} holds the last good state; "
+                "lower --meta-lr / --init-lr or check the optimizee data, then rerun with --resume")
+        if info.is_main and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps):
+            _save(ckpt_dir, cfg, meta, mopt, es_gen, step + 1, bad_steps)
+    if not info.is_main:  # rank 0 evaluates and writes; the others are done
+        return {"config": asdict(cfg), "rank": info.rank}
     ev = evaluate(meta, net, cfg, cfg.eval_episodes, cfg.seed) if cfg.eval_episodes > 0 else {}
     summary = {"config": asdict(cfg), "net": net.to_dict(), "eval_heldout": ev, "command": command,
-               "git_commit": _git_commit(), "meta_params": nw.meta_numel(meta)}
+               "git_commit": _git_commit(), "meta_params": nw.meta_numel(meta), "world_size": info.world_size,
+               "bad_steps": bad_steps, **peak_memory("cpu")}
     save_meta(out, meta, net, info={k: summary[k] for k in ("command", "git_commit", "eval_heldout")} | {"seed": cfg.seed})
     write_json_atomic(out / "summary.json", summary)
     return summary
 
 
-def _save(ckpt_dir: Path, cfg: MetaTrainConfig, meta, mopt: torch.optim.Optimizer, es_gen: torch.Generator, step: int) -> None:
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop metrics rows written after the checkpoint (the run died between its log and its checkpoint)."""
+    from metacl.utils import truncate_jsonl
+
+    truncate_jsonl(path, step)
+
+
+def _save(ckpt_dir: Path, cfg: MetaTrainConfig, meta, mopt: torch.optim.Optimizer, es_gen: torch.Generator, step: int,
+          bad_steps: int = 0) -> None:
+    """Everything a resumed run needs: meta-params, Adam moments and step counts, all RNG streams, counters."""
+    from metacl.rng import all_rng_state
+
     tensors = {f"meta.{k}": v.detach() for k, v in meta.items()}
     st = mopt.state_dict()
     names = list(meta)
@@ -351,14 +429,24 @@ def _save(ckpt_dir: Path, cfg: MetaTrainConfig, meta, mopt: torch.optim.Optimize
             tensors[f"adam.{key}.{names[i]}"] = s[key]
     adam_steps = {names[i]: float(s["step"]) for i, s in st["state"].items()}
     save_checkpoint(ckpt_dir, tensors, {"step": step, "config": asdict(cfg), "adam_steps": adam_steps,
-                                        "rng": rng_state(), "es_gen": es_gen.get_state().tolist()})
+                                        "rng": all_rng_state(), "es_gen": es_gen.get_state().tolist(),
+                                        "bad_steps": bad_steps})
 
 
-def _load(ckpt_dir: Path, cfg: MetaTrainConfig, meta, mopt: torch.optim.Optimizer, es_gen: torch.Generator) -> int:
-    if not ckpt_dir.exists():
+# settings that may change on --resume without changing the computation done so far
+_RESUMABLE = ("steps", "ckpt_every", "eval_episodes", "max_bad_steps")
+
+
+def _load(ckpt_dir: Path, cfg: MetaTrainConfig, meta, mopt: torch.optim.Optimizer,
+          es_gen: torch.Generator) -> tuple[int, int]:
+    """Restore a checkpoint in place; returns (step, skipped steps so far)."""
+    from metacl.checkpoint import find_checkpoint
+    from metacl.rng import set_all_rng_state
+
+    if find_checkpoint(ckpt_dir) is None:  # also finds one left aside by a write that was killed
         raise CheckpointError(f"--resume: no checkpoint at {ckpt_dir}; start without --resume or point --out at the run")
     tensors, st = load_checkpoint(ckpt_dir)
-    saved = {k: v for k, v in st["config"].items() if k not in ("steps", "ckpt_every", "eval_episodes")}
+    saved = {k: v for k, v in st["config"].items() if k not in _RESUMABLE}
     now = {k: v for k, v in asdict(cfg).items() if k in saved}
     if saved != now:
         diff = sorted(k for k in saved if saved[k] != now.get(k))
@@ -375,6 +463,6 @@ def _load(ckpt_dir: Path, cfg: MetaTrainConfig, meta, mopt: torch.optim.Optimize
             for i, n in enumerate(names) if n in st["adam_steps"]
         }
         mopt.load_state_dict(sd)
-    set_rng_state(st["rng"])
+    set_all_rng_state(st["rng"])
     es_gen.set_state(torch.tensor(st["es_gen"], dtype=torch.uint8))
-    return int(st["step"])
+    return int(st["step"]), int(st.get("bad_steps", 0))

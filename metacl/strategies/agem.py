@@ -86,3 +86,10 @@ class AGEM(Strategy):
                 for n, p in named:
                     p.grad.copy_(new[n])
         ctx.scratch.setdefault(self.name, {}).update(projected=projected, projection_rate=self.projections / self.steps)
+
+    # The memory is filled in before_task (from ctx.generator): rebuilt identically on resume.
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "projections": self.projections}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps, self.projections = int(state.get("steps", 0)), int(state.get("projections", 0))

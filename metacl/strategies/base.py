@@ -122,6 +122,20 @@ class Strategy:
         """Text put before a probe at evaluation time (in-context learning); None = nothing."""
         return None
 
+    # --- mid-task checkpoints (optional) ----------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What this strategy changes *during* a task (tensors, numbers, strings, lists, dicts).
+
+        A resumed run rebuilds the strategy, reruns `before_task` on the fresh base model and
+        then calls `load_state_dict` with this. So only state that evolves after `before_task`
+        (step counters, running statistics) belongs here; what `before_task` computes from the
+        base model (snapshots, Fisher, wrappers) is recomputed identically. Default: nothing.
+        """
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back what `state_dict` returned (after `before_task` ran again)."""
+
 
 REGISTRY: dict[str, type[Strategy]] = {}
 

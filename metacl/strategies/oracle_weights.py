@@ -122,6 +122,12 @@ class Oracle(Strategy):
             w[empty] = (batch["labels"][empty] != -100).to(nll.dtype).to(nll.device)
         return w
 
+    def state_dict(self) -> dict:  # the mask cache is rebuilt on demand; only the counter is reported
+        return {"missed": self.missed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.missed = int(state.get("missed", 0))
+
 
 @register
 class RandomWeights(Strategy):

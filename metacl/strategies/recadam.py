@@ -85,3 +85,10 @@ class RecAdam(Strategy):
 
     def after_step(self, ctx: TrainContext) -> None:
         self.t += 1
+
+    # theta0 is a snapshot taken in before_task from the base model: recomputed on resume.
+    def state_dict(self) -> dict:
+        return {"t": self.t}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.t = int(state.get("t", 0))

@@ -54,6 +54,16 @@ class TAALM(Strategy):
         parser.add_argument("--taalm-predictor", metavar="PATH", default=None,
                             help="token weighter saved by `metacl meta-train token-weighting` (its best/ folder or --out)")
 
+    def preflight(self, model_path: str) -> None:
+        """Refuse a predictor that is missing or built for another tokenizer, before a run writes anything.
+
+        Cheap (tokenizers and JSON only); `run_ckl` and `ckl sequence` call it ahead of `--out`.
+        """
+        from metacl.meta.token_weighting import check_saved_weighter_tokenizer
+        from metacl.models.loading import load_tokenizer
+
+        check_saved_weighter_tokenizer(self.path, load_tokenizer(model_path))
+
     def before_task(self, ctx: TrainContext) -> None:
         if self.predictor is None:
             self.predictor = load_predictor(self.path, ctx.tokenizer, ctx.device)

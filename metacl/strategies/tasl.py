@@ -159,3 +159,10 @@ class TaSL(Strategy):
         if self.when == "task":
             self._consolidate(ctx)
         self.old_params = {}
+
+    # s_old and old_params come from the base model in before_task: recomputed on resume.
+    def state_dict(self) -> dict:
+        return {"last_decision": dict(self.last_decision)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_decision = dict(state.get("last_decision", {}))
