@@ -5,7 +5,7 @@
 # probes before training and after every epoch, 3 seeds.
 #
 # Usage: experiments/taalm_ckl.sh MODEL_DIR WORLD_DIR RUNS_DIR STRATEGY_SET...
-#   STRATEGY_SET: finetune | lora | oracle | taalm | taalm_retention | random | random_retention | taalm60 | random60
+#   STRATEGY_SET: finetune | lora | oracle | taalm | taalm_retention | random | random_retention | taalm60 | random60 | taalm60v8 | random60v8
 #   taalm uses RUNS_DIR/tw/best, taalm_retention RUNS_DIR/tw_ret/best (see experiments/taalm_meta.sh);
 #   random shuffles that predictor's own weights within each document (same mean and spread).
 # Each run's summary.json + plot.png are copied to docs/results/taalm_<set>/.
@@ -24,6 +24,8 @@ for set in "$@"; do
     random_retention) strat=(random --random-predictor "$RUNS/tw_ret/best") ;;
     taalm60) strat=(taalm --taalm-predictor "$RUNS/tw60/best") ;;   # tw resumed to 60 meta-steps
     random60) strat=(random --random-predictor "$RUNS/tw60/best") ;;
+    taalm60v8) strat=(taalm --taalm-predictor "$RUNS/tw60v8/best") ;;   # 60 meta-steps, validation with 8 CKL epochs
+    random60v8) strat=(random --random-predictor "$RUNS/tw60v8/best") ;;
     *) echo "unknown set $set" >&2; exit 2 ;;
   esac
   out=$RUNS/ckl_$set
