@@ -10,9 +10,10 @@ Why these features (VeLO/PyLO-style, plus continual-learning ones from Vettoruzz
   since the last task ended: together they let the optimizer learn to protect what old tasks need;
 - the fraction of training done, which only enters through the per-tensor token.
 
-Every function here is pure and differentiable. The same formulas are used by the functional
-optimizer (meta-training) and the `torch.optim.Optimizer` (deployment, which applies them chunk
-by chunk so memory stays bounded on large models).
+The functions down to the "Eager fast path" section are pure and differentiable: the functional
+optimizer (meta-training) uses them as they are. The `torch.optim.Optimizer` (deployment) uses
+their no-grad twins below, which compute the same numbers chunk by chunk into reused buffers so
+time and memory stay bounded on large models.
 """
 
 from __future__ import annotations
@@ -132,3 +133,76 @@ def consolidate_tensor(p: Tensor, st: dict[str, Tensor]) -> dict[str, Tensor]:
     new["anchor"] = p.detach().clone()
     new["imp"] = torch.zeros_like(st["imp"])
     return new
+
+
+# ---------------------------------------------------------------------------------------------
+# Eager fast path (used by `LearnedOptimizer.step`, never differentiated).
+#
+# Same numbers as `tensor_scalars` / `tensor_token` / `param_features` above, computed the way
+# a no-grad step on a big model wants them: whole-tensor reductions as dot products (one read of
+# each tensor, no squared temporaries), and features written row by row into a caller-owned
+# (F, N) buffer (each row is a contiguous write; no per-chunk torch.stack, no zero columns
+# allocated). `tests/test_learned_optimizer_speed.py` checks them against the functions above.
+
+
+def _flat_rms(sumsq: Tensor, n: int) -> Tensor:
+    return (sumsq / n + 1e-16).sqrt()
+
+
+@torch.no_grad()
+def scalars_and_token(p: Tensor, g: Tensor, st: dict[str, Tensor], t: float, frac: float) -> tuple[dict, Tensor]:
+    """`tensor_scalars` and `tensor_token` in one go, from flat reductions (no autograd)."""
+    pf, gf, m1 = p.reshape(-1), g.reshape(-1), st["m1"].reshape(-1)
+    n = pf.numel()
+    imp = st["imp"].reshape(-1)
+    sc: dict[str, Tensor | float] = {"rms_p": _flat_rms(torch.dot(pf, pf), n) + 1e-6, "bc2": 1 - BETA2**t}
+    sc["imp_min"], sc["imp_max"] = torch.aminmax(imp)
+    for k, d in zip(MOMENTS, DECAYS):
+        sc["bc_" + k] = 1 - d**t
+    bc = sc["bc_m1"]
+    # m = m1 / bc:  mean(m * g) = (m1 . g) / (bc n),  mean(m^2) = (m1 . m1) / (bc^2 n)
+    rms_m = (torch.dot(m1, m1) / (bc * bc) / n + 1e-16).sqrt()
+    rms_g = _flat_rms(torch.dot(gf, gf), n)
+    align = (torch.dot(m1, gf) / bc / n) / (rms_m * rms_g + 1e-12)
+    zero = torch.zeros((), dtype=pf.dtype, device=pf.device)
+    prev = drift = zero
+    if "imp_prev" in st:
+        ip = st["imp_prev"].reshape(-1)
+        sc["prev_min"], sc["prev_max"] = torch.aminmax(ip)
+        prev = (ip.mean() - sc["prev_min"]) / (sc["prev_max"] - sc["prev_min"] + 1e-12)
+        dlt = pf - st["anchor"].reshape(-1)
+        drift = (_flat_rms(torch.dot(dlt, dlt), n) / sc["rms_p"]).clamp(max=10.0)
+        del dlt
+    sc["imp_rng"] = sc["imp_max"] - sc["imp_min"] + 1e-12      # per-tensor, so chunks do not recompute it
+    if "imp_prev" in st:
+        sc["prev_rng"] = sc["prev_max"] - sc["prev_min"] + 1e-12
+    imp_mean = (imp.mean() - sc["imp_min"]) / sc["imp_rng"]
+    consts = torch.tensor([0.1 * math.log(n), float(frac), 1.0 if p.dim() <= 1 else 0.0], dtype=pf.dtype, device=pf.device)
+    token = torch.stack([
+        0.1 * torch.log(rms_g + 1e-12), 0.1 * torch.log(sc["rms_p"]), consts[0], consts[1], consts[2],
+        prev, drift, align, imp_mean,
+    ])
+    return sc, token
+
+
+@torch.no_grad()
+def param_features_into(out: Tensor, scratch: Tensor, p: Tensor, g: Tensor, st: dict[str, Tensor], sc: dict) -> Tensor:
+    """Write `param_features(p, g, st, sc).T` into `out` (F, N); `scratch` is an (N,) work row.
+
+    Operation for operation the same arithmetic as `param_features`, so the values match exactly.
+    """
+    assert out.shape[0] == N_PARAM_FEATURES, "the row layout below is the 8 features of param_features"
+    denom = torch.div(st["v"], sc["bc2"], out=scratch).add_(1e-16).sqrt_().add_(EPS)
+    torch.div(g, denom, out=out[0])
+    for j, k in enumerate(MOMENTS):
+        torch.div(st[k], sc["bc_" + k], out=out[1 + j]).div_(denom)
+    torch.div(p, sc["rms_p"], out=out[4])
+    rng = sc["imp_rng"] if "imp_rng" in sc else sc["imp_max"] - sc["imp_min"] + 1e-12
+    torch.sub(st["imp"], sc["imp_min"], out=out[5]).div_(rng)
+    if "imp_prev" in st:
+        rng = sc["prev_rng"] if "prev_rng" in sc else sc["prev_max"] - sc["prev_min"] + 1e-12
+        torch.sub(st["imp_prev"], sc["prev_min"], out=out[6]).div_(rng)
+        torch.sub(p, st["anchor"], out=out[7]).div_(sc["rms_p"])
+    else:
+        out[6:8].zero_()
+    return out.clamp_(-10.0, 10.0)

@@ -120,3 +120,42 @@ def param_update(meta: dict[str, Tensor], cfg: NetConfig, feats: Tensor, h_bias:
 
 def meta_numel(meta: dict[str, Tensor]) -> int:
     return sum(t.numel() for t in meta.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Eager fast path for `LearnedOptimizer.step` (no autograd). Same maths as `param_update`, laid
+# out for throughput: features are kept transposed, (F, N), in the top rows of one buffer whose
+# bottom rows receive the hidden layer, (H, N). Then layer 1 is one addmm (bias + per-tensor
+# bias fused), GELU runs in place, and the output layer *and* the linear skip are one addmm of
+# [skip.w; mlp2.w]^T (2, F+H) against the whole buffer. No (N, H) temporaries are allocated per
+# chunk and every row the elementwise ops touch is contiguous.
+
+_gelu_ = getattr(torch._C._nn, "gelu_", None)  # in-place GELU; fall back to a copy if absent
+
+
+def fast_weights(meta: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Transposed/concatenated copies of the per-parameter MLP weights (tiny; rebuilt per step)."""
+    return {
+        "w1t": meta["mlp1.w"].t().contiguous(),                                          # (H, F)
+        "w2t": torch.cat([meta["skip.w"], meta["mlp2.w"]], 0).t().contiguous(),          # (2, F+H)
+        "b2": meta["mlp2.b"].reshape(2, 1),
+    }
+
+
+@torch.no_grad()
+def param_update_into(fw: dict[str, Tensor], cfg: NetConfig, buf: Tensor, out: Tensor, b1: Tensor, scale: Tensor) -> Tensor:
+    """`param_update` for a chunk whose features fill `buf[:F]`; returns the (N,) update (a view of `out`).
+
+    buf: (F+H, N), rows [:F] hold the transposed features, rows [F:] are overwritten.
+    out: (2, N) work buffer. b1: (H, 1) = mlp1.b + the tensor's hidden bias. scale: exp(log_scale + log_s).
+    """
+    F_ = fw["w1t"].shape[1]
+    h = buf[F_:]
+    torch.addmm(b1, fw["w1t"], buf[:F_], out=h)
+    if _gelu_ is not None:
+        _gelu_(h)
+    else:
+        h.copy_(F.gelu(h))
+    torch.addmm(fw["b2"], fw["w2t"], buf, out=out)
+    mag = out[1].clamp_(-6.0, cfg.max_log_mag).exp_()
+    return out[0].mul_(mag).mul_(scale)
