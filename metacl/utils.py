@@ -128,6 +128,30 @@ def check_out_kind(out: str | os.PathLike, kind: str) -> None:
                           "choose a new --out folder (or delete the old one)")
 
 
+def check_run_folder(out: str | os.PathLike, kind: str, config_hash: str) -> Path:
+    """Refuse an `--out` that another run owns, before anything is written; returns it as a Path.
+
+    Why one function: `ckl run` and `ckl sequence` resume into their `--out`, so the folder must be
+    empty, or hold a run of the same kind whose `config.json` hash equals this one's.
+    """
+    from metacl.errors import MetaclError
+
+    out = Path(out)
+    check_out_kind(out, kind)
+    cfg_path = out / "config.json"
+    if cfg_path.is_file():
+        try:
+            stored = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise MetaclError(f"{cfg_path} is corrupt ({e.msg}); delete the folder or choose another --out") from e
+        if stored.get("hash") != config_hash:
+            raise MetaclError(f"--out {out} holds a different run (config hash {stored.get('hash')} != {config_hash}); "
+                              "choose a new --out folder or delete the old one")
+    elif out.is_dir() and any(out.iterdir()):
+        raise MetaclError(f"--out {out} is not empty and holds no metacl run (no config.json); choose a new or empty folder")
+    return out
+
+
 def snapshot_dir(path: str | os.PathLike) -> dict[str, str]:
     """{relative path: sha256 of the bytes} of every file under `path` (empty when absent).
 

@@ -270,7 +270,7 @@ def run_sequence(cfg: SequenceConfig, log: Callable[[str], None] = print) -> dic
     # every input is checked before --out is touched, so a refused run leaves nothing behind (H6)
     from metacl.ckl.protocol import build_strategies
     from metacl.models.loading import check_causal_lm_path
-    from metacl.utils import check_out_kind
+    from metacl.utils import check_run_folder
 
     check_causal_lm_path(cfg.model)
     world = load_world(cfg.world)
@@ -278,18 +278,8 @@ def run_sequence(cfg: SequenceConfig, log: Callable[[str], None] = print) -> dic
         for strat in build_strategies(spec.split("+"), cfg.strategy_options):
             if hasattr(strat, "preflight"):
                 strat.preflight(cfg.model)
-    out = Path(cfg.out)
+    out = check_run_folder(cfg.out, "ckl sequence", cfg.hash())
     cfg_path = out / "config.json"
-    check_out_kind(out, "ckl sequence")
-    if cfg_path.is_file():
-        try:
-            stored = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise MetaclError(f"{cfg_path} is corrupt ({e.msg}); delete the folder or choose another --out") from e
-        if stored.get("hash") != cfg.hash():
-            raise MetaclError(f"--out {out} holds a sequence run with different options; choose a new --out or delete it")
-    elif out.is_dir() and any(out.iterdir()):
-        raise MetaclError(f"--out {out} is not empty and holds no metacl run (no config.json); choose a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cfg_path, {"hash": cfg.hash(), "config": asdict(cfg)})
     seq = write_sequence(out / "sequence", world, n_periods=cfg.periods, facts_per_period=cfg.facts_per_period,

@@ -27,6 +27,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from metacl.ckl.batching import collate
+
 __all__ = ["probe_accuracy", "split_probe", "item_field", "object_token_positions"]
 
 
@@ -117,12 +119,8 @@ def probe_accuracy(
                 spans.append((len(full) - len(o), len(full)))
             enc = tokenizer(fulls, return_offsets_mapping=True, add_special_tokens=True)
             seqs = enc["input_ids"]
-            T = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(seqs), T), dtype=torch.long)
-            for i, s in enumerate(seqs):
-                ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-                mask[i, : len(s)] = 1
+            padded = collate(seqs, pad_id)
+            ids, mask = padded["input_ids"], padded["attention_mask"]
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             pred = logits.argmax(-1).cpu()  # pred[:, t] is the guess for token t + 1
 

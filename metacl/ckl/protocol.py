@@ -101,21 +101,10 @@ def _prefix_fn(strategies: list[Strategy], ctx: TrainContext) -> Callable[[Any],
 
 
 def _prepare_out(cfg: CklConfig) -> Path:
-    out = Path(cfg.out)
-    from metacl.utils import check_out_kind
+    from metacl.utils import check_run_folder
 
-    check_out_kind(out, "ckl run")  # a file, or another kind of run (H6)
+    out = check_run_folder(cfg.out, "ckl run", cfg.hash())
     cfg_path = out / "config.json"
-    if cfg_path.is_file():
-        try:
-            stored = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise MetaclError(f"{cfg_path} is corrupt ({e.msg}); delete the folder or choose another --out") from e
-        if stored.get("hash") != cfg.hash():
-            raise MetaclError(f"--out {out} holds a different run (config hash {stored.get('hash')} != {cfg.hash()}); "
-                              "choose a new --out folder or delete the old one")
-    elif out.is_dir() and any(out.iterdir()):
-        raise MetaclError(f"--out {out} is not empty and holds no metacl run (no config.json); choose a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cfg_path, {"hash": cfg.hash(), "config": cfg.identity()})
     return out

@@ -184,17 +184,6 @@ def _windows(docs: list[str], tokenizer, block_size: int) -> list[list[int]]:
     return out
 
 
-def _collate(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    labels = ids.masked_fill(mask == 0, -100)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
 def _epoch_batches(lengths: list[int], batch_tokens: int, gen: torch.Generator) -> list[list[int]]:
     """One epoch of batches of window indices, each of about `batch_tokens` padded tokens.
 
@@ -294,7 +283,9 @@ def pretrain(
             if not queue:
                 queue, epoch = _epoch_batches(lengths, preset.batch_tokens, gen), epoch + 1
             idx = queue.pop()
-            batch = {k: v.to(device) for k, v in _collate([seqs[i] for i in idx], tokenizer.pad_token_id).items()}
+            from metacl.ckl.batching import collate
+
+            batch = {k: v.to(device) for k, v in collate([seqs[i] for i in idx], tokenizer.pad_token_id).items()}
             lr_now = _lr_at(step, preset, preset.steps)
             for g in opt.param_groups:
                 g["lr"] = lr_now

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from metacl.ckl.batching import collate
 from metacl.engine import lm_loss
 
 
@@ -81,20 +82,10 @@ def _tokenizer(entities: int, seed: int, vocab_size: int):
     return train_tokenizer([r["text"] for r in _world(entities, seed)["pretrain_corpus"]], vocab_size)
 
 
-def _collate(seqs: list[list[int]], pad_id: int) -> dict[str, Tensor]:
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
-
-
 def doc_batch(tokenizer, texts: list[str], block_size: int) -> dict[str, Tensor]:
     """Causal-LM batch of whole documents (`<s> text </s>`, cut at `block_size`)."""
     enc = tokenizer(texts, add_special_tokens=True)["input_ids"]
-    return _collate([(list(ids) + [tokenizer.eos_token_id])[:block_size] for ids in enc], tokenizer.pad_token_id)
+    return collate([(list(ids) + [tokenizer.eos_token_id])[:block_size] for ids in enc], tokenizer.pad_token_id)
 
 
 def probe_batch(tokenizer, rows: list[dict]) -> dict[str, Tensor]:
@@ -112,7 +103,7 @@ def probe_batch(tokenizer, rows: list[dict]) -> dict[str, Tensor]:
         fulls.append(full)
         spans.append((len(full) - len(o), len(full)))
     enc = tokenizer(fulls, return_offsets_mapping=True, add_special_tokens=True)
-    batch = _collate([list(s) for s in enc["input_ids"]], tokenizer.pad_token_id)
+    batch = collate([list(s) for s in enc["input_ids"]], tokenizer.pad_token_id)
     labels = torch.full_like(batch["input_ids"], -100)
     for i, (s, e) in enumerate(spans):
         pos = [t for t in object_token_positions(enc["offset_mapping"][i], s, e) if t >= 1]
