@@ -12,38 +12,15 @@ import sys
 import pytest
 
 from metacl.cli.main import main
-
-PEOPLE = ["Ada Quill", "Marco Vell", "Lena Ostrow", "Piet Arno", "Sara Lund", "Tomas Reyes"]
-ORGS = ["Northwind Labs"] * 3 + ["Blue Harbor"] * 3
-CITIES = ["Lisbon", "Rome", "Paris", "Oslo", "Quito", "Lima"]
-
-
-def _item(i, s, rel, o, ev, code):
-    return {"relation_code": code, "uuid": f"u{i}", "task_descriptive": f"{s} {rel} {o} .", "subject": s,
-            "relation_label": rel, "object": o, "evidence": ev}
-
+from ckl_fixtures import ckl_args, make_tiny_ckl_world
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from metacl.models.pretrain import tiny_model_for_tests
-
-    root = tmp_path_factory.mktemp("ddp")
-    d = root / "world"
-    d.mkdir()
-    tl = [_item(i, p, "works for", o, f"{p} works for {o} . {p} works for {o} .", "P108")
-          for i, (p, o) in enumerate(zip(PEOPLE, ORGS))]
-    nf = [_item(100 + i, p, "lives in", c, f"{p} lives in {c} .", "P551") for i, (p, c) in enumerate(zip(PEOPLE, CITIES))]
-    for name, rows in (("tl", tl), ("nf", nf)):
-        (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    model = tiny_model_for_tests(root / "model", texts=[r["evidence"] for r in tl + nf] * 3)
-    return root, model
+    return make_tiny_ckl_world(tmp_path_factory.mktemp("ddp"))
 
 
 def _args(world, out):
-    root, model = world
-    return ["ckl", "run", "--model", str(model), "--data", str(root / "world"), "--out", str(out), "--epochs", "2",
-            "--seeds", "0", "--lr", "6e-2", "--batch-size", "3", "--max-length", "10", "--no-exact-match",
-            "--device", "cpu", "--strategy", "finetune"]
+    return ckl_args(world, out, "--strategy", "finetune")
 
 
 def _rows(out):

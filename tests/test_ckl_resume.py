@@ -23,6 +23,7 @@ import metacl.checkpoint as ck
 from metacl.checkpoint import (find_checkpoint, flatten_state, load_checkpoint, save_checkpoint,
                                unflatten_state)
 from metacl.cli.main import main
+from ckl_fixtures import ckl_args, make_tiny_ckl_world
 
 # ----------------------------------------------------------------------------- checkpoint writes
 
@@ -136,38 +137,12 @@ def test_optimizer_state_round_trips_through_safetensors_and_json(tmp_path, name
 
 # ----------------------------------------------------------------------------- ckl run, killed
 
-PEOPLE = ["Ada Quill", "Marco Vell", "Lena Ostrow", "Piet Arno", "Sara Lund", "Tomas Reyes"]
-ORGS = ["Northwind Labs"] * 3 + ["Blue Harbor"] * 3
-CITIES = ["Lisbon", "Rome", "Paris", "Oslo", "Quito", "Lima"]
-
-
-def _item(i, s, rel, o, ev, code):
-    return {"relation_code": code, "uuid": f"u{i}", "task_descriptive": f"{s} {rel} {o} .", "subject": s,
-            "relation_label": rel, "object": o, "evidence": ev}
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from metacl.models.pretrain import tiny_model_for_tests
-
-    root = tmp_path_factory.mktemp("resume")
-    d = root / "world"
-    d.mkdir()
-    tl = [_item(i, p, "works for", o, f"{p} works for {o} . {p} works for {o} .", "P108")
-          for i, (p, o) in enumerate(zip(PEOPLE, ORGS))]
-    nf = [_item(100 + i, p, "lives in", c, f"{p} lives in {c} .", "P551") for i, (p, c) in enumerate(zip(PEOPLE, CITIES))]
-    for name, rows in (("tl", tl), ("nf", nf)):
-        (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (d / "pretrain_corpus.jsonl").write_text("".join(json.dumps({"text": r["evidence"]}) + "\n" for r in nf))
-    model = tiny_model_for_tests(root / "model", texts=[r["evidence"] for r in tl + nf] * 3)
-    return root, model
+    return make_tiny_ckl_world(tmp_path_factory.mktemp("resume"), old_corpus=True)
 
 
-def _args(world, out, *extra):
-    root, model = world
-    return ["ckl", "run", "--model", str(model), "--data", str(root / "world"), "--out", str(out), "--epochs", "2",
-            "--seeds", "0", "--lr", "6e-2", "--batch-size", "3", "--max-length", "10", "--no-exact-match",
-            "--device", "cpu", *extra]
+_args = ckl_args
 
 
 WALL_CLOCK = ("seconds", "tl_seconds_per_query", "nf_seconds_per_query", "val_seconds_per_query", "peak_mem_mib")

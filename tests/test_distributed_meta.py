@@ -120,12 +120,7 @@ def launched(tmp_path_factory):
     return {"tmp": tmp, "world": world, "lm": lm}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_optimizer_two_processes_equal_one_process(launched):

@@ -11,12 +11,7 @@ from metacl.errors import CheckpointError, MetaclError
 from metacl.optim import LearnedFunctional, LearnedOptimizer, NetConfig, init_meta
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: one thread is far faster on a shared CPU
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _problem(seed=0):

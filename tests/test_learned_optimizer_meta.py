@@ -11,12 +11,7 @@ from metacl.optim import network as nw
 from metacl.optim.meta_train import MetaTrainConfig, evaluate, meta_train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_short_meta_training_beats_a_poor_fixed_optimizer_on_heldout_toys(tmp_path):

@@ -17,12 +17,7 @@ from metacl.optim import features as fe
 from metacl.optim import network as nw
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _random_meta(seed=1):

@@ -23,12 +23,7 @@ from metacl.meta.train_token_weighting import MetaConfig, MetaExample, MetaTrain
 from metacl.optim.meta_train import MetaTrainConfig, meta_train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rows(run: Path) -> list[dict]:
