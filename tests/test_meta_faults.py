@@ -82,19 +82,16 @@ def test_optimizer_stops_after_max_bad_steps_with_last_good_checkpoint(tmp_path,
                  "--eval-episodes", "0", "--max-bad-steps", "2", "--no-progress", "--out", str(tmp_path / "cli")]) == 2
 
 
-def test_optimizer_sigkill_then_resume_equals_uninterrupted(tmp_path):
-    args = ["meta-train", "optimizer", "--family", "toy", "--inner-steps", "3", "--steps", "8", "--ckpt-every", "1",
-            "--eval-episodes", "1", "--no-progress"]
-    killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "metacl.cli.main", *args, "--out", str(killed)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    state = killed / "checkpoint" / "state.json"
+def _kill_after_checkpoint(cmd: list[str], out: Path, step: int = 2) -> None:
+    """Start `cmd`, SIGKILL it as soon as out/checkpoint records `step`, and check it really died mid-run."""
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    state = out / "checkpoint" / "state.json"
     deadline = time.time() + 240
     try:
         while time.time() < deadline and proc.poll() is None:
             try:
-                if json.loads(state.read_text())["step"] >= 2:
+                if json.loads(state.read_text())["step"] >= step:
                     break
             except (OSError, ValueError, KeyError):
                 pass  # not written yet, or caught between renames
@@ -103,6 +100,13 @@ def test_optimizer_sigkill_then_resume_equals_uninterrupted(tmp_path):
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+
+def test_optimizer_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    args = ["meta-train", "optimizer", "--family", "toy", "--inner-steps", "3", "--steps", "8", "--ckpt-every", "1",
+            "--eval-episodes", "1", "--no-progress"]
+    killed = tmp_path / "killed"
+    _kill_after_checkpoint([sys.executable, "-m", "metacl.cli.main", *args, "--out", str(killed)], killed)
     done_before = load_checkpoint(killed / "checkpoint")[1]["step"]
     assert 2 <= done_before < 8
     assert not (killed / "optimizer.safetensors").exists()
@@ -217,23 +221,7 @@ def test_token_weighter_sigkill_then_resume_equals_uninterrupted(tiny_lm, tmp_pa
     script = tmp_path / "worker.py"
     script.write_text(KILL_WORKER.format(tests=str(Path(__file__).parent)))
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(script), str(tiny_lm), str(killed)],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    state = killed / "checkpoint" / "state.json"
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                if json.loads(state.read_text())["step"] >= 2:
-                    break
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    _kill_after_checkpoint([sys.executable, str(script), str(tiny_lm), str(killed)], killed)
     assert 2 <= load_checkpoint(killed / "checkpoint")[1]["step"] < 6
     resumed = _trainer(tiny_lm, killed, steps=6, ckpt_every=1)
     resumed.run(resume=True)
