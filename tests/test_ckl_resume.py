@@ -306,7 +306,7 @@ def test_bf16_run_on_cpu_has_finite_metrics_and_peak_memory(world, tmp_path):
     assert main(_args(world, out, "--strategy", "finetune", "--precision", "bf16", "--epochs", "1")) == 0
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
-    assert all(r["precision"] == "bf16" and r["peak_mem_mib"] > 0 and r["peak_mem_measure"] == "cpu_ru_maxrss_process"
+    assert all(r["precision"] == "bf16" and r["peak_mem_mib"] > 0 and r["peak_mem_kind"] == "cpu_max_rss"
                for r in rows)
     assert all(math.isfinite(r[k]) for r in rows for k in ("tl_acc", "nf_acc", "val_acc"))
     assert math.isfinite(rows[1]["train_loss"])

@@ -87,8 +87,9 @@ class CklConfig:
             raise MetaclError(f"--ckpt-every must be >= 0 training steps (0 = no checkpoints), got {self.ckpt_every}")
         if int(self.max_bad_steps) < 0:
             raise MetaclError(f"--max-bad-steps must be >= 0 (0 = never stop), got {self.max_bad_steps}")
-        if self.precision not in ("fp32", "bf16"):
-            raise MetaclError(f"--precision must be fp32 or bf16, got {self.precision!r}")
+        from metacl.precision import check_precision
+
+        check_precision(self.precision)
         return self
 
     def identity(self) -> dict[str, Any]:

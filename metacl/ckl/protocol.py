@@ -30,7 +30,7 @@ Faults: steps with a non-finite loss or gradient are skipped and counted (`skipp
 after `--max-bad-steps` of them the run stops with one line naming seed, epoch and step, the
 last checkpoint intact and no summary written. `--precision bf16` runs forward passes (training
 and probes) under bf16 autocast with fp32 weights; every row records the peak memory so far
-(`peak_mem_mib`, measured as `peak_mem_measure` says).
+(`peak_mem_mib`, measured as `peak_mem_kind` says, as in the meta-trainers' summaries).
 
 Data parallel: launched under torchrun (`torchrun --nproc_per_node 2 -m metacl.cli.main ckl run
 ...`), the ranks split every global batch (`--batch-size` stays the global size) and average
@@ -44,7 +44,6 @@ import hashlib
 import json
 import math
 import os
-import resource
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -56,8 +55,9 @@ from metacl.ckl.metrics import probe_accuracy
 from metacl.ckl.optimizers import build_optimizer
 from metacl.ckl.report import plot_runs, read_rows, summarize, table_markdown
 from metacl.checkpoint import find_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
-from metacl.ckl.train import TooManyBadSteps, autocast, train_task
+from metacl.ckl.train import TooManyBadSteps, train_task
 from metacl.errors import MetaclError
+from metacl.precision import autocast, peak_memory
 from metacl.strategies.base import Strategy, TrainContext, get_strategy
 from metacl.utils import seed_everything, write_json_atomic
 
@@ -134,14 +134,6 @@ def _checkpoint_for(ckpt_dir: Path, cfg: CklConfig, seed: int) -> tuple[dict, di
         raise MetaclError(f"{ckpt_dir} belongs to a different run (hash {state.get('hash')} != {cfg.hash()}); "
                           "delete it or choose another --out")
     return (tensors, state) if state.get("seed") == seed else None
-
-
-def peak_memory(device: torch.device) -> tuple[float, str]:
-    """(peak MiB so far, how it was measured): CUDA allocator peak, or the process's max RSS on CPU."""
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1), "cuda_max_memory_allocated"
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: whole process, never reset
-    return round(kib / 1024, 1), "cpu_ru_maxrss_process"
 
 
 def _completed(rows: list[dict], seed: int, last_epoch: int) -> bool:
@@ -267,14 +259,14 @@ def _run_seed(cfg, seed, device, tl_test, nf, tl_val, train_docs, old_corpus, tr
         pf = _prefix_fn(strategies, ctx)
         row: dict[str, Any] = {"seed": seed, "epoch": epoch, **stats}
         for key, items in (("tl", tl_test), ("nf", nf), ("val", tl_val)):
-            with autocast(device, precision):
+            with autocast(precision, device):
                 r = probe_accuracy(ctx.model, tok, items, batch_size=cfg.eval_batch_size, prefix_fn=pf, device=device,
                                    exact_match=cfg.exact_match)
             row[f"{key}_acc"], row[f"{key}_em"] = r["acc"], r["em"]
             row[f"{key}_prompt_tokens"], row[f"{key}_seconds_per_query"] = r["prompt_tokens"], r["seconds_per_query"]
         row["seconds"] = round(time.time() - t0, 2)
         row["precision"] = precision
-        row["peak_mem_mib"], row["peak_mem_measure"] = peak_memory(device)
+        row.update(peak_memory(device))  # peak_mem_mib, and peak_mem_kind saying how it was measured
         rows.append(row)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")

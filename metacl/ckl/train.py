@@ -39,18 +39,18 @@ such as EWC's, an average over shares for batch-dependent ones such as LwF's).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from metacl.checkpoint import (flatten_state, generator_state, rng_state, set_generator_state, set_rng_state,
-                               unflatten_state)
+from metacl.checkpoint import flatten_state, generator_state, set_generator_state, unflatten_state
 from metacl.ckl.batching import DocBatches
 from metacl.engine.losses import label_mask as engine_label_mask, nll_from_logits
 from metacl.errors import MetaclError
+from metacl.precision import autocast
+from metacl.rng import all_rng_state, set_all_rng_state
 from metacl.strategies.base import Batch, Strategy, TrainContext
 
 
@@ -79,25 +79,13 @@ class TooManyBadSteps(MetaclError):
     """The run produced more non-finite steps than `--max-bad-steps` allows."""
 
 
-PRECISIONS = ("fp32", "bf16")
-
-
-def autocast(device: torch.device | str, precision: str):
-    """bf16 autocast around a forward pass (weights stay fp32); a no-op context for fp32."""
-    if precision not in PRECISIONS:
-        raise MetaclError(f"unknown --precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-
-
 def loss_terms(strategies: Sequence[Strategy], ctx: TrainContext, batch: Batch,
                precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(sum of weighted NLL, sum of weights, sum of extra losses or None) for one batch on the device.
 
     Kept as parts so data-parallel ranks can divide by the weight of the whole global batch.
     """
-    with autocast(ctx.device, precision):
+    with autocast(precision, ctx.device):
         logits = ctx.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logits = logits.float()  # the loss itself always in fp32 (a no-op without autocast)
     nll = token_nll(logits, batch["labels"])
@@ -135,11 +123,9 @@ def capture_state(ctx: TrainContext, strategies: Sequence[Strategy], pos: dict[s
     gen = generator_state(ctx.generator)
     if gen is not None:
         tensors["rng/generator"] = gen
-    if ctx.device.type == "cuda":  # dropout on the GPU draws from the device's own generator
-        tensors["rng/cuda"] = torch.cuda.get_rng_state(ctx.device)
     state = {
         "position": pos,
-        "rng": rng_state(),
+        "rng": all_rng_state(),  # python, torch, numpy and (dropout on a GPU) CUDA streams
         "optimizer": flatten_state(ctx.optimizer.state_dict(), "optimizer", tensors),
         "strategies": [{"name": s.name, "state": flatten_state(s.state_dict(), f"strategy{i}", tensors)}
                        for i, s in enumerate(strategies)],
@@ -167,10 +153,8 @@ def restore_state(ctx: TrainContext, strategies: Sequence[Strategy], tensors: di
     ctx.optimizer.load_state_dict(unflatten_state(state["optimizer"], tensors))
     for s, d in zip(strategies, state["strategies"]):
         s.load_state_dict(unflatten_state(d["state"], tensors))
-    set_rng_state(state["rng"])
+    set_all_rng_state(state["rng"])
     set_generator_state(ctx.generator, tensors.get("rng/generator"))
-    if ctx.device.type == "cuda" and "rng/cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["rng/cuda"].to(torch.uint8).cpu(), ctx.device)
     ctx.last_loss = float(state.get("last_loss", float("nan")))
     return state["position"]
 

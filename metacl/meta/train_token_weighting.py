@@ -381,6 +381,8 @@ class MetaTrainer:
     def save(self) -> None:
         from metacl.checkpoint import save_checkpoint
 
+        if not self.dist.is_main:  # every rank holds the same state; rank 0 writes it
+            return
         tensors = {f"weighter.{k}": v for k, v in self.weighter.state_dict().items()}
         opt_t, opt_meta = _opt_tensors(self.opt, self._names)
         tensors.update(opt_t)
@@ -388,8 +390,7 @@ class MetaTrainer:
 
         state = {"step": self.step, "config": asdict(self.cfg), "identity": self.cfg.identity(),
                  "best": self.best, "optimizer": opt_meta, "bad_steps": self.bad_steps, "rng": all_rng_state()}
-        if self.dist.is_main:
-            save_checkpoint(self.out / CKPT_DIR, tensors, state)
+        save_checkpoint(self.out / CKPT_DIR, tensors, state)
 
     def resume(self) -> bool:
         """Load out/checkpoint if present; True if resumed. Refuses a checkpoint of another config."""

@@ -26,7 +26,6 @@ chance-level predictor) so that 10-class episodes (loss ~2.3) do not drown out 2
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import subprocess
@@ -41,13 +40,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from metacl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from metacl.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from metacl.engine import adamw, unroll
 from metacl.errors import CheckpointError, MetaclError
 from metacl.optim import network as nw
 from metacl.optim.functional import LearnedFunctional
 from metacl.optim.learned import save_meta
-from metacl.utils import append_jsonl, seed_everything, write_json_atomic
+from metacl.rng import all_rng_state, set_all_rng_state
+from metacl.utils import append_jsonl, seed_everything, truncate_jsonl, write_json_atomic
 
 
 @dataclass
@@ -334,7 +334,7 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, resume: bool = False, net:
     if resume:
         start, bad_steps = _load(ckpt_dir, cfg, meta, mopt, es_gen)
         if info.is_main:
-            _truncate_log(out / "metrics.jsonl", start)
+            truncate_jsonl(out / "metrics.jsonl", start)  # rows logged after the checkpoint, a partial line
     dist.broadcast_(meta.values(), info)  # identical start on every rank, whatever happened before
     command = command or " ".join(["metacl"] + sys.argv[1:])
     t0 = time.time()
@@ -409,18 +409,9 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, resume: bool = False, net:
     return summary
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop metrics rows written after the checkpoint (the run died between its log and its checkpoint)."""
-    from metacl.utils import truncate_jsonl
-
-    truncate_jsonl(path, step)
-
-
 def _save(ckpt_dir: Path, cfg: MetaTrainConfig, meta, mopt: torch.optim.Optimizer, es_gen: torch.Generator, step: int,
           bad_steps: int = 0) -> None:
     """Everything a resumed run needs: meta-params, Adam moments and step counts, all RNG streams, counters."""
-    from metacl.rng import all_rng_state
-
     tensors = {f"meta.{k}": v.detach() for k, v in meta.items()}
     st = mopt.state_dict()
     names = list(meta)
@@ -440,9 +431,6 @@ _RESUMABLE = ("steps", "ckpt_every", "eval_episodes", "max_bad_steps")
 def _load(ckpt_dir: Path, cfg: MetaTrainConfig, meta, mopt: torch.optim.Optimizer,
           es_gen: torch.Generator) -> tuple[int, int]:
     """Restore a checkpoint in place; returns (step, skipped steps so far)."""
-    from metacl.checkpoint import find_checkpoint
-    from metacl.rng import set_all_rng_state
-
     if find_checkpoint(ckpt_dir) is None:  # also finds one left aside by a write that was killed
         raise CheckpointError(f"--resume: no checkpoint at {ckpt_dir}; start without --resume or point --out at the run")
     tensors, st = load_checkpoint(ckpt_dir)
