@@ -89,11 +89,12 @@ def backbone_tokenizer(path: str | os.PathLike) -> Any:
                           "save the tokenizer next to the model") from e
 
 
-def check_saved_weighter_tokenizer(path: str | os.PathLike, base_tokenizer: Any) -> None:
+def check_saved_weighter_tokenizer(path: str | os.PathLike, base_tokenizer: Any) -> Any:
     """Cheap pre-flight (no weights loaded): does the weighter saved at `path` fit this tokenizer?
 
     Commands call this before they write anything, so a predictor built for another base LM
-    is refused up front instead of after the output folder has been set up.
+    is refused up front instead of after the output folder has been set up. Returns the
+    weighter's own saved tokenizer (None when it saved only a fingerprint).
     """
     path = Path(path)
     if not (path / CONFIG_NAME).is_file() and (path / "best" / CONFIG_NAME).is_file():
@@ -113,10 +114,13 @@ def check_saved_weighter_tokenizer(path: str | os.PathLike, base_tokenizer: Any)
     if not isinstance(cfg, dict):
         raise MetaclError(f"token weighter config {cfg_path} is not a JSON object; re-run meta-training")
     if (path / "tokenizer_config.json").is_file():
-        check_same_tokenizer(backbone_tokenizer(path), base_tokenizer, f"token weighter {path}")
-    elif "tokenizer" in cfg and cfg["tokenizer"] != tokenizer_fingerprint(base_tokenizer):
+        saved = backbone_tokenizer(path)
+        check_same_tokenizer(saved, base_tokenizer, f"token weighter {path}")
+        return saved
+    if "tokenizer" in cfg and cfg["tokenizer"] != tokenizer_fingerprint(base_tokenizer):
         raise MetaclError(f"token weighter {path}: tokenizer differs from the base LM's; "
                           "meta-train a weighter for this base LM (same tokenizer)")
+    return None
 
 
 class TokenWeighter(nn.Module):
@@ -147,18 +151,17 @@ class TokenWeighter(nn.Module):
     @classmethod
     def from_model_path(cls, path: str | os.PathLike, base_tokenizer: Any, init_bias: float = 4.0) -> "TokenWeighter":
         """Any local HF causal LM as backbone, provided its tokenizer matches the base LM's."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        from metacl.models.loading import check_causal_lm_path, check_safetensors_weights, quiet_hf_loading
+        from metacl.models.loading import check_causal_lm_path, quiet_hf_loading
 
         path = Path(path)
         if not path.is_dir():
             where = "does not exist" if not path.exists() else "is not a directory"
             raise MetaclError(f"token-weighter backbone {path} {where}; pass a local Hugging Face model folder")
-        check_causal_lm_path(path)
+        check_causal_lm_path(path)  # also refuses pickle-only and weightless folders
         tok = backbone_tokenizer(path)
         check_same_tokenizer(tok, base_tokenizer, f"token-weighter backbone {path}")
-        check_safetensors_weights(path, "token-weighter backbone")
         try:
             with quiet_hf_loading():
                 lm = AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True)
@@ -234,8 +237,9 @@ class TokenWeighter(nn.Module):
         from metacl.errors import CheckpointError
         from metacl.models.loading import check_safetensors_weights, quiet_hf_loading
 
+        saved_tok = None
         if base_tokenizer is not None:  # cheap, before any weights are read
-            check_saved_weighter_tokenizer(path, base_tokenizer)
+            saved_tok = check_saved_weighter_tokenizer(path, base_tokenizer)
         check_safetensors_weights(path / BACKBONE_DIR, "token-weighter backbone")
         try:
             cfg = json.loads(cfg_path.read_text())
@@ -252,16 +256,8 @@ class TokenWeighter(nn.Module):
             msg = " ".join(str(e).split())[:200]
             raise CheckpointError(f"token weighter at {path} is corrupt or unreadable ({type(e).__name__}: {msg}); "
                                   "re-run meta-training or point to another copy") from e
-        tok = None
-        if (path / "tokenizer_config.json").is_file():
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(str(path))
-        if base_tokenizer is not None:
-            if tok is not None:
-                check_same_tokenizer(tok, base_tokenizer, f"token weighter {path}")
-            elif "tokenizer" in cfg and cfg["tokenizer"] != tokenizer_fingerprint(base_tokenizer):
-                raise MetaclError(f"token weighter {path} was trained for another tokenizer; meta-train one for this base LM")
-            tok = tok or base_tokenizer
-        tw.tokenizer = tok
+        if base_tokenizer is not None:  # already checked against the saved one above
+            tw.tokenizer = saved_tok or base_tokenizer
+        else:
+            tw.tokenizer = backbone_tokenizer(path) if (path / "tokenizer_config.json").is_file() else None
         return tw.to(device).eval()
