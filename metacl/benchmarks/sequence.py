@@ -276,8 +276,7 @@ def run_sequence(cfg: SequenceConfig, log: Callable[[str], None] = print) -> dic
     world = load_world(cfg.world)
     for spec in cfg.strategies:
         for strat in build_strategies(spec.split("+"), cfg.strategy_options):
-            if hasattr(strat, "preflight"):
-                strat.preflight(cfg.model)
+            strat.preflight(cfg.model)
     out = check_run_folder(cfg.out, "ckl sequence", cfg.hash())
     cfg_path = out / "config.json"
     out.mkdir(parents=True, exist_ok=True)

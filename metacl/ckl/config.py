@@ -79,8 +79,10 @@ class CklConfig:
             raise MetaclError(f"--learned-lr must be > 0, got {self.learned_lr}; pass e.g. --learned-lr 1")
         if int(self.max_length) < 2:
             raise MetaclError(f"--max-length must be >= 2 tokens, got {self.max_length}")
-        if self.optimizer not in ("adamw", "sgd", "learned"):
-            raise MetaclError(f"unknown optimizer {self.optimizer!r}; choose adamw, sgd or learned")
+        from metacl.ckl.optimizers import OPTIMIZERS
+
+        if self.optimizer not in OPTIMIZERS:
+            raise MetaclError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if not 0 < self.tl_val_fraction < 1:
             raise MetaclError(f"tl_val_fraction must be in (0, 1), got {self.tl_val_fraction}")
         if self.ckpt_every is not None and int(self.ckpt_every) < 0:

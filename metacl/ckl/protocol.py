@@ -150,9 +150,8 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
     for n in cfg.strategies:  # unknown names fail before anything is written
         get_strategy(n)
     check_causal_lm_path(cfg.model)  # so does a wrong --model
-    for strat in build_strategies(cfg.strategies, cfg.strategy_options):  # and a strategy's bad inputs (H6)
-        if hasattr(strat, "preflight"):  # e.g. a taalm predictor built for another tokenizer
-            strat.preflight(cfg.model)
+    for strat in build_strategies(cfg.strategies, cfg.strategy_options):  # and a strategy's bad inputs
+        strat.preflight(cfg.model)
     data = load_ckl_data(cfg.data, tl=cfg.tl, nf=cfg.nf, tl_val=cfg.tl_val)
     tl, nf, tl_val = data.tl, data.nf, data.tl_val
     if cfg.max_items is not None:

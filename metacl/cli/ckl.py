@@ -14,6 +14,7 @@ import importlib
 from typing import Any
 
 from metacl.errors import MetaclError
+from metacl.precision import PRECISIONS
 
 # Parser dests that are not CklConfig fields, and how they map.
 _RENAMED = {"strategy": "strategies"}
@@ -52,7 +53,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="write OUT/checkpoint every N training steps to resume a killed run (default: once per epoch; 0 = off)")
     p.add_argument("--max-bad-steps", type=int, default=d.max_bad_steps, metavar="N",
                    help=f"stop after N steps skipped for NaN/inf loss or gradients (default {d.max_bad_steps}; 0 = never)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default=d.precision,
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="bf16: autocast forward passes (fp32 weights); default fp32")
 
 

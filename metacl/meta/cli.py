@@ -17,6 +17,8 @@ import json
 import shutil
 from pathlib import Path
 
+from metacl.precision import PRECISIONS
+
 
 def register(sub) -> None:
     p = sub.add_parser("token-weighting", help="meta-train a token-importance predictor (TAALM-style)",
@@ -54,7 +56,7 @@ def register(sub) -> None:
                    help="checkpoint every N meta-steps (default: at each validation and every min(val-every, 25))")
     p.add_argument("--max-bad-steps", type=int, default=10,
                    help="stop after this many meta-steps skipped for a non-finite loss or gradient")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: autocast the forward passes (fp32 master weights; attention stays eager/math)")
     p.set_defaults(func=run)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from metacl.precision import PRECISIONS
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -42,7 +44,7 @@ def register(subparsers) -> None:
                    "processes, so it must be a multiple of --nproc_per_node")
     p.add_argument("--max-bad-steps", type=int, default=10,
                    help="stop after this many meta-steps skipped for a non-finite loss or gradient")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: autocast the episodes' forward passes (fp32 master weights)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--no-progress", action="store_true")

@@ -118,6 +118,11 @@ class Strategy:
     def after_step(self, ctx: TrainContext) -> None: ...
     def after_epoch(self, ctx: TrainContext) -> None: ...
     def after_task(self, ctx: TrainContext) -> None: ...
+    def preflight(self, model_path: str) -> None:
+        """Check this strategy's own inputs (files, paths) against the base LM before a run writes
+        anything, raising a one-line MetaclError; e.g. taalm refuses a predictor built for another
+        tokenizer. Default: nothing to check."""
+
     def probe_prefix(self, ctx: TrainContext, item: Any) -> str | None:
         """Text put before a probe at evaluation time (in-context learning); None = nothing."""
         return None
