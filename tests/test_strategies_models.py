@@ -15,7 +15,7 @@ from test_strategies_common import NEW, loop_loss, make_ctx, random_batch, tiny_
 
 from metacl.strategies._importance import label_mask, token_nll  # noqa: E402
 from metacl.strategies.icl import ICL  # noqa: E402
-from metacl.strategies.k_adapter import KAdapter, ParallelAdapter  # noqa: E402
+from metacl.strategies.k_adapter import AdapterLayer, KAdapter, KAdapterLM  # noqa: E402
 from metacl.strategies.rho1 import Rho1, select_top_excess  # noqa: E402
 
 
@@ -70,12 +70,13 @@ def test_k_adapter_leaves_base_weights_unchanged_and_learns_in_adapters():
     with torch.no_grad():
         out0 = ctx.model(**batch).logits
     KAdapter(k_adapter_rank=4).before_task(ctx)
-    adapters = [m for m in ctx.model.modules() if isinstance(m, ParallelAdapter)]
+    assert isinstance(ctx.model, KAdapterLM)         # the adapters sit outside the LM, which is ctx.model.base
+    adapters = [m for m in ctx.model.modules() if isinstance(m, AdapterLayer)]
     assert len(adapters) == 2
     with torch.no_grad():  # zero-initialised: the wrapped model computes what the base did
         torch.testing.assert_close(ctx.model(**batch).logits, out0)
     trainable = [p for _, p in ctx.trainable()]
-    assert trainable and all(".down." in n or ".up." in n for n, _ in ctx.trainable())
+    assert trainable and all(n.startswith(("adapters.", "fuse.")) for n, _ in ctx.trainable())
     opt = torch.optim.AdamW(trainable, lr=1e-2)  # the loop builds it after before_task
     for _ in range(3):
         opt.zero_grad()
@@ -84,12 +85,11 @@ def test_k_adapter_leaves_base_weights_unchanged_and_learns_in_adapters():
         opt.step()
     after = dict(ctx.model.named_parameters())
     for n, p in base_before.items():
-        wrapped = n.replace(".mlp.", ".mlp.mlp.")
-        torch.testing.assert_close(after[wrapped].detach(), p, rtol=0, atol=0)  # bit-for-bit
+        torch.testing.assert_close(after["base." + n].detach(), p, rtol=0, atol=0)  # bit-for-bit
     with torch.no_grad():
         assert not torch.allclose(ctx.model(**batch).logits, out0)  # the knowledge went somewhere
     KAdapter(k_adapter_rank=4).before_task(ctx)  # a second task does not wrap twice
-    assert sum(isinstance(m, ParallelAdapter) for m in ctx.model.modules()) == 2
+    assert sum(isinstance(m, AdapterLayer) for m in ctx.model.modules()) == 2
 
 
 # ------------------------------------------------------------------------------------- ICL

@@ -8,8 +8,9 @@ multiplied into the head outputs (the input of `o_proj`), and m_ffn (one entry p
 into the FFN activations (the input of `down_proj`). All entries are 1, so the model is
 unchanged; their gradients say how much the loss depends on each unit:
 
-    g_u      = mean over batches of dL/dm_u           (signed; first-order effect of removing u)
-    imp_t    = |tanh((g - mean_l g) / std_l g)|       standardised per layer and unit type
+    I_u      = (1/N) sum_n |dL(x_n)/dm_u|             mean over the N samples (documents) of the
+                                                      gradient magnitude of unit u's virtual mask
+    imp_t    = |tanh((I - mean_l I) / std_l I)|       standardised per layer and unit type
     imp      = max(imp, imp_t)                        accumulated over tasks
     grad(theta_u) <- (1 - imp_u) * grad(theta_u)      for all parameters of unit u
 
@@ -131,8 +132,13 @@ def proxy_kl_loss(model: nn.Module, batch) -> torch.Tensor:
     return (kl * m).sum() / m.sum().clamp_min(1.0)
 
 
-def unit_importance(model: nn.Module, layers: list[UnitLayer], batches, proxy: bool, dropout: float):
-    """Per-layer (head, neuron) importance in [0, 1) from virtual-mask gradients."""
+def unit_grad_magnitude(model: nn.Module, layers: list[UnitLayer], batches, proxy: bool, dropout: float):
+    """Per-layer (head, neuron) I_u = mean over samples of |dL(x_n)/dm_u| (DAS's importance before normalising).
+
+    One sample = one document (one row of a batch): the gradient is taken per row and its
+    magnitude accumulated, so units whose per-document gradients cancel in sign still count as
+    important, as in the paper.
+    """
     masks = VirtualMasks(layers, next(model.parameters()).device, dropout if proxy else 0.0)
     g_head = [torch.zeros(L.n_heads) for L in layers]
     g_ffn = [torch.zeros(L.n_neurons) for L in layers]
@@ -141,17 +147,27 @@ def unit_importance(model: nn.Module, layers: list[UnitLayer], batches, proxy: b
     n = 0
     with masks, torch.enable_grad():
         for b in batches:
-            loss = proxy_kl_loss(model, b) if proxy else mean_nll(model, b)
-            grads = torch.autograd.grad(loss, masks.head + masks.ffn, allow_unused=True)
-            for i in range(len(layers)):
-                if grads[i] is not None:
-                    g_head[i] += grads[i].detach().cpu()
-                if grads[len(layers) + i] is not None:
-                    g_ffn[i] += grads[len(layers) + i].detach().cpu()
-            n += 1
+            for i in range(b["input_ids"].shape[0]):
+                row = {k: v[i : i + 1] for k, v in b.items()}
+                if label_mask(row).sum() == 0:
+                    continue
+                loss = proxy_kl_loss(model, row) if proxy else mean_nll(model, row)
+                grads = torch.autograd.grad(loss, masks.head + masks.ffn, allow_unused=True)
+                for j in range(len(layers)):
+                    if grads[j] is not None:
+                        g_head[j] += grads[j].detach().abs().cpu()
+                    if grads[len(layers) + j] is not None:
+                        g_ffn[j] += grads[len(layers) + j].detach().abs().cpu()
+                n += 1
     model.train(was_training)
     n = max(n, 1)
-    return [_standardised_tanh(g / n) for g in g_head], [_standardised_tanh(g / n) for g in g_ffn]
+    return [g / n for g in g_head], [g / n for g in g_ffn]
+
+
+def unit_importance(model: nn.Module, layers: list[UnitLayer], batches, proxy: bool, dropout: float):
+    """Per-layer (head, neuron) importance in [0, 1): |tanh(standardised I_u)| per layer and unit type."""
+    g_head, g_ffn = unit_grad_magnitude(model, layers, batches, proxy, dropout)
+    return [_standardised_tanh(g) for g in g_head], [_standardised_tanh(g) for g in g_ffn]
 
 
 def unit_param_scales(layers: list[UnitLayer], imp_head, imp_ffn) -> list[tuple[nn.Parameter, torch.Tensor]]:

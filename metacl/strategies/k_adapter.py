@@ -1,18 +1,29 @@
-"""K-Adapter-style knowledge adapters (Wang et al. 2021): new knowledge goes into adapters
-beside a frozen base model.
+"""K-Adapter (Wang et al., Findings of ACL 2021): knowledge learned by adapters *outside* a frozen LM.
 
-Every feed-forward block (`*.mlp`) of the model is wrapped so that
+The pre-trained LM is frozen and never modified; beside it sits a stack of K adapter layers, each
+plugged into one intermediate layer l_k of the LM:
 
-    mlp'(h) = mlp(h) + U act(D h)         D: hidden -> r,   U: r -> hidden,  U initialised to 0
+    a_0 = 0
+    a_k = a_{k-1} + Up_k( Blocks_k( Down_k( [h_{l_k} ; a_{k-1}] ) ) )      k = 1..K
+    logits = lm_head( h_L + F a_K )          (F zero-initialised)
 
-and every base parameter gets `requires_grad=False`. Why: the base weights, and so everything
-the pre-trained model knew, stay bit-for-bit unchanged; only the small adapters (2 * hidden * r
-weights per layer) learn the new documents. U = 0 at the start makes the wrapped model compute
-exactly what the base computed, so probing before training is unaffected. We use parallel
-bottleneck adapters inside each layer rather than K-Adapter's separate outside stack: the same
-idea (a frozen base plus a trainable knowledge module) in the form that fits any HF causal LM.
+h_l is the output hidden state of LM layer l (read without a graph: the LM is only a feature
+extractor), [. ; .] concatenation, Down: 2d -> m, Blocks: --k-adapter-depth causal transformer
+layers of width m, Up: m -> d, with the skip connection across the two projections. As in the
+paper the adapters tap the first, middle and last LM layers by default (their 0, 11, 23 of 24).
+K-Adapter concatenates [h_L ; a_K] and feeds a task head; for a causal LM the task head is the
+LM's own head, so the concatenation goes through a linear map whose h_L block is the identity
+and whose a_K block F starts at zero: the wrapped model computes exactly the base model's
+predictions before training, and every answer that changes afterwards changed through the
+adapters. Why outside and not inside: the LM's hidden states, and so everything the pre-trained
+model computes, stay bit-for-bit what they were; the knowledge lives in a separate module.
 
-Hyperparameters: --k-adapter-rank (bottleneck r).
+Adapted to CKL: one knowledge adapter (K-Adapter trains one per kind of knowledge); later tasks
+of a sequence keep training the same adapter.
+
+Hyperparameters: --k-adapter-rank (adapter width m), --k-adapter-depth (transformer layers per
+adapter layer, 2 in the paper), --k-adapter-taps (how many LM layers feed adapter layers, evenly
+spaced from the first to the last).
 """
 
 from __future__ import annotations
@@ -23,59 +34,94 @@ import torch
 from torch import nn
 
 from metacl.errors import MetaclError
+from metacl.strategies._side_network import (
+    CausalBlock, causal_mask, frozen_hidden_states, heads_for, init_module_, inner_model, lm_output,
+)
 from metacl.strategies.base import Strategy, TrainContext, register
 
 
-class ParallelAdapter(nn.Module):
-    """A feed-forward block plus a zero-initialised bottleneck adapter in parallel."""
+def tap_layers(n_layers: int, n_taps: int) -> list[int]:
+    """`n_taps` LM layer indices evenly spaced from the first to the last (0, L/2, L-1 for 3)."""
+    if n_taps == 1:
+        return [n_layers - 1]
+    return sorted({round(i * (n_layers - 1) / (n_taps - 1)) for i in range(n_taps)})
 
-    def __init__(self, mlp: nn.Module, hidden: int, rank: int):
+
+class AdapterLayer(nn.Module):
+    """One K-Adapter layer: concat(LM feature, previous adapter output) -> down -> blocks -> up, plus skip."""
+
+    def __init__(self, d_model: int, width: int, depth: int):
         super().__init__()
-        self.mlp = mlp
-        self.down = nn.Linear(hidden, rank)
-        self.up = nn.Linear(rank, hidden)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-        ref = next(mlp.parameters())
-        self.down.to(device=ref.device, dtype=ref.dtype)
-        self.up.to(device=ref.device, dtype=ref.dtype)
+        self.down = nn.Linear(2 * d_model, width)
+        self.blocks = nn.ModuleList(CausalBlock(width, heads_for(width)) for _ in range(depth))
+        self.up = nn.Linear(width, d_model)
 
-    def forward(self, h: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return self.mlp(h, *args, **kwargs) + self.up(torch.nn.functional.gelu(self.down(h)))
+    def forward(self, h: torch.Tensor, a_prev: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.down(torch.cat([h, a_prev], dim=-1))
+        for blk in self.blocks:
+            x = blk(x, mask)
+        return a_prev + self.up(x)
 
 
-def add_adapters(model: nn.Module, rank: int) -> list[str]:
-    """Freeze `model` and wrap each `*.mlp` block with a ParallelAdapter; returns wrapped names."""
-    targets = [n for n, m in model.named_modules() if n.split(".")[-1] == "mlp" and not isinstance(m, ParallelAdapter)]
-    if not targets:
-        raise MetaclError(f"k_adapter found no `mlp` blocks in {type(model).__name__}; use a Llama/GPT-style causal LM")
-    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for name in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        mlp = getattr(parent, child)
-        h = hidden or next(m for m in mlp.modules() if isinstance(m, nn.Linear)).in_features
-        setattr(parent, child, ParallelAdapter(mlp, h, rank))
-    return targets
+class KAdapterLM(nn.Module):
+    """A frozen causal LM plus a K-Adapter stack fed by its intermediate hidden states."""
+
+    def __init__(self, base: nn.Module, width: int, depth: int, n_taps: int, generator: torch.Generator | None = None):
+        super().__init__()
+        cfg = getattr(base, "config", None)
+        d = getattr(cfg, "hidden_size", None)
+        n_layers = getattr(cfg, "num_hidden_layers", None)
+        inner_model(base)  # a causal LM with a decoder stack, or a one-line error
+        if d is None or n_layers is None:
+            raise MetaclError("k_adapter needs model.config.hidden_size and num_hidden_layers; use a Hugging Face causal LM")
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.base = base
+        self.config = cfg
+        self.taps = tap_layers(int(n_layers), min(int(n_taps), int(n_layers)))
+        self.adapters = nn.ModuleList(AdapterLayer(d, width, depth) for _ in self.taps)
+        self.fuse = nn.Linear(d, d, bias=False)
+        init_module_(self.adapters, generator)
+        nn.init.zeros_(self.fuse.weight)
+        ref = next(base.parameters())
+        self.adapters.to(device=ref.device, dtype=ref.dtype)
+        self.fuse.to(device=ref.device, dtype=ref.dtype)
+
+    def get_output_embeddings(self):
+        return self.base.get_output_embeddings()
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, labels=None, **_):
+        hs = frozen_hidden_states(self.base, input_ids, attention_mask, position_ids)
+        B, T = input_ids.shape
+        mask = causal_mask(attention_mask, B, T, input_ids.device)
+        a = torch.zeros_like(hs[-1])
+        for layer, adapter in zip(self.taps, self.adapters):
+            a = adapter(hs[layer + 1], a, mask)                 # hs[l + 1] = output of LM layer l
+        logits = self.base.get_output_embeddings()(hs[-1] + self.fuse(a))
+        return lm_output(logits, labels)
 
 
 @register
 class KAdapter(Strategy):
     name = "k_adapter"
-    description = "K-Adapter: frozen base, knowledge learned by zero-initialised bottleneck adapters"
+    description = ("K-Adapter: frozen LM, knowledge learned by an outside adapter stack fed by the LM's "
+                   "intermediate hidden states")
 
-    def __init__(self, k_adapter_rank: int = 16):
-        if k_adapter_rank < 1:
-            raise MetaclError(f"--k-adapter-rank must be >= 1, got {k_adapter_rank}; pass e.g. --k-adapter-rank 16")
-        self.rank = int(k_adapter_rank)
+    def __init__(self, k_adapter_rank: int = 64, k_adapter_depth: int = 2, k_adapter_taps: int = 3):
+        for flag, v in (("--k-adapter-rank", k_adapter_rank), ("--k-adapter-depth", k_adapter_depth),
+                        ("--k-adapter-taps", k_adapter_taps)):
+            if int(v) < 1:
+                raise MetaclError(f"{flag} must be >= 1, got {v}; pass e.g. {flag} 2")
+        self.rank, self.depth, self.taps = int(k_adapter_rank), int(k_adapter_depth), int(k_adapter_taps)
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--k-adapter-rank", type=int, default=16, help="adapter bottleneck size r")
+        parser.add_argument("--k-adapter-rank", type=int, default=64, help="adapter width m (hidden size of the adapter layers)")
+        parser.add_argument("--k-adapter-depth", type=int, default=2, help="transformer layers inside each adapter layer")
+        parser.add_argument("--k-adapter-taps", type=int, default=3,
+                            help="adapter layers, fed by this many evenly spaced LM layers (first ... last)")
 
     def before_task(self, ctx: TrainContext) -> None:
-        if not any(isinstance(m, ParallelAdapter) for m in ctx.model.modules()):
-            wrapped = add_adapters(ctx.model, self.rank)
-            ctx.scratch.setdefault(self.name, {})["wrapped"] = wrapped
+        if not isinstance(ctx.model, KAdapterLM):
+            ctx.model = KAdapterLM(ctx.model, self.rank, self.depth, self.taps, ctx.generator)
+            ctx.scratch.setdefault(self.name, {})["taps"] = list(ctx.model.taps)

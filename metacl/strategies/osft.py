@@ -7,14 +7,22 @@ behaviour, stay fixed.
 
 At the start of each task, for every attention and MLP matrix W (out x in) of decoder layer l:
 
-    W = U S V^T,  r(l) = round(full_rank * (mrr + I(l) * (trr - mrr)))      (adaptive)
-                  r(l) = round(full_rank * fixed_ratio)                      (--osft-rank-mode fixed)
+    W = U S V^T,  r(W) = round(full_rank * (mrr + I(l) * (trr - mrr)))      (adaptive)
+                  r(W) = round(full_rank * fixed_ratio)                      (--osft-rank-mode fixed)
     P(G) = G - U_r U_r^T G - G V_r V_r^T + U_r U_r^T G V_r V_r^T  =  (I - U_r U_r^T) G (I - V_r V_r^T)
 
-I(l) = mean cosine similarity between the hidden state entering and leaving layer l, over the
-tokens of (up to --osft-docs of) the current task's documents, clipped to [0, 1]; a layer that
-barely changes its input gets a larger frozen subspace, as in the paper's rule. mrr = 0.1 and
-trr = 0.8 are fractions of the full rank min(out, in).
+I(l) = mean over tokens of cos(X_l, Y_l), the cosine similarity between layer l's input
+activations X_l and its output activations Y_l, clipped to [0, 1]; a layer whose output stays
+close to its input gets a larger frozen subspace, the paper's rule. The layers whose matrices are
+decomposed are the attention and the MLP sublayers of each decoder block (X = the normed hidden
+state the sublayer reads, Y = what it adds to the residual stream): q/k/v/o take the attention
+sublayer's I, gate/up/down the MLP's. The residual path is left out on purpose: cos(x, x + f(x))
+is close to 1 for every block of a deep residual LM and would give every matrix nearly the same
+rank. The activations come from *previous-task* data, the knowledge the frozen subspace must
+keep: the pre-training text (ctx.old_corpus) plus the documents of earlier tasks (ctx.seen_docs),
+up to --osft-docs of them; only when a run has neither does it fall back to the current task's
+documents (recorded in scratch as importance_source). mrr = 0.1 and trr = 0.8 are fractions of
+the full rank min(out, in).
 
 Our choice, documented: the gradient is projected in `before_step` (so Adam's moments only see
 the complement) and, because Adam's per-coordinate scaling and weight decay would leak part of
@@ -59,23 +67,39 @@ def layer_matrices(layer: nn.Module) -> list[nn.Linear]:
     return out
 
 
-def layer_importance(model: nn.Module, batches) -> list[float]:
-    """Mean cosine similarity between each decoder layer's input and output hidden states."""
+def layer_parts(layer: nn.Module) -> list[tuple[nn.Linear, str]]:
+    """(matrix, "attn" | "mlp") for every decomposed matrix of a decoder layer, in layer_matrices' order."""
+    out = []
+    for part, parent in (("attn", layer.self_attn), ("mlp", layer.mlp)):
+        for name in MATRICES:
+            lin = getattr(parent, name, None)
+            if isinstance(lin, nn.Linear):
+                out.append((lin, part))
+    return out
+
+
+def layer_importance(model: nn.Module, batches) -> list[dict[str, float]]:
+    """Per decoder layer {"attn": I, "mlp": I}: mean cosine similarity between each sublayer's
+    input and output activations over the non-padding tokens of `batches`, clipped to [0, 1]."""
     layers = decoder_layers(model)
-    sums, counts = [0.0] * len(layers), [0] * len(layers)
+    sums = [{"attn": 0.0, "mlp": 0.0} for _ in layers]
+    counts = [{"attn": 0, "mlp": 0} for _ in layers]
     current_mask: list[torch.Tensor] = []
 
-    def hook(i):
+    def hook(i, part):
         def fn(module, args, kwargs, output):
             x = args[0] if args else kwargs["hidden_states"]
             y = output[0] if isinstance(output, tuple) else output
             cos = F.cosine_similarity(x.float(), y.float(), dim=-1)          # (B, T)
             m = current_mask[0].to(cos.dtype)
-            sums[i] += float((cos * m).sum())
-            counts[i] += int(m.sum())
+            sums[i][part] += float((cos * m).sum())
+            counts[i][part] += int(m.sum())
         return fn
 
-    handles = [L.register_forward_hook(hook(i), with_kwargs=True) for i, L in enumerate(layers)]
+    handles = []
+    for i, L in enumerate(layers):
+        handles.append(L.self_attn.register_forward_hook(hook(i, "attn"), with_kwargs=True))
+        handles.append(L.mlp.register_forward_hook(hook(i, "mlp"), with_kwargs=True))
     was_training = model.training
     model.eval()
     try:
@@ -87,7 +111,16 @@ def layer_importance(model: nn.Module, batches) -> list[float]:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return [min(1.0, max(0.0, s / c)) if c else 0.0 for s, c in zip(sums, counts)]
+    return [{p: (min(1.0, max(0.0, s[p] / c[p])) if c[p] else 0.0) for p in ("attn", "mlp")}
+            for s, c in zip(sums, counts)]
+
+
+def previous_task_texts(ctx: TrainContext) -> tuple[list[str], str]:
+    """The text OSFT measures importance on, and where it came from."""
+    texts = list(ctx.old_corpus) + list(ctx.seen_docs)
+    if texts:
+        return texts, "previous"
+    return list(ctx.train_docs), "current (no previous-task text)"
 
 
 def adaptive_rank(importance: float, full_rank: int, mrr: float, trr: float) -> int:
@@ -119,7 +152,7 @@ class OSFT(Strategy):
         self.fixed_ratio, self.n_docs = float(osft_fixed_ratio), int(osft_docs)
         self.bases: dict[nn.Parameter, tuple[torch.Tensor, torch.Tensor]] = {}
         self.ranks: list[list[int]] = []        # per layer, per matrix (for logs and tests)
-        self.importance: list[float] = []
+        self.importance: list[dict[str, float]] = []   # per layer, per sublayer ("attn", "mlp")
         self._before: dict[nn.Parameter, torch.Tensor] = {}
 
     @classmethod
@@ -129,25 +162,28 @@ class OSFT(Strategy):
         parser.add_argument("--osft-mrr", type=float, default=0.1, help="minimum frozen rank ratio (adaptive)")
         parser.add_argument("--osft-trr", type=float, default=0.8, help="maximum frozen rank ratio (adaptive)")
         parser.add_argument("--osft-fixed-ratio", type=float, default=0.5, help="frozen rank ratio (fixed mode)")
-        parser.add_argument("--osft-docs", type=int, default=32, help="documents for the layer importance")
+        parser.add_argument("--osft-docs", type=int, default=32,
+                            help="previous-task documents (pre-training text, earlier tasks) for the layer importance")
 
     def before_task(self, ctx: TrainContext) -> None:
         layers = decoder_layers(ctx.model)
         if self.mode == "adaptive":
-            texts = list(ctx.train_docs) or list(ctx.old_corpus)
+            texts, source = previous_task_texts(ctx)
+            ctx.scratch.setdefault(self.name, {})["importance_source"] = source
             idx = sample_indices(len(texts), min(self.n_docs, len(texts)), ctx.generator)
             batches = doc_batches(ctx.tokenizer, [texts[i] for i in idx], ctx.batch_size, ctx.max_length, ctx.device)
             self.importance = layer_importance(ctx.model, batches)
         else:
-            self.importance = [float("nan")] * len(layers)
+            self.importance = [{"attn": float("nan"), "mlp": float("nan")} for _ in layers]
         self.bases.clear()
         self.ranks = []
         for L, imp in zip(layers, self.importance):
             ranks = []
-            for lin in layer_matrices(L):
+            for lin, part in layer_parts(L):
                 W = lin.weight.detach().float()
                 full = min(W.shape)
-                r = adaptive_rank(imp, full, self.mrr, self.trr) if self.mode == "adaptive" else int(round(full * self.fixed_ratio))
+                r = (adaptive_rank(imp[part], full, self.mrr, self.trr) if self.mode == "adaptive"
+                     else int(round(full * self.fixed_ratio)))
                 r = max(0, min(full, r))
                 ranks.append(r)
                 if r == 0:

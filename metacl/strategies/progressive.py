@@ -1,96 +1,120 @@
-"""Progressive adapters: a new adapter column per task, lateral connections, old columns frozen.
+"""Progressive networks (Rusu et al., 2016): a new column per task, lateral connections, old columns frozen.
 
-Why: progressive networks (Rusu et al., 2016) never forget by construction: every task gets a
-fresh column, earlier columns are frozen, and lateral connections let the new column reuse their
-features. Copying a whole LM per task is out of reach, so, as documented here, the columns are
-bottleneck adapters on top of a frozen base LM (one per decoder-layer MLP):
+Column 0 is the pre-trained LM, frozen. Task k adds column k: a stack of L causal transformer
+blocks of width w (one per LM layer), whose layer l reads its own previous layer and, through
+lateral connections, layer l-1 of *every* earlier column:
 
-    z_k = relu(D_k x + sum_{j<k} L_kj z_j)          bottleneck of column k (lateral inputs z_j)
-    mlp'(x) = mlp(x) + sum_k U_k z_k                 every column's output is added
+    s^k_0     = 0
+    s^k_{l+1} = Block^k_l( s^k_l + sum_{j<k} A^k_{l,j} s^j_l )        l = 0..L-1
+    s^0_l     = the LM's hidden state entering its layer l (s^0_0 = the embeddings)
 
-x is the MLP input of that layer. At task k, column k (D_k, U_k and its laterals L_kj) is new
-and trainable; the base LM and columns 0..k-1 are frozen and stay bit-identical. U_k starts at
-zero, so adding a column does not change the model's function. No task identity is needed at
-inference: all columns are active, which is what the probes of every period see.
+    o^0 = the LM's final hidden state,   o^k = o^{k-1} + U^k LN(s^k_L),   logits = lm_head(o^K)
 
-Hyperparameters: --progressive-width (bottleneck size per column).
+A^k_{l,j} are linear laterals (d -> w from the LM, w -> w from earlier columns), U^k starts at
+zero. At task k only column k (its blocks, laterals and U^k) trains; the LM and columns
+1..k-1 are frozen and stay bit-identical, so what an earlier column computes can never be
+overwritten, only reused through the laterals.
+
+Adapted to LMs and task-free CKL probes: a column is a narrow side network (width w) rather
+than a full copy of the LM, and it predicts through the frozen LM head; the probes read the
+newest column, whose output starts as the previous column's output (o^{k-1} enters o^k through
+a fixed identity lateral), so adding a column changes no answer until it has learned something.
+
+Hyperparameters: --progressive-width (width w of each new column).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import contextlib
 
 import torch
 from torch import nn
 
 from metacl.errors import MetaclError
+from metacl.strategies._side_network import (
+    CausalBlock, causal_mask, frozen_hidden_states, heads_for, init_module_, inner_model, lm_output,
+)
 from metacl.strategies.base import Strategy, TrainContext, register
 
 
 class Column(nn.Module):
-    """One task's adapter at one layer: down-projection, lateral maps from earlier columns, up-projection."""
+    """One task's column: L blocks, laterals from every earlier column's previous layer, an output map."""
 
-    def __init__(self, d_model: int, width: int, n_earlier: int, generator: torch.Generator | None, dtype, device):
+    def __init__(self, d_model: int, width: int, n_layers: int, n_earlier: int):
         super().__init__()
-        bound = 1.0 / math.sqrt(d_model)
-        self.down = nn.Parameter(torch.empty(width, d_model, dtype=dtype).uniform_(-bound, bound, generator=generator).to(device))
-        lb = 1.0 / math.sqrt(width)
-        self.lateral = nn.ParameterList(
-            nn.Parameter(torch.empty(width, width, dtype=dtype).uniform_(-lb, lb, generator=generator).to(device))
-            for _ in range(n_earlier)
-        )
-        self.up = nn.Parameter(torch.zeros(d_model, width, dtype=dtype, device=device))
+        self.blocks = nn.ModuleList(CausalBlock(width, heads_for(width)) for _ in range(n_layers))
+        # laterals[l][j]: column j's layer-l state -> this column's layer l (j = 0 is the LM)
+        self.laterals = nn.ModuleList(
+            nn.ModuleList(nn.Linear(d_model if j == 0 else width, width, bias=False) for j in range(n_earlier))
+            for _ in range(n_layers))
+        self.norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, d_model, bias=False)
+
+    def forward(self, earlier: list[list[torch.Tensor]], mask: torch.Tensor) -> list[torch.Tensor]:
+        """States s_0..s_L of this column, given each earlier column's states (earlier[j][l])."""
+        s = torch.zeros(*earlier[0][0].shape[:2], self.norm.normalized_shape[0],
+                        dtype=earlier[0][0].dtype, device=earlier[0][0].device)
+        states = [s]
+        for l, (blk, lats) in enumerate(zip(self.blocks, self.laterals)):
+            x = s
+            for j, lat in enumerate(lats):
+                x = x + lat(earlier[j][l])
+            s = blk(x, mask)
+            states.append(s)
+        return states
 
 
-class ProgressiveMLP(nn.Module):
-    """A frozen MLP plus progressive adapter columns reading the MLP input."""
+class ProgressiveLM(nn.Module):
+    """The frozen LM as column 0 plus progressive columns; predictions come from the newest column."""
 
-    def __init__(self, mlp: nn.Module, d_model: int, width: int):
+    def __init__(self, base: nn.Module, width: int):
         super().__init__()
-        self.mlp, self.d_model, self.width = mlp, d_model, width
+        cfg = getattr(base, "config", None)
+        inner_model(base)
+        if getattr(cfg, "hidden_size", None) is None or getattr(cfg, "num_hidden_layers", None) is None:
+            raise MetaclError("progressive needs model.config.hidden_size and num_hidden_layers; use a Hugging Face causal LM")
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.base, self.config, self.width = base, cfg, int(width)
+        self.d_model, self.n_layers = int(cfg.hidden_size), int(cfg.num_hidden_layers)
         self.columns = nn.ModuleList()
 
+    def get_output_embeddings(self):
+        return self.base.get_output_embeddings()
+
     def add_column(self, generator: torch.Generator | None = None) -> Column:
-        ref = next(self.mlp.parameters())
-        col = Column(self.d_model, self.width, len(self.columns), generator, ref.dtype, ref.device)
+        """Freeze every existing column and append a new trainable one (silent: U = 0)."""
+        for p in self.columns.parameters():
+            p.requires_grad_(False)
+        col = Column(self.d_model, self.width, self.n_layers, 1 + len(self.columns))
+        init_module_(col, generator)
+        nn.init.zeros_(col.out.weight)
+        ref = next(self.base.parameters())
+        col.to(device=ref.device, dtype=ref.dtype)
         self.columns.append(col)
         return col
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.mlp(x)
-        zs: list[torch.Tensor] = []
-        for col in self.columns:
-            h = x @ col.down.T
-            for L, z in zip(col.lateral, zs):
-                h = h + z @ L.T
-            z = torch.relu(h)
-            zs.append(z)
-            y = y + z @ col.up.T
-        return y
-
-
-def wrap_mlps(model: nn.Module, width: int) -> list[ProgressiveMLP]:
-    """Wrap each decoder layer's `mlp` once; return the wrappers in layer order."""
-    found = [m for m in model.modules() if isinstance(m, ProgressiveMLP)]
-    if found:
-        return found
-    d_model = getattr(getattr(model, "config", None), "hidden_size", None)
-    for mod in list(model.modules()):
-        if hasattr(mod, "self_attn") and isinstance(getattr(mod, "mlp", None), nn.Module):
-            if d_model is None:
-                raise MetaclError("progressive needs model.config.hidden_size; use a Hugging Face causal LM")
-            mod.mlp = ProgressiveMLP(mod.mlp, d_model, width)
-            found.append(mod.mlp)
-    if not found:
-        raise MetaclError("progressive found no decoder layers (modules with self_attn and mlp); use a Llama-style model")
-    return found
+    def forward(self, input_ids, attention_mask=None, position_ids=None, labels=None, **_):
+        hs = frozen_hidden_states(self.base, input_ids, attention_mask, position_ids)
+        B, T = input_ids.shape
+        mask = causal_mask(attention_mask, B, T, input_ids.device)
+        states = [list(hs[: self.n_layers])]      # column 0: the input of each LM layer
+        o = hs[-1]                                # the LM's final (normed) hidden state
+        for k, col in enumerate(self.columns):
+            frozen = k < len(self.columns) - 1
+            with torch.no_grad() if frozen else contextlib.nullcontext():
+                s = col(states, mask)
+                o = o + col.out(col.norm(s[-1]))
+            states.append(s[: self.n_layers])
+        return lm_output(self.base.get_output_embeddings()(o), labels)
 
 
 @register
 class Progressive(Strategy):
     name = "progressive"
-    description = "progressive adapters: a new adapter column per task with laterals; base and old columns frozen"
+    description = ("progressive networks: a new column per task beside the frozen LM, lateral connections from "
+                   "every earlier column; LM and old columns frozen")
 
     def __init__(self, progressive_width: int = 32):
         if int(progressive_width) < 1:
@@ -99,12 +123,10 @@ class Progressive(Strategy):
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--progressive-width", type=int, default=32, help="bottleneck width of each column")
+        parser.add_argument("--progressive-width", type=int, default=32, help="width of each new column")
 
     def before_task(self, ctx: TrainContext) -> None:
-        mlps = wrap_mlps(ctx.model, self.width)
-        for p in ctx.model.parameters():
-            p.requires_grad_(False)
-        for m in mlps:
-            for p in m.add_column(ctx.generator).parameters():
-                p.requires_grad_(True)
+        if not isinstance(ctx.model, ProgressiveLM):
+            ctx.model = ProgressiveLM(ctx.model, self.width)
+        ctx.model.add_column(ctx.generator)
+        ctx.scratch.setdefault(self.name, {})["columns"] = len(ctx.model.columns)
