@@ -84,7 +84,9 @@ def register(sub) -> None:
     cmp_.add_argument("--out", metavar="DIR", default=None, help="write table.md and plot.png here")
     cmp_.set_defaults(func=cmd_compare)
 
-    st = subsub.add_parser("strategies", help="list every registered strategy")
+    st = subsub.add_parser("strategies", help="list every registered strategy, or show one's formula and options")
+    st.add_argument("name", nargs="?", metavar="NAME",
+                    help="print this strategy's formula, options with defaults and how it was adapted to LMs / CKL")
     st.set_defaults(func=cmd_strategies)
 
     # `ckl sequence` lives beside the task-sequence benchmark it runs.
@@ -186,6 +188,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_strategies(args: argparse.Namespace) -> int:
     import metacl.strategies as strategies
+
+    if getattr(args, "name", None):
+        from metacl.strategies.cards import describe
+
+        print(describe(args.name), end="")
+        return 0
 
     width = max(len(n) for n in strategies.REGISTRY)
     for name in sorted(strategies.REGISTRY):

@@ -114,7 +114,8 @@ def consolidate(new_model: nn.Module, old_params: dict[str, torch.Tensor], units
 @register
 class TaSL(Strategy):
     name = "tasl"
-    description = "TaSL: per-task skill-unit importance; keep task-specific units, merge shared ones after each task"
+    description = ("TaSL: per-task skill-unit importance; keep task-specific units, merge shared ones; units = each "
+                   "layer's attention and MLP block + 1 for the rest (2L+1)")
 
     def __init__(self, tasl_top: float = 0.25, tasl_docs: int = 32, tasl_consolidate: str = "task"):
         if not 0.0 <= float(tasl_top) <= 1.0:
