@@ -41,10 +41,10 @@ from metacl.strategies.base import Strategy, TrainContext, register
 
 
 def tap_layers(n_layers: int, n_taps: int) -> list[int]:
-    """`n_taps` LM layer indices evenly spaced from the first to the last (0, L/2, L-1 for 3)."""
+    """`n_taps` LM layer indices evenly spaced from the first to the last (0, 11, 23 for 3 of 24, the paper's)."""
     if n_taps == 1:
         return [n_layers - 1]
-    return sorted({round(i * (n_layers - 1) / (n_taps - 1)) for i in range(n_taps)})
+    return sorted({(i * (n_layers - 1)) // (n_taps - 1) for i in range(n_taps)})
 
 
 class AdapterLayer(nn.Module):
