@@ -18,8 +18,9 @@ Two references, named apart:
   fitted inside the run: in CKL the only "old" data a run has is the pre-training corpus the
   base LM was already trained on, so a reference fitted on it would be the task-start model
   again; RHO-1's point is a reference that has seen curated data close to the target
-  distribution, which only the user can supply (e.g. `metacl pretrain` on a curated corpus, or
-  any `save_pretrained` LM with the same tokenizer).
+  distribution, which only the user can supply: typically the base LM fine-tuned on curated text
+  (same tokenizer by construction) and saved with `save_pretrained`. `metacl pretrain` fits a
+  new tokenizer to its corpus, so its output is refused unless the tokenizers happen to agree.
 
 Hyperparameters: --rho1-ratio (fraction k of target tokens kept per batch); rho1_ref:
 --rho1-ref-model PATH, --rho1-ref-ratio.
