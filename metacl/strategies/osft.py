@@ -120,6 +120,10 @@ def previous_task_texts(ctx: TrainContext) -> tuple[list[str], str]:
     texts = list(ctx.old_corpus) + list(ctx.seen_docs)
     if texts:
         return texts, "previous"
+    import warnings
+
+    warnings.warn("osft: no previous-task text (no --old-corpus, no earlier task), so the layer importance is "
+                  "measured on the current task's documents; pass --old-corpus for the paper's rule", stacklevel=2)
     return list(ctx.train_docs), "current (no previous-task text)"
 
 
