@@ -96,7 +96,7 @@ class MetaExample:
 
 def examples_from_items(items: Sequence[Any]) -> list[MetaExample]:
     """LAMA-schema items (evidence + task_descriptive) -> meta-examples."""
-    from metacl.ckl.metrics import item_field, split_probe
+    from metacl.core.probes import item_field, split_probe
 
     out = []
     for it in items:
@@ -112,7 +112,7 @@ def encode_document(tokenizer, text: str, max_length: int) -> tuple[list[int], l
 
     Every token is a label (lm_loss shifts; position 0 is never predicted).
     """
-    from metacl.ckl.batching import encode_docs
+    from metacl.core.batching import encode_docs
 
     ids = encode_docs(tokenizer, [text], max_length)[0]
     return ids, list(ids)
@@ -124,7 +124,7 @@ def encode_probe(tokenizer, prefix: str, obj: str) -> tuple[list[int], list[int]
     Tokenized exactly like the CKL metric (`prefix + " " + object` once, object tokens located by
     character offsets), so the meta-objective is the loss of the tokens the metric scores.
     """
-    from metacl.ckl.metrics import object_token_positions
+    from metacl.core.probes import object_token_positions
 
     full = f"{prefix} {obj}" if prefix else obj
     enc = tokenizer(full, return_offsets_mapping=True)
@@ -137,16 +137,10 @@ def encode_probe(tokenizer, prefix: str, obj: str) -> tuple[list[int], list[int]
 
 
 def pad(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad (ids, labels) pairs into a batch dict of (N, T) tensors."""
-    T = max(len(i) for i, _ in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    am = torch.zeros((len(rows), T), dtype=torch.long)
-    lab = torch.full((len(rows), T), -100, dtype=torch.long)
-    for r, (i, l) in enumerate(rows):
-        ids[r, :len(i)] = torch.tensor(i)
-        am[r, :len(i)] = 1
-        lab[r, :len(l)] = torch.tensor(l)
-    return {"input_ids": ids, "attention_mask": am, "labels": lab}
+    """Right-pad (ids, labels) pairs into a batch dict of (N, T) tensors (`metacl.core.batching.collate`)."""
+    from metacl.core.batching import collate
+
+    return collate([i for i, _ in rows], pad_id, labels=[l for _, l in rows])
 
 
 # --------------------------------------------------------------------------- the meta-objective

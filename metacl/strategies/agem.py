@@ -18,7 +18,13 @@ import argparse
 
 import torch
 
-from metacl.strategies._importance import Reservoir, flat_dot, mean_nll, sample_indices, tokenize_docs
+from metacl.core.batching import tokenize_docs
+
+from metacl.strategies.anchor import flat_dot
+
+from metacl.strategies.importance import mean_nll
+
+from metacl.strategies.memory import Reservoir, sample_indices
 from metacl.strategies.base import Strategy, TrainContext, register
 
 

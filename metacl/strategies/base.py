@@ -34,7 +34,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-Batch = dict[str, torch.Tensor]  # input_ids, attention_mask, labels (-100 = ignored), all (B, T)
+from metacl.core.batching import Batch  # noqa: E402,F401  (input_ids, attention_mask, labels; strategies import it from here)
 
 
 @dataclass
@@ -105,6 +105,11 @@ class Strategy:
         kwargs = {k: v for k, v in vars(args).items() if k in params and v is not None}
         return cls(**kwargs)
 
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> "Strategy":
+        """The strategy built from an options mapping (a run's `strategy_options`, a YAML file)."""
+        return cls.from_args(argparse.Namespace(**options))
+
     # --- hooks, in the order the loop calls them -------------------------------------
     def before_task(self, ctx: TrainContext) -> None: ...
     def train_batch(self, ctx: TrainContext, batch: Batch) -> Batch:
@@ -140,6 +145,19 @@ class Strategy:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Put back what `state_dict` returned (after `before_task` ran again)."""
+
+
+def probe_prefix_fn(strategies: list[Strategy], ctx: TrainContext) -> Callable[[Any], str | None] | None:
+    """Every strategy's `probe_prefix` joined by newlines (in-context learning); None when no strategy defines one."""
+    own = [s for s in strategies if type(s).probe_prefix is not Strategy.probe_prefix]
+    if not own:
+        return None
+
+    def fn(item):
+        parts = [p for p in (s.probe_prefix(ctx, item) for s in own) if p]
+        return "\n".join(parts) if parts else None
+
+    return fn
 
 
 REGISTRY: dict[str, type[Strategy]] = {}

@@ -19,7 +19,13 @@ import argparse
 
 import torch
 
-from metacl.strategies._importance import QuadraticAnchor, check_positive, fisher_on_docs, prior_texts
+from metacl.strategies.anchor import QuadraticAnchor
+
+from metacl.strategies.importance import fisher_on_docs
+
+from metacl.strategies.memory import prior_texts
+
+from metacl.strategies.options import check_positive
 from metacl.strategies.base import Batch, Strategy, TrainContext, register
 
 

@@ -17,7 +17,9 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from metacl.strategies._importance import check_positive, label_mask
+from metacl.engine.losses import label_mask
+
+from metacl.strategies.options import check_positive
 from metacl.strategies.base import Batch, Strategy, TrainContext, register
 
 

@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import argparse
 
-from metacl.strategies._importance import check_positive, concat_batches, pad_id, sample_indices, tokenize_docs
+from metacl.core.batching import concat_batches, pad_id_of as pad_id, tokenize_docs
+
+from metacl.strategies.memory import sample_indices
+
+from metacl.strategies.options import check_positive
 from metacl.strategies.base import Batch, Strategy, TrainContext, register
 
 

@@ -26,7 +26,9 @@ import math
 
 import torch
 
-from metacl.strategies._importance import check_positive, snapshot
+from metacl.strategies.anchor import snapshot
+
+from metacl.strategies.options import check_positive
 from metacl.strategies.base import Strategy, TrainContext, register
 
 

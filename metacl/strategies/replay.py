@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 
-from metacl.strategies._importance import Reservoir, concat_batches, pad_id, sample_indices, tokenize_docs
+from metacl.core.batching import concat_batches, pad_id_of as pad_id, tokenize_docs
+
+from metacl.strategies.memory import Reservoir, sample_indices
 from metacl.strategies.base import Batch, Strategy, TrainContext, register
 
 

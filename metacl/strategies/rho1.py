@@ -22,7 +22,7 @@ import math
 import torch
 
 from metacl.errors import MetaclError
-from metacl.strategies._importance import label_mask, token_nll
+from metacl.engine.losses import label_mask, token_nll
 from metacl.strategies.base import Batch, Strategy, TrainContext, register
 
 

@@ -30,7 +30,9 @@ import argparse
 import torch
 
 from metacl.errors import MetaclError
-from metacl.strategies._importance import doc_batches, gradient_importance, prior_texts, sample_indices
+from metacl.core.batching import doc_batches
+from metacl.strategies.importance import gradient_importance
+from metacl.strategies.memory import prior_texts, sample_indices
 from metacl.strategies.base import Strategy, TrainContext, register
 
 NamedTensors = dict[str, torch.Tensor]

@@ -40,7 +40,9 @@ import torch
 from torch import nn
 
 from metacl.errors import MetaclError
-from metacl.strategies._importance import doc_batches, gradient_importance, sample_indices
+from metacl.core.batching import doc_batches
+from metacl.strategies.importance import gradient_importance
+from metacl.strategies.memory import sample_indices
 from metacl.strategies.base import Strategy, TrainContext, register
 
 REST = "rest"
