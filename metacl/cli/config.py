@@ -150,8 +150,8 @@ def resolve(args: argparse.Namespace, command: str) -> argparse.Namespace:
     opts = merge(defaults, vars(args), actions, command)
     missing = [flag for dest, flag in required.items() if opts.get(dest) is None]
     if missing:
-        raise MetaclError(f"{command}: the following arguments are required: {', '.join(missing)} "
-                          "(give them as options or in the --config file)")
+        raise MetaclError(f"{command}: the following arguments are required: {', '.join(missing)}, as options or "
+                          f"--config keys (see metacl {command} --help)")
     ns = argparse.Namespace(**opts)
     ns._resolved = {k: opts[k] for k in actions if k in opts}
     return ns
