@@ -12,7 +12,7 @@ A meta-learner implements:
     setup()                    build fresh state (weights, outer optimizer) -- already done by __init__ is fine
     meta_step() -> row         one outer update on the step's global meta-batch; increments `step`.
                                row: metrics for the log; `skipped=True` + `reason` when the update was skipped
-    validate() -> dict | None  score the current meta-parameters (None: no validation this run)
+    evaluate() -> dict | None  validate the current meta-parameters (None: nothing to validate)
     state_dict() -> (tensors, state)   everything a resumed run needs (tensors: safetensors; state: JSON)
     load_state_dict(tensors, state)    put that back; refuse (CheckpointError) a checkpoint of other settings
     deploy() -> summary        write what users load (predictor folder, optimizer weights) and the summary
@@ -29,7 +29,6 @@ docs/architecture.md for a short example).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
@@ -51,7 +50,7 @@ class MetaLearner(Protocol):
 
     def setup(self) -> None: ...
     def meta_step(self) -> dict[str, Any]: ...
-    def validate(self) -> dict[str, Any] | None: ...
+    def evaluate(self) -> dict[str, Any] | None: ...
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]: ...
     def load_state_dict(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None: ...
     def deploy(self) -> dict[str, Any]: ...
@@ -93,12 +92,14 @@ def resume(learner: MetaLearner) -> bool:
 def meta_train(learner: MetaLearner, steps: int, *, ckpt_every: int, val_every: int = 0, val_at_start: bool = False,
                max_bad_steps: int = 10, progress: bool = True, desc: str = "meta-train",
                stop_hint: str = "lower the outer learning rate or check the data, then rerun with --resume",
-               on_row: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Train `learner` until `learner.step == steps`; returns `learner.deploy()` (rank 0) or a rank stub.
+               before_log: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Train `learner` until `learner.step == steps`; returns `learner.deploy()`.
 
-    Every row is appended to `OUT/metrics.jsonl` (rank 0). A checkpoint is written after every
-    validation, every `ckpt_every` steps and at the end. After `max_bad_steps` skipped steps the
-    run stops with one `MetaclError` line; the last checkpoint is the last good state.
+    Every row (after `before_log(row)`, e.g. to add timings) is appended to `OUT/metrics.jsonl`
+    by rank 0. A checkpoint is written after every validation (`evaluate`, every `val_every`
+    steps and at the last step; also at step 0 with `val_at_start`), every `ckpt_every` steps
+    and at the end. After `max_bad_steps` skipped steps the run stops with one `MetaclError`
+    line; the last checkpoint is the last good state. Every rank calls `deploy` (rank 0 writes).
     """
     from tqdm.auto import tqdm
 
@@ -106,36 +107,27 @@ def meta_train(learner: MetaLearner, steps: int, *, ckpt_every: int, val_every: 
     from metacl.utils import append_jsonl
 
     out = Path(learner.out)
-    t0 = time.time()
     if learner.step == 0 and val_every > 0 and val_at_start:
-        _validate(learner)  # step 0: the untrained meta-learner as the reference
+        learner.evaluate()  # step 0: the untrained meta-learner as the reference
     bar = tqdm(total=steps, initial=learner.step, desc=desc, disable=not progress or not learner.dist.is_main or None)
     while learner.step < steps:
         row = learner.meta_step()
-        row.setdefault("seconds", round(time.time() - t0, 3))
+        if before_log is not None:
+            before_log(row)
         if learner.dist.is_main:
             append_jsonl(out / METRICS, [row])
         bar.update(1)
-        if on_row is not None:
-            on_row(row)
         if row.get("skipped") and learner.bad_steps >= max_bad_steps:
             bar.close()
             raise MetaclError(
                 f"meta-training stopped at step {learner.step}: {learner.bad_steps} meta-steps had a {row['reason']} "
                 f"(--max-bad-steps {max_bad_steps}); {out / CKPT_DIR} holds the last good state; {stop_hint}")
         if val_every > 0 and (learner.step % val_every == 0 or learner.step == steps):
-            _validate(learner)
+            learner.evaluate()
             save(learner)
         elif learner.step % ckpt_every == 0 or learner.step == steps:
             save(learner)
     bar.close()
-    if learner.step == 0 or not (out / CKPT_DIR).exists():
-        save(learner)
+    save(learner)  # the final state (also when there was nothing left to do)
     distributed.barrier(learner.dist)
-    if not learner.dist.is_main:
-        return {"step": learner.step, "rank": learner.dist.rank}
     return learner.deploy()
-
-
-def _validate(learner: MetaLearner) -> None:
-    learner.validate()

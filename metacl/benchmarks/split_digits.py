@@ -33,6 +33,8 @@ from metacl.core.cl_metrics import cl_summary
 from metacl.data.digits import (ARCHS, POOL_SEED, SPLIT_PAIRS, DigitsCNN, Task, accuracy, batches,  # noqa: F401
                                 load_pool, make_benchmark, make_model, make_task, masked_logits)
 from metacl.errors import MetaclError
+from metacl.strategies.anchor import QuadraticAnchor
+from metacl.strategies.memory import Reservoir
 
 METHODS = ("sgd", "adam", "ewc", "lwf", "replay", "learned")
 
@@ -80,27 +82,27 @@ def run_sequence(tasks: list[Task], method: str, arch: str = "mlp", seed: int = 
     baseline = [accuracy(model, t) for t in tasks]
     T = len(tasks)
     R = [[0.0] * T for _ in range(T)]
-    fisher: dict[str, Tensor] = {}
-    anchor: dict[str, Tensor] = {}
+    prior = QuadraticAnchor(gamma=1.0)  # EWC: the Fisher and anchor of the LM strategy `ewc`
     old_model: nn.Module | None = None
-    buf_x, buf_y, buf_m, seen = [], [], [], 0
+    memory = Reservoir(cfg.replay_size, g) if method == "replay" else None  # the reservoir of the LM strategy `replay`
     step = 0
     for i, task in enumerate(tasks):
         tmask = task.mask()
         for x, y in batches(task, cfg.steps_per_task, cfg.batch_size, g):
             bmask = None if tmask is None else tmask.expand(len(y), 10)
-            if method == "replay" and buf_x:
-                ridx = torch.randint(0, len(buf_x), (min(cfg.batch_size, len(buf_x)),), generator=g)
-                x = torch.cat([x, torch.stack([buf_x[j] for j in ridx])])
-                y = torch.cat([y, torch.stack([buf_y[j] for j in ridx])])
-                rm = torch.stack([buf_m[j] for j in ridx])
+            if method == "replay" and len(memory):
+                buf = memory.items
+                ridx = torch.randint(0, len(buf), (min(cfg.batch_size, len(buf)),), generator=g)
+                x = torch.cat([x, torch.stack([buf[j][0] for j in ridx])])
+                y = torch.cat([y, torch.stack([buf[j][1] for j in ridx])])
+                rm = torch.stack([buf[j][2] for j in ridx])
                 bmask = torch.cat([bmask if bmask is not None else torch.ones(len(y) - len(ridx), 10, dtype=torch.bool), rm])
             logits = model(x)
             loss = F.cross_entropy(masked_logits(logits, bmask), y)
             total = loss
-            if method == "ewc" and fisher:
+            if method == "ewc" and not prior.empty:
                 total = total + cfg.ewc_lambda / 2 * sum(
-                    (fisher[n] * (p - anchor[n]).pow(2)).sum() for n, p in model.named_parameters()
+                    (prior.fisher[n] * (p - prior.anchor[n]).pow(2)).sum() for n, p in model.named_parameters()
                 )
             if method == "lwf" and old_model is not None:
                 Tt = cfg.lwf_temperature
@@ -118,21 +120,12 @@ def run_sequence(tasks: list[Task], method: str, arch: str = "mlp", seed: int = 
         if method == "learned":
             opt.consolidate()
         if method == "ewc":
-            newf = _empirical_fisher(model, task)
-            fisher = {n: fisher.get(n, 0) + f for n, f in newf.items()}
-            anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+            prior.consolidate(_empirical_fisher(model, task), model.named_parameters())
         if method == "lwf":
             old_model = copy.deepcopy(model).eval()
         if method == "replay":
             m = tmask if tmask is not None else torch.ones(10, dtype=torch.bool)
-            for xx, yy in zip(task.x_train, task.y_train):  # reservoir sampling over all seen examples
-                seen += 1
-                if len(buf_x) < cfg.replay_size:
-                    buf_x.append(xx); buf_y.append(yy); buf_m.append(m)
-                else:
-                    j = int(torch.randint(0, seen, (1,), generator=g))
-                    if j < cfg.replay_size:
-                        buf_x[j], buf_y[j], buf_m[j] = xx, yy, m
+            memory.extend((xx, yy, m) for xx, yy in zip(task.x_train, task.y_train))  # over all seen examples
         for j, t in enumerate(tasks):
             R[i][j] = accuracy(model, t)
     return {"R": R, "baseline": baseline, **cl_summary(R, baseline)}
