@@ -80,22 +80,57 @@ class TrainContext:
         self._reference = None
 
 
+@dataclass(frozen=True)
+class Option:
+    """One strategy option: its help line (and, when the default does not say it, its type).
+
+    The default is declared once, in the strategy's `__init__` signature; `Strategy.add_args`
+    turns `name -> Option` into the flag `--name-with-dashes` with that default, and
+    `metacl.cli.config` shows it in `--help`.
+    """
+
+    help: str
+    type: Callable[[str], Any] | None = None      # default: the type of the default value (str when None)
+    choices: tuple[Any, ...] | None = None
+    nargs: str | None = None
+    metavar: str | None = None
+
+
 class Strategy:
     """Base class with no-op hooks. Subclasses override what they need.
 
     Class attributes: `name` (CLI name), `description` (one line for `metacl ckl strategies`),
-    `trains` (False for methods that never update weights). `add_args` declares CLI options;
-    the constructor receives the parsed options as keyword arguments (unknown ones ignored by
-    `from_args`).
+    `trains` (False for methods that never update weights), `options` (`{init keyword: Option}`,
+    prefixed with the strategy name, e.g. `ewc_lambda` -> `--ewc-lambda`). The constructor
+    receives the parsed options as keyword arguments (unknown ones ignored by `from_args`).
     """
 
     name: ClassVar[str] = "base"
     description: ClassVar[str] = ""
     trains: ClassVar[bool] = True
+    options: ClassVar[dict[str, Option]] = {}
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        """Add this strategy's options (prefix them with the strategy name, e.g. --ewc-lambda)."""
+        """Add this strategy's options: one flag per entry of `options`, its default read from `__init__`."""
+        import inspect
+
+        params = inspect.signature(cls.__init__).parameters
+        for key, opt in cls.options.items():
+            if key not in params or params[key].default is inspect.Parameter.empty:
+                raise TypeError(f"strategy {cls.name}: option {key!r} needs a keyword with a default in __init__")
+            default = params[key].default
+            kw: dict[str, Any] = {"default": default, "help": opt.help}
+            if opt.choices is not None:
+                kw["choices"] = list(opt.choices)
+            if opt.nargs is not None:
+                kw["nargs"] = opt.nargs
+            if opt.metavar is not None:
+                kw["metavar"] = opt.metavar
+            typ = opt.type or (type(default) if default is not None and opt.nargs is None else None)
+            if typ is not None and typ is not str:
+                kw["type"] = typ
+            parser.add_argument("--" + key.replace("_", "-"), **kw)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Strategy":

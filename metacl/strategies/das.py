@@ -42,12 +42,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metacl.errors import MetaclError
 from metacl.core.batching import doc_batches
 from metacl.engine.losses import label_mask
+from metacl.errors import MetaclError
+from metacl.strategies.base import Strategy, TrainContext, register
 from metacl.strategies.importance import mean_nll
 from metacl.strategies.memory import sample_indices
-from metacl.strategies.base import Strategy, TrainContext, register
 
 
 @dataclass

@@ -27,9 +27,8 @@ import math
 import torch
 
 from metacl.strategies.anchor import snapshot
-
-from metacl.strategies.options import check_positive
 from metacl.strategies.base import Strategy, TrainContext, register
+from metacl.strategies.options import check_positive
 
 
 def anneal_lambda(t: float, k: float, t0: float) -> float:
