@@ -88,3 +88,33 @@ def test_sigkilled_bf16_sequence_resumes_to_the_same_matrix(tmp_path, capsys):
     assert sk["ACC"] == sr["ACC"] and sk["BWT"] == sr["BWT"]
     resolved = (killed / "resolved_config.yaml").read_text()
     assert "precision: bf16" in resolved and "ckpt_every: 2" in resolved
+
+
+def test_two_gloo_ranks_run_the_sequence_like_one_process(tmp_path):
+    """`ckl sequence` under torchrun (2 gloo processes): rank 0 writes the matrix of 1 process."""
+    import pytest
+
+    world, model = _world_and_model(tmp_path)
+    args = lambda out: ["ckl", "sequence", "--model", str(model), "--world", str(world), "--out", str(out),
+                        "--strategies", "finetune", "--periods", "2", "--facts-per-period", "3", "--epochs", "1",
+                        "--batch-size", "3", "--max-length", "64", "--max-nf", "4", "--lr", "1e-3", "--device", "cpu"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "metacl.cli.main", *args(two)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert main(args(one)) == 0
+        stdout, stderr = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "2 data-parallel ranks" in stdout
+    a, b = (json.loads((o / "runs" / "finetune" / "seed_0.json").read_text()) for o in (one, two))
+    assert len(b["R"]) == 2
+    for ra, rb in zip(a["R"] + [a["nf"]], b["R"] + [b["nf"]]):
+        assert rb == pytest.approx(ra, abs=1e-6)
+    flat = lambda r: [x for per_task in r["losses"] for x in per_task]
+    assert len(flat(b)) == 2 and flat(b) == pytest.approx(flat(a), rel=1e-4)  # the same training, split over ranks
+    assert not list(two.glob(".*")) and not (two / "runs" / "finetune" / "checkpoint_seed_0").exists()
