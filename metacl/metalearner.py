@@ -107,6 +107,8 @@ def meta_train(learner: MetaLearner, steps: int, *, ckpt_every: int, val_every: 
     from metacl.utils import append_jsonl
 
     out = Path(learner.out)
+    if learner.dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     if learner.step == 0 and val_every > 0 and val_at_start:
         learner.evaluate()  # step 0: the untrained meta-learner as the reference
     bar = tqdm(total=steps, initial=learner.step, desc=desc, disable=not progress or not learner.dist.is_main or None)

@@ -25,7 +25,6 @@ a trained model having learned all earlier periods.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math

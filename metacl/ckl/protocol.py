@@ -39,7 +39,6 @@ their gradients; rank 0 alone evaluates and writes (see `metacl.ckl.train`).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -70,16 +69,6 @@ def carve_tl_val(tl: list, fraction: float = 0.1) -> tuple[list, list]:
     ranked = sorted(range(len(tl)), key=lambda i: hashlib.sha1(str(tl[i].uuid).encode()).hexdigest())
     val_idx = set(ranked[:k])
     return [x for i, x in enumerate(tl) if i not in val_idx], [x for i, x in enumerate(tl) if i in val_idx]
-
-
-def strategy_option_names(names: list[str]) -> list[str]:
-    """The `dest` names of every option the given strategies declare in `add_args`."""
-    dests: list[str] = []
-    for n in names:
-        p = argparse.ArgumentParser(add_help=False)
-        get_strategy(n).add_args(p)
-        dests += [a.dest for a in p._actions]
-    return dests
 
 
 def _prepare_out(cfg: CklConfig) -> Path:

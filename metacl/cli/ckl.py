@@ -97,7 +97,7 @@ def merge_options(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, 
 def config_from_options(opts: dict[str, Any]):
     """A `CklConfig` from merged options: strategy options go into `strategy_options`."""
     from metacl.ckl.config import CklConfig
-    from metacl.ckl.protocol import strategy_option_names
+    from metacl.cli.config import strategy_option_names
 
     names = list(opts.get("strategy") or [])
     own = set(strategy_option_names(names))

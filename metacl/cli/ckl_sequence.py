@@ -54,7 +54,7 @@ def register_cli(ckl_subparsers) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> SequenceConfig:
-    from metacl.ckl.protocol import strategy_option_names
+    from metacl.cli.config import strategy_option_names
 
     names = [n for spec in args.strategies for n in spec.split("+")]
     own = set(strategy_option_names(names))

@@ -92,6 +92,18 @@ def _coerce(action: argparse.Action, value: Any, where: str) -> Any:
     return value
 
 
+def strategy_option_names(names: list[str]) -> list[str]:
+    """The `dest` names of every option the given strategies declare in `add_args`."""
+    from metacl.strategies.base import get_strategy
+
+    dests: list[str] = []
+    for n in names:
+        p = argparse.ArgumentParser(add_help=False)
+        get_strategy(n).add_args(p)
+        dests += [a.dest for a in p._actions]
+    return dests
+
+
 def did_you_mean(key: str, allowed) -> str:
     """' (did you mean epochs?)' for a misspelt key, '' when nothing is close."""
     import difflib
