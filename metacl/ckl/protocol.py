@@ -102,9 +102,9 @@ def _completed(rows: list[dict], seed: int, last_epoch: int) -> bool:
 
 def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the protocol for every seed in `cfg.seeds`; returns the summary (also written to disk)."""
-    from metacl.data.lama import load_ckl_data
-    from metacl.models.loading import check_causal_lm_path, load_model_and_tokenizer
     from metacl.data.corpus import read_corpus
+    from metacl.data.lama import load_ckl_data
+    from metacl.models.loading import check_causal_lm_path
 
     cfg.validate()
     for n in cfg.strategies:  # unknown names fail before anything is written
@@ -170,8 +170,8 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
             tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
             os.replace(tmp, metrics_path)
         try:
-            rows += _run_seed(cfg, seed, device, tl_test, nf, tl_val, train_docs, old_corpus, trains, metrics_path, log,
-                              load_model_and_tokenizer, resume=resume, ckpt_dir=ckpt_dir, info=info)
+            rows += _run_seed(cfg, seed, {"tl": tl_test, "nf": nf, "val": tl_val}, train_docs, old_corpus, metrics_path,
+                              device=device, log=log, resume=resume, ckpt_dir=ckpt_dir, info=info)
         except TooManyBadSteps as e:
             kept = f"the last checkpoint {ckpt_dir} is kept" if find_checkpoint(ckpt_dir) else "no checkpoint was written yet"
             raise TooManyBadSteps(f"{e}; {kept}, no summary written") from None
@@ -195,9 +195,13 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
     return summary
 
 
-def _run_seed(cfg, seed, device, tl_test, nf, tl_val, train_docs, old_corpus, trains, metrics_path, log, loader,
-              resume=None, ckpt_dir=None, info=None):
-    """One seed of LAMA-ckl: a one-task stream (`metacl.ckl.stream.run_tasks`) probed every epoch."""
+def _run_seed(cfg: CklConfig, seed: int, probes: dict[str, list], train_docs: list[str], old_corpus: list[str],
+              metrics_path: Path, *, device: torch.device, log: Callable[[str], None], resume=None, ckpt_dir=None,
+              info=None) -> list[dict]:
+    """One seed of LAMA-ckl: a one-task stream (`metacl.ckl.stream.run_tasks`) probed every epoch.
+
+    `probes`: the "tl", "nf" and "val" probe sets; each probe appends one row to `metrics_path`.
+    """
     from metacl import distributed as D
 
     info = info or D.SINGLE
@@ -212,7 +216,7 @@ def _run_seed(cfg, seed, device, tl_test, nf, tl_val, train_docs, old_corpus, tr
         epoch, stats = at.epoch, at.stats
         pf = probe_prefix_fn(strategies, ctx)
         row: dict[str, Any] = {"seed": seed, "epoch": epoch, **stats}
-        for key, items in (("tl", tl_test), ("nf", nf), ("val", tl_val)):
+        for key, items in probes.items():
             with autocast(precision, device):
                 r = probe_accuracy(ctx.model, ctx.tokenizer, items, batch_size=cfg.eval_batch_size, prefix_fn=pf,
                                    device=device, exact_match=cfg.exact_match)
@@ -236,5 +240,5 @@ def _run_seed(cfg, seed, device, tl_test, nf, tl_val, train_docs, old_corpus, tr
 
     run_tasks(cfg, cfg.strategies, seed, [train_docs], device=device, old_corpus=old_corpus, on_probe=evaluate,
               probe="epoch", save=save_state, ckpt_every=getattr(cfg, "ckpt_every", None), resume=resume,
-              info=info, loader=loader)
+              info=info)
     return rows
