@@ -110,7 +110,8 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
     for n in cfg.strategies:  # unknown names fail before anything is written
         get_strategy(n)
     check_causal_lm_path(cfg.model)  # so does a wrong --model
-    for strat in build_strategies(cfg.strategies, cfg.strategy_options):  # and a strategy's bad inputs
+    checked = build_strategies(cfg.strategies, cfg.strategy_options)  # and a strategy's bad inputs
+    for strat in checked:
         strat.preflight(cfg.model)
     data = load_ckl_data(cfg.data, tl=cfg.tl, nf=cfg.nf, tl_val=cfg.tl_val)
     tl, nf, tl_val = data.tl, data.nf, data.tl_val
@@ -143,7 +144,7 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
     metrics_path = out / "metrics.jsonl"
     rows = read_rows(metrics_path)
     device = default_device(cfg.device, info)
-    trains = any(get_strategy(n).trains for n in cfg.strategies)
+    trains = any(s.trains for s in checked)
     last_epoch = cfg.epochs if trains else 0
     ckpt_dir = out / "checkpoint"
     log(f"ckl run {'+'.join(cfg.strategies)}: TL {len(tl_test)} scored, TL_val {len(tl_val)} ({val_source}), "
