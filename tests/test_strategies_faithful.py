@@ -22,7 +22,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from test_strategies_common import NEW, OLD, CharTokenizer, loop_loss, make_ctx, random_batch, tiny_model  # noqa: E402
 
 from metacl.errors import MetaclError  # noqa: E402
-from metacl.strategies._importance import doc_batches, label_mask, mean_nll, token_nll, tokenize_docs  # noqa: E402
+from metacl.core.batching import doc_batches, tokenize_docs  # noqa: E402
+from metacl.engine.losses import label_mask, token_nll  # noqa: E402
+from metacl.strategies.importance import mean_nll  # noqa: E402
 from metacl.strategies.base import TrainContext  # noqa: E402
 
 DOCS = ["Ada Quill works for Northwind Labs in the city of Port Avery.",

@@ -35,7 +35,6 @@ Hyperparameters: --das-docs (documents per estimate), --das-dropout, --das-proxy
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from dataclasses import dataclass
 
@@ -46,7 +45,7 @@ from torch import nn
 from metacl.core.batching import doc_batches
 from metacl.engine.losses import label_mask
 from metacl.errors import MetaclError
-from metacl.strategies.base import Strategy, TrainContext, register
+from metacl.strategies.base import Option, Strategy, TrainContext, register
 from metacl.strategies.importance import mean_nll
 from metacl.strategies.memory import sample_indices
 
@@ -215,14 +214,14 @@ class DAS(Strategy):
         self.imp_ffn: list[torch.Tensor] | None = None
         self._scales: list[tuple[nn.Parameter, torch.Tensor]] = []
 
-    @classmethod
-    def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--das-docs", type=int, default=64, help="documents per DAS importance estimate")
-        parser.add_argument("--das-dropout", type=float, default=0.1, help="dropout of the two proxy-KL passes")
-        parser.add_argument("--das-proxy-source", choices=["current", "old"], default="current",
-                            help="documents for the first-domain proxy: current task (paper) or pre-training text")
-        parser.add_argument("--das-mask", choices=["step", "grad"], default="step",
-                            help="scale each unit's optimizer step (default; works with Adam) or its gradient")
+    options = {
+        "das_docs": Option("documents per DAS importance estimate"),
+        "das_dropout": Option("dropout of the two proxy-KL passes"),
+        "das_proxy_source": Option("documents for the first-domain proxy: current task (paper) or pre-training text",
+                                   choices=("current", "old")),
+        "das_mask": Option("scale each unit's optimizer step (default; works with Adam) or its gradient",
+                           choices=("step", "grad")),
+    }
 
     def _batches(self, ctx: TrainContext, texts):
         idx = sample_indices(len(texts), min(self.n_docs, len(texts)), ctx.generator)

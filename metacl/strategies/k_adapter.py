@@ -28,7 +28,6 @@ spaced from the first to the last).
 
 from __future__ import annotations
 
-import argparse
 
 import torch
 from torch import nn
@@ -37,7 +36,7 @@ from metacl.errors import MetaclError
 from metacl.strategies._side_network import (
     CausalBlock, causal_mask, frozen_hidden_states, heads_for, init_module_, inner_model, lm_output,
 )
-from metacl.strategies.base import Strategy, TrainContext, register
+from metacl.strategies.base import Option, Strategy, TrainContext, register
 
 
 def tap_layers(n_layers: int, n_taps: int) -> list[int]:
@@ -114,12 +113,11 @@ class KAdapter(Strategy):
                 raise MetaclError(f"{flag} must be >= 1, got {v}; pass e.g. {flag} 2")
         self.rank, self.depth, self.taps = int(k_adapter_rank), int(k_adapter_depth), int(k_adapter_taps)
 
-    @classmethod
-    def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--k-adapter-rank", type=int, default=64, help="adapter width m (hidden size of the adapter layers)")
-        parser.add_argument("--k-adapter-depth", type=int, default=2, help="transformer layers inside each adapter layer")
-        parser.add_argument("--k-adapter-taps", type=int, default=3,
-                            help="adapter layers, fed by this many evenly spaced LM layers (first ... last)")
+    options = {
+        "k_adapter_rank": Option("adapter width m (hidden size of the adapter layers)"),
+        "k_adapter_depth": Option("transformer layers inside each adapter layer"),
+        "k_adapter_taps": Option("adapter layers, fed by this many evenly spaced LM layers (first ... last)"),
+    }
 
     def before_task(self, ctx: TrainContext) -> None:
         if not isinstance(ctx.model, KAdapterLM):

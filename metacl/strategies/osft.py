@@ -36,7 +36,6 @@ Hyperparameters: --osft-rank-mode adaptive|fixed, --osft-mrr, --osft-trr, --osft
 
 from __future__ import annotations
 
-import argparse
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +44,7 @@ from torch import nn
 from metacl.core.batching import doc_batches
 from metacl.engine.losses import label_mask
 from metacl.errors import MetaclError
-from metacl.strategies.base import Strategy, TrainContext, register
+from metacl.strategies.base import Option, Strategy, TrainContext, register
 from metacl.strategies.memory import sample_indices
 
 MATRICES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -161,15 +160,14 @@ class OSFT(Strategy):
         self.importance: list[dict[str, float]] = []   # per layer, per sublayer ("attn", "mlp")
         self._before: dict[nn.Parameter, torch.Tensor] = {}
 
-    @classmethod
-    def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--osft-rank-mode", choices=["adaptive", "fixed"], default="adaptive",
-                            help="frozen rank per layer from layer importance (adaptive) or a fixed ratio")
-        parser.add_argument("--osft-mrr", type=float, default=0.1, help="minimum frozen rank ratio (adaptive)")
-        parser.add_argument("--osft-trr", type=float, default=0.8, help="maximum frozen rank ratio (adaptive)")
-        parser.add_argument("--osft-fixed-ratio", type=float, default=0.5, help="frozen rank ratio (fixed mode)")
-        parser.add_argument("--osft-docs", type=int, default=32,
-                            help="previous-task documents (pre-training text, earlier tasks) for the layer importance")
+    options = {
+        "osft_rank_mode": Option("frozen rank per layer from layer importance (adaptive) or a fixed ratio",
+                                 choices=("adaptive", "fixed")),
+        "osft_mrr": Option("minimum frozen rank ratio (adaptive)"),
+        "osft_trr": Option("maximum frozen rank ratio (adaptive)"),
+        "osft_fixed_ratio": Option("frozen rank ratio (fixed mode)"),
+        "osft_docs": Option("previous-task documents (pre-training text, earlier tasks) for the layer importance"),
+    }
 
     def before_task(self, ctx: TrainContext) -> None:
         layers = decoder_layers(ctx.model)

@@ -25,7 +25,6 @@ Hyperparameters: --progressive-width (width w of each new column).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 
 import torch
@@ -35,7 +34,7 @@ from metacl.errors import MetaclError
 from metacl.strategies._side_network import (
     CausalBlock, causal_mask, frozen_hidden_states, heads_for, init_module_, inner_model, lm_output,
 )
-from metacl.strategies.base import Strategy, TrainContext, register
+from metacl.strategies.base import Option, Strategy, TrainContext, register
 
 
 class Column(nn.Module):
@@ -121,9 +120,7 @@ class Progressive(Strategy):
             raise MetaclError(f"--progressive-width must be >= 1, got {progressive_width}; pass e.g. --progressive-width 32")
         self.width = int(progressive_width)
 
-    @classmethod
-    def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--progressive-width", type=int, default=32, help="width of each new column")
+    options = {"progressive_width": Option("width of each new column")}
 
     def before_task(self, ctx: TrainContext) -> None:
         if not isinstance(ctx.model, ProgressiveLM):

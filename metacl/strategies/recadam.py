@@ -25,13 +25,12 @@ the run's total steps).
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
 
 from metacl.strategies.anchor import snapshot
-from metacl.strategies.base import Strategy, TrainContext, register
+from metacl.strategies.base import Option, Strategy, TrainContext, register
 from metacl.strategies.options import check_positive
 
 
@@ -57,12 +56,11 @@ class RecAdam(Strategy):
         self._before: dict[str, torch.Tensor] = {}
         self._lam = 1.0
 
-    @classmethod
-    def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--recadam-gamma", type=float, default=100.0, help="strength gamma of the pull to theta_0")
-        parser.add_argument("--recadam-k", type=float, default=0.2, help="slope k of the annealing sigmoid")
-        parser.add_argument("--recadam-t0", type=float, default=0.1,
-                            help="midpoint t0 in steps (a value < 1 is a fraction of the total steps)")
+    options = {
+        "recadam_gamma": Option("strength gamma of the pull to theta_0"),
+        "recadam_k": Option("slope k of the annealing sigmoid"),
+        "recadam_t0": Option("midpoint t0 in steps (a value < 1 is a fraction of the total steps)"),
+    }
 
     def t0(self, ctx: TrainContext) -> float:
         return self.t0_arg * max(ctx.total_steps, 1) if self.t0_arg < 1 else self.t0_arg

@@ -28,14 +28,13 @@ Hyperparameters: --rho1-ratio (fraction k of target tokens kept per batch); rho1
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
 
 from metacl.engine.losses import label_mask, token_nll
 from metacl.errors import MetaclError
-from metacl.strategies.base import Batch, Strategy, TrainContext, register
+from metacl.strategies.base import Batch, Option, Strategy, TrainContext, register
 
 
 def select_top_excess(excess: torch.Tensor, mask: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -62,9 +61,7 @@ class Rho1(Strategy):
             raise MetaclError(f"--rho1-ratio must be in (0, 1], got {rho1_ratio}; pass e.g. --rho1-ratio 0.6")
         self.ratio = float(rho1_ratio)
 
-    @classmethod
-    def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--rho1-ratio", type=float, default=0.6, help="fraction of target tokens trained on per batch")
+    options = {"rho1_ratio": Option("fraction of target tokens trained on per batch")}
 
     def before_task(self, ctx: TrainContext) -> None:
         ctx.reference_model()  # freeze the reference before the first step of the task
@@ -103,11 +100,10 @@ class Rho1Reference(Rho1):
         self.path = str(rho1_ref_model)
         self._ref: torch.nn.Module | None = None
 
-    @classmethod
-    def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--rho1-ref-model", metavar="PATH", default=None,
-                            help="reference LM trained on high-quality data (same tokenizer as --model)")
-        parser.add_argument("--rho1-ref-ratio", type=float, default=0.6, help="fraction of target tokens trained on per batch")
+    options = {
+        "rho1_ref_model": Option("reference LM trained on high-quality data (same tokenizer as --model)", metavar="PATH"),
+        "rho1_ref_ratio": Option("fraction of target tokens trained on per batch"),
+    }
 
     def preflight(self, model_path: str) -> None:
         """Refuse a missing reference, or one with another tokenizer, before a run writes anything."""
