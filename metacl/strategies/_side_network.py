@@ -22,6 +22,9 @@ from metacl.errors import MetaclError
 
 def inner_model(lm: nn.Module) -> nn.Module:
     """The decoder stack of an HF causal LM (`model.model` for Llama), the part that returns hidden states."""
+    if getattr(lm, "side_network", False):
+        raise MetaclError(f"the model is already wrapped by {type(lm).__name__}: k_adapter and progressive each put a "
+                          "network beside the frozen LM and cannot be composed; run them as separate strategies")
     prefix = getattr(lm, "base_model_prefix", None)
     inner = getattr(lm, prefix, None) if prefix else None
     if inner is None or lm.get_output_embeddings() is None:

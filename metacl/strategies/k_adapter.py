@@ -65,6 +65,8 @@ class AdapterLayer(nn.Module):
 class KAdapterLM(nn.Module):
     """A frozen causal LM plus a K-Adapter stack fed by its intermediate hidden states."""
 
+    side_network = True   # a wrapper around a frozen LM (see _side_network.inner_model)
+
     def __init__(self, base: nn.Module, width: int, depth: int, n_taps: int, generator: torch.Generator | None = None):
         super().__init__()
         cfg = getattr(base, "config", None)

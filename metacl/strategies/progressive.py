@@ -67,6 +67,8 @@ class Column(nn.Module):
 class ProgressiveLM(nn.Module):
     """The frozen LM as column 0 plus progressive columns; predictions come from the newest column."""
 
+    side_network = True   # a wrapper around a frozen LM (see _side_network.inner_model)
+
     def __init__(self, base: nn.Module, width: int):
         super().__init__()
         cfg = getattr(base, "config", None)
