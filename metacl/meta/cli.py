@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from metacl.precision import PRECISIONS
@@ -44,7 +45,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--outer-lr", type=float, default=3e-4)
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--val-every", type=int, default=50, help="run the CKL protocol on meta_val every N steps (0: never)")
+    p.add_argument("--val-every", type=int, default=50, help="run the CKL protocol on meta_val every N steps and at the last step (0: never)")
     p.add_argument("--val-epochs", type=int, default=3, help="CKL epochs per validation")
     p.add_argument("--val-items", type=int, default=32, help="meta_val documents (and as many NF probes) per validation")
     p.add_argument("--skip-initial-val", action="store_true", help="do not validate the untrained weighter at step 0")
@@ -122,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
     if not dist_info.is_main:  # rank 0 reports and writes
         return 0
     write_json_atomic(Path(args.out) / "summary.json", {"config": {**vars(args), "func": None}, **res})
+    for w in res.get("warnings", []):
+        print(f"metacl: warning: {w}", file=sys.stderr, flush=True)
     best = res.get("best") or {}
     print(f"meta-trained {res['step']} steps in {res['seconds']:.0f}s; best weighter: {Path(args.out) / 'best'}"
           + (f" (val step {best.get('step')}, score {best.get('score'):.3f})" if best else ""))

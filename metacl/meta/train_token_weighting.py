@@ -501,5 +501,21 @@ class MetaTrainer:
         self.weighter.save_pretrained(self.out / LAST_DIR, extra={"meta_step": self.step, "meta_config": asdict(self.cfg)})
         if self.best is None:  # no validation: the last weighter is the one to use
             self.weighter.save_pretrained(self.out / BEST_DIR, extra={"meta_step": self.step, "meta_config": asdict(self.cfg)})
+        warning = untrained_best_warning(self.best, self.step, self.out)
         return {"step": self.step, "best": self.best, "seconds": time.time() - t0, "bad_steps": self.bad_steps,
-                "world_size": self.dist.world_size, **peak_memory(dev)}
+                "world_size": self.dist.world_size, "best_is_untrained": warning is not None,
+                "warnings": [warning] if warning else [], **peak_memory(dev)}
+
+
+def untrained_best_warning(best: dict | None, step: int, out: Path) -> str | None:
+    """One line when `best/` is the step-0 (untrained) weighter although meta-training ran.
+
+    Why: validation keeps the weighter with the best CKL score, and the step-0 candidate is the
+    untrained one (about plain fine-tuning). If no later validation beats it, `best/` silently
+    holds a weighter that learned nothing; deploying it measures fine-tuning, not TAALM.
+    """
+    if not best or int(best.get("step", -1)) != 0 or step <= 0:
+        return None
+    return (f"{out / BEST_DIR} is the untrained step-0 weighter: no validation in {step} meta-steps beat its "
+            f"score {float(best['score']):.4f}; deploy {out / LAST_DIR} only if you mean to, or train longer "
+            "(--steps), lower --val-every or change the meta-training settings")
