@@ -5,7 +5,9 @@
 
 Reads `meta_train.jsonl` (documents + queries to learn from), `meta_val.jsonl` (held-out
 documents + probes for validation) and `meta_nf.jsonl` (old facts: the retention term and the
-validation's NF probes) from `--data`. Writes `OUT/best` (the weighter to deploy with
+validation's NF probes) from `--data`. Your own data instead: `--data PAIRS.jsonl --nf OLD.jsonl`
+(LAMA-ckl schema); the pairs are split into meta-train / meta-val by a hash of each row's uuid
+(`--val-fraction`, default 0.2) and the split is written to OUT/data/. Writes `OUT/best` (the weighter to deploy with
 `metacl ckl run --strategy taalm --taalm-predictor OUT/best`), `OUT/last`, `OUT/checkpoint`,
 `OUT/metrics.jsonl` and `OUT/summary.json`.
 """
@@ -25,7 +27,14 @@ def register(sub) -> None:
     p = sub.add_parser("token-weighting", help="meta-train a token-importance predictor (TAALM-style)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="base LM folder (any local HF causal LM)")
-    p.add_argument("--data", required=True, help="world folder with meta_train/meta_val/meta_nf .jsonl (`metacl data world`)")
+    p.add_argument("--data", required=True,
+                   help="world folder with meta_train/meta_val/meta_nf .jsonl (`metacl data world`), or your own "
+                        "LAMA-schema JSONL of (evidence, probe) pairs, split into meta-train/meta-val by hash of uuid")
+    p.add_argument("--nf", default=None, metavar="FILE",
+                   help="old facts (LAMA-schema JSONL) for the retention term and validation NF; required with a pairs "
+                        "file, replaces DATA/meta_nf.jsonl with a folder")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="with a pairs file: fraction of uuids held out as meta-val (default 0.2)")
     p.add_argument("--out", required=True, help="output folder (best/, last/, checkpoint/, metrics.jsonl)")
     p.add_argument("--backbone", default=None,
                    help="weighter backbone: a local HF causal LM sharing the base LM's tokenizer (default: a copy of --model)")
@@ -65,7 +74,6 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from metacl.data.lama import load_lama_jsonl
     from metacl.errors import MetaclError
     from metacl.meta.token_weighting import TokenWeighter
     from metacl.meta.train_token_weighting import MetaConfig, MetaTrainer, examples_from_items
@@ -73,10 +81,6 @@ def run(args: argparse.Namespace) -> int:
     from metacl.utils import default_device, seed_everything, write_json_atomic
 
     data = Path(args.data)
-    files = {k: data / f"{k}.jsonl" for k in ("meta_train", "meta_val", "meta_nf")}
-    missing = [str(f) for k, f in files.items() if k != "meta_val" and not f.is_file()]
-    if missing:
-        raise MetaclError(f"--data {data} lacks {', '.join(missing)}; generate a world with `metacl data world --out DIR`")
     for name in ("inner_steps", "meta_batch", "steps", "max_length"):
         if getattr(args, name) < 1:
             raise MetaclError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}; pass a positive count (see metacl meta-train token-weighting --help)")
@@ -88,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
     from metacl.utils import check_out_kind
 
     check_out_kind(args.out, "meta-train token-weighting")
+    from metacl.meta.user_data import resolve_meta_data
+
+    meta_data = resolve_meta_data(data, args.nf, args.val_fraction, args.out)  # a pairs file is split here
+    files = meta_data.files
     device = torch.device(args.device) if args.device else default_device()
     from metacl import distributed
 
@@ -96,9 +104,7 @@ def run(args: argparse.Namespace) -> int:
         device = torch.device("cuda", dist_info.local_rank)
     seed_everything(args.seed)
     model, tok = load_model_and_tokenizer(args.model, device=device)
-    train_items = load_lama_jsonl(files["meta_train"])
-    nf_items = load_lama_jsonl(files["meta_nf"])
-    val_items = load_lama_jsonl(files["meta_val"]) if files["meta_val"].is_file() else []
+    train_items, val_items, nf_items = meta_data.train, meta_data.val, meta_data.nf
     from metacl.ckl.metrics import split_probe
 
     nf_probes = [split_probe(it) for it in nf_items]
@@ -119,6 +125,11 @@ def run(args: argparse.Namespace) -> int:
                                       lr=args.val_lr, max_length=args.max_length)
     trainer = MetaTrainer(model, tok, examples_from_items(train_items), args.out, cfg, nf_probes,
                           weighter=weighter, validate=validate)
+    from metacl.checkpoint import find_checkpoint
+
+    if dist_info.is_main and (args.resume or find_checkpoint(Path(args.out) / "checkpoint") is None):
+        meta_data.write()  # the split of a pairs file, in OUT/data/ (the validator reads it); never over another run's
+    distributed.barrier(dist_info)
     res = trainer.run(resume=args.resume)
     if not dist_info.is_main:  # rank 0 reports and writes
         return 0
