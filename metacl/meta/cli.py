@@ -68,6 +68,9 @@ def register(sub) -> None:
                    help="stop after this many meta-steps skipped for a non-finite loss or gradient")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: autocast the forward passes (fp32 master weights; attention stays eager/math)")
+    from metacl.meta import options
+
+    options.add_args(p)
     p.set_defaults(func=run)
 
 
@@ -89,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
     for name in ("inner_lr", "outer_lr"):  # bad input is refused before --out is touched (H6)
         if not getattr(args, name) > 0:
             raise MetaclError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    from metacl.meta import options
+
+    options.check(MetaConfig(**options.config_kwargs(args)))
     from metacl.utils import check_out_kind
 
     check_out_kind(args.out, "meta-train token-weighting")
@@ -108,16 +114,16 @@ def run(args: argparse.Namespace) -> int:
     from metacl.ckl.metrics import split_probe
 
     nf_probes = [split_probe(it) for it in nf_items]
-    weighter = None
-    if args.backbone:
-        weighter = TokenWeighter.from_model_path(args.backbone, tok).to(device)
     cfg = MetaConfig(inner_steps=args.inner_steps, inner_lr=args.inner_lr, inner_optimizer=args.inner_optimizer,
                      mode=args.mode, lora_rank=args.lora_rank, truncate=args.truncate, retention=args.retention,
                      retention_probes=args.retention_probes, meta_batch=args.meta_batch, outer_lr=args.outer_lr,
                      max_length=args.max_length, seed=args.seed, steps=args.steps, val_every=args.val_every,
                      val_at_start=not args.skip_initial_val, ckpt_every=args.ckpt_every,
-                     max_bad_steps=args.max_bad_steps, precision=args.precision,
+                     max_bad_steps=args.max_bad_steps, precision=args.precision, **options.config_kwargs(args),
                      extra={"model": str(args.model), "data": str(data), "backbone": args.backbone})
+    weighter = None
+    if args.backbone:
+        weighter = TokenWeighter.from_model_path(args.backbone, tok, **options.head_kwargs(cfg)).to(device)
     validate = None
     if args.val_every > 0 and val_items:
         validate = make_ckl_validator(args.model, files["meta_val"], files["meta_nf"], Path(args.out) / "val",
