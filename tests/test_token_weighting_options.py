@@ -73,6 +73,9 @@ def test_inner_norm_tokens_is_saved_and_deployed_by_taalm(toy, tmp_path):  # noq
     taalm = get_strategy("taalm")(taalm_predictor=str(tmp_path / "run"))
     taalm.before_task(ctx)
     assert taalm.token_weight_norm == "tokens"
+    shuffled = get_strategy("random")(random_predictor=str(tmp_path / "run"))
+    shuffled.before_task(ctx)
+    assert shuffled.token_weight_norm == "tokens", "the random control uses the weights the same way"
     with torch.no_grad():
         loss = step_loss([taalm], ctx, batch)
         nll = token_nll(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float(),

@@ -23,9 +23,9 @@ around it with a detached warm-up step. Here the K steps are all differentiated 
 Validation every `val_every` steps, and always at the last step, runs the real CKL protocol
 (`metacl.ckl.protocol.run_ckl`) with the `taalm` strategy on held-out documents and keeps the
 predictor with the best TL Top Acc + NF (TAALM's "total knowledge"); when that is still the
-step-0 (untrained) weighter, `run()` returns a warning (`best_is_untrained`). Checkpoints hold the weighter, the outer
-optimizer and the counters; meta-batches are drawn from a generator seeded by (seed, step), so
-a resumed run is the same computation as an uninterrupted one.
+step-0 (untrained) weighter, `run()` returns a warning (`best_is_untrained`). Checkpoints hold
+the weighter, the outer optimizer and the counters; meta-batches are drawn from a generator
+seeded by (seed, step), so a resumed run is the same computation as an uninterrupted one.
 """
 
 from __future__ import annotations
