@@ -7,8 +7,9 @@ filler? `metacl weights show` calls `show_documents`; the pictures are drawn by
 
 Tokenization is the CKL loop's (`<bos> document <eos>`, first `max_length` tokens), so the
 weights shown are the ones `--strategy taalm` would train with. BOS is dropped (nothing predicts
-it). For LAMA-schema rows the object's tokens are found as the `oracle` control finds them, and
-the mean weight on them vs on the other tokens is reported (the "object/other ratio").
+it). For LAMA-schema rows the object's tokens are found by character offsets, as the probe scorer
+finds them, and the mean weight on them vs on the other tokens is reported (the "object/other
+ratio").
 """
 
 from __future__ import annotations
@@ -54,12 +55,31 @@ def document_weights(weighter, tokenizer, text: str, max_length: int, obj: str |
     dev = next(weighter.parameters()).device
     with torch.no_grad():
         w = weighter(torch.tensor([ids], device=dev), torch.ones(1, len(ids), dtype=torch.long, device=dev))[0]
-    mask: list[int] = []
-    if obj is not None:
-        from metacl.strategies.oracle_weights import object_token_mask
-
-        mask = object_token_mask(ids, text, obj, tokenizer)[1:]
+    mask = object_mask(tokenizer, ids, text, obj)[1:] if obj is not None else []
     return ShownDocument(name, token_strings(tokenizer, ids)[1:], [float(x) for x in w.float().cpu()[1:]], obj, mask)
+
+
+def object_mask(tokenizer, ids: list[int], text: str, obj: str) -> list[int]:
+    """1 at the tokens of `ids` that overlap an occurrence of `obj` in `text` (by character offsets).
+
+    The probe scorer's rule (`object_token_positions`), applied to every occurrence; all 0 if the
+    tokenizer gives no offsets or tokenizes `text` differently from `ids`.
+    """
+    from metacl.ckl.metrics import object_token_positions
+
+    mask = [0] * len(ids)
+    try:
+        enc = tokenizer(text, return_offsets_mapping=True)
+    except (NotImplementedError, TypeError, ValueError):
+        return mask
+    if list(enc["input_ids"]) != list(ids[:len(enc["input_ids"])]):
+        return mask
+    start = text.find(obj)
+    while obj and start >= 0:
+        for t in object_token_positions(enc["offset_mapping"], start, start + len(obj)):
+            mask[t] = 1
+        start = text.find(obj, start + len(obj))
+    return mask
 
 
 def format_document(doc: ShownDocument) -> str:
