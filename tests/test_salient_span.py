@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from metacl.ckl.batching import collate, encode_docs
-from metacl.ckl.train import step_loss, token_nll
+from metacl.ckl.train import step_loss
+from metacl.engine.losses import nll_from_logits as token_nll
 from metacl.models.loading import load_model_and_tokenizer
 from metacl.models.pretrain import tiny_model_for_tests
 from metacl.strategies import get_strategy

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from metacl.ckl.batching import collate, encode_docs
-from metacl.ckl.train import step_loss, token_nll
+from metacl.ckl.train import step_loss
+from metacl.engine.losses import nll_from_logits as token_nll
 from metacl.errors import MetaclError
 from metacl.meta import options
 from metacl.meta.token_weighting import TokenWeighter

@@ -27,10 +27,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_meta_config_defaults_are_the_cli_defaults():
-    """What these tests call 'production' is what a user gets from the command line."""
-    from metacl.cli.main import build_parser
+    """What these tests call 'production' is what a user gets from the command line (the command's own
+    argparse defaults, read from its `register` on a bare parser)."""
+    import argparse
+    import importlib
 
-    args = build_parser().parse_args(["meta-train", "token-weighting", "--model", "m", "--data", "d", "--out", "o"])
+    from metacl.cli.meta_train import SUBCOMMANDS
+
+    bare = argparse.ArgumentParser()
+    importlib.import_module(SUBCOMMANDS[0]).register(bare.add_subparsers())
+    args = bare.parse_args(["token-weighting", "--model", "m", "--data", "d", "--out", "o"])
     cfg = MetaConfig()
     assert (args.inner_optimizer, args.inner_steps, args.inner_lr, args.truncate) == \
         (cfg.inner_optimizer, cfg.inner_steps, cfg.inner_lr, cfg.truncate) == ("adamw", 2, 1e-3, None)
