@@ -13,7 +13,7 @@ import random
 import pytest
 import torch
 
-from metacl.ckl.batching import collate, encode_docs
+from metacl.core.batching import collate, encode_docs
 from metacl.ckl.train import step_loss
 from metacl.engine.losses import nll_from_logits as token_nll
 from metacl.errors import MetaclError

@@ -48,7 +48,7 @@ class ShownDocument:
 def document_weights(weighter, tokenizer, text: str, max_length: int, obj: str | None = None,
                      name: str = "") -> ShownDocument:
     """Weights of one document as the CKL loop tokenizes it (first window)."""
-    from metacl.ckl.batching import encode_docs
+    from metacl.core.batching import encode_docs
     from metacl.meta.visualize import token_strings
 
     ids = encode_docs(tokenizer, [text], max_length)[0]
@@ -65,7 +65,7 @@ def object_mask(tokenizer, ids: list[int], text: str, obj: str) -> list[int]:
     The probe scorer's rule (`object_token_positions`), applied to every occurrence; all 0 if the
     tokenizer gives no offsets or tokenizes `text` differently from `ids`.
     """
-    from metacl.ckl.metrics import object_token_positions
+    from metacl.core.probes import object_token_positions
 
     mask = [0] * len(ids)
     try:

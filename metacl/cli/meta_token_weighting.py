@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
     meta_data = resolve_meta_data(data, args.nf, args.val_fraction, args.out)  # a pairs file is split here
     files = meta_data.files
-    device = torch.device(args.device) if args.device else default_device()
+    device = default_device(args.device)
     from metacl import distributed
 
     dist_info = distributed.init(str(device))  # under torchrun: one GPU per process
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     seed_everything(args.seed)
     model, tok = load_model_and_tokenizer(args.model, device=device)
     train_items, val_items, nf_items = meta_data.train, meta_data.val, meta_data.nf
-    from metacl.ckl.metrics import split_probe
+    from metacl.core.probes import split_probe
 
     nf_probes = [split_probe(it) for it in nf_items]
     cfg = MetaConfig(inner_steps=args.inner_steps, inner_lr=args.inner_lr, inner_optimizer=args.inner_optimizer,
@@ -195,7 +195,7 @@ def demo_meta_train(model_path, world_dir, out_dir, seed: int = 0, steps: int = 
     """
     import torch
 
-    from metacl.ckl.metrics import split_probe
+    from metacl.core.probes import split_probe
     from metacl.data.lama import load_lama_jsonl
     from metacl.meta.train_token_weighting import MetaConfig, MetaTrainer, examples_from_items
     from metacl.models.loading import load_model_and_tokenizer
