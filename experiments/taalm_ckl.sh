@@ -5,7 +5,7 @@
 # probes before training and after every epoch, 3 seeds.
 #
 # Usage: experiments/taalm_ckl.sh MODEL_DIR WORLD_DIR RUNS_DIR STRATEGY_SET...
-#   STRATEGY_SET: finetune | lora | oracle | taalm | taalm_retention | random | random_retention | taalm60 | random60 | taalm60v8 | random60v8
+#   STRATEGY_SET: finetune | lora | oracle | salient_span | taalm | taalm_retention | random | random_retention | taalm60 | random60 | taalm60v8 | random60v8
 #   taalm uses RUNS_DIR/tw/best, taalm_retention RUNS_DIR/tw_ret/best (see experiments/taalm_meta.sh);
 #   random shuffles that predictor's own weights within each document (same mean and spread).
 # Each run's summary.json + plot.png are copied to docs/results/taalm_<set>/.
@@ -18,6 +18,7 @@ for set in "$@"; do
     finetune) strat=(finetune) ;;
     lora) strat=(lora) ;;
     oracle) strat=(oracle --oracle-data "$WORLD/tl.jsonl" "$WORLD/tl_val.jsonl") ;;
+    salient_span) strat=(salient_span) ;;   # control: capitalised words and numbers only
     taalm) strat=(taalm --taalm-predictor "$RUNS/tw/best") ;;
     taalm_retention) strat=(taalm --taalm-predictor "$RUNS/tw_ret/best") ;;
     random) strat=(random --random-predictor "$RUNS/tw/best") ;;

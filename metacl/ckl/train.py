@@ -79,6 +79,9 @@ def loss_terms(strategies: Sequence[Strategy], ctx: TrainContext, batch: Batch,
                precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(sum of weighted NLL, sum of weights, sum of extra losses or None) for one batch on the device.
 
+    The second term is the number of label tokens instead when a strategy asks for unnormalised
+    weights (`token_weight_norm == "tokens"`).
+
     Kept as parts so data-parallel ranks can divide by the weight of the whole global batch.
     """
     with autocast(precision, ctx.device):
@@ -91,7 +94,8 @@ def loss_terms(strategies: Sequence[Strategy], ctx: TrainContext, batch: Batch,
         e = s.extra_loss(ctx, batch, logits)
         if e is not None:
             extra = e if extra is None else extra + e
-    return (w * nll).sum(), w.sum(), extra
+    den = label_mask(batch["labels"]).sum() if any(s.token_weight_norm == "tokens" for s in strategies) else w.sum()
+    return (w * nll).sum(), den, extra
 
 
 def step_loss(strategies: Sequence[Strategy], ctx: TrainContext, batch: Batch, precision: str = "fp32") -> torch.Tensor:

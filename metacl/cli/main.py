@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "metacl.cli.pretrain",   # metacl pretrain
     "metacl.cli.ckl",        # metacl ckl run | compare | strategies | sequence
     "metacl.cli.meta_train", # metacl meta-train token-weighting | optimizer
+    "metacl.cli.weights",    # metacl weights show
     "metacl.cli.visualize",  # metacl visualize (token weights of a document)
     "metacl.cli.demo",       # metacl demo (the README main command)
 ]

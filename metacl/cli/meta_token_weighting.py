@@ -5,7 +5,9 @@
 
 Reads `meta_train.jsonl` (documents + queries to learn from), `meta_val.jsonl` (held-out
 documents + probes for validation) and `meta_nf.jsonl` (old facts: the retention term and the
-validation's NF probes) from `--data`. Writes `OUT/best` (the weighter to deploy with
+validation's NF probes) from `--data`. Your own data instead: `--data PAIRS.jsonl --nf OLD.jsonl`
+(LAMA-ckl schema); the pairs are split into meta-train / meta-val by a hash of each row's uuid
+(`--val-fraction`, default 0.2) and the split is written to OUT/data/. Writes `OUT/best` (the weighter to deploy with
 `metacl ckl run --strategy taalm --taalm-predictor OUT/best`), `OUT/last`, `OUT/checkpoint`,
 `OUT/metrics.jsonl` and `OUT/summary.json`.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from metacl.precision import PRECISIONS
@@ -24,7 +27,14 @@ def register(sub) -> None:
     p = sub.add_parser("token-weighting", help="meta-train a token-importance predictor (TAALM-style)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="base LM folder (any local HF causal LM)")
-    p.add_argument("--data", required=True, help="world folder with meta_train/meta_val/meta_nf .jsonl (`metacl data world`)")
+    p.add_argument("--data", required=True,
+                   help="world folder with meta_train/meta_val/meta_nf .jsonl (`metacl data world`), or your own "
+                        "LAMA-schema JSONL of (evidence, probe) pairs, split into meta-train/meta-val by hash of uuid")
+    p.add_argument("--nf", default=None, metavar="FILE",
+                   help="old facts (LAMA-schema JSONL) for the retention term and validation NF; required with a pairs "
+                        "file, replaces DATA/meta_nf.jsonl with a folder")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="with a pairs file: fraction of uuids held out as meta-val (default 0.2)")
     p.add_argument("--out", required=True, help="output folder (best/, last/, checkpoint/, metrics.jsonl)")
     p.add_argument("--backbone", default=None,
                    help="weighter backbone: a local HF causal LM sharing the base LM's tokenizer (default: a copy of --model)")
@@ -44,7 +54,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--outer-lr", type=float, default=3e-4)
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--val-every", type=int, default=50, help="run the CKL protocol on meta_val every N steps (0: never)")
+    p.add_argument("--val-every", type=int, default=50, help="run the CKL protocol on meta_val every N steps and at the last step (0: never)")
     p.add_argument("--val-epochs", type=int, default=3, help="CKL epochs per validation")
     p.add_argument("--val-items", type=int, default=32, help="meta_val documents (and as many NF probes) per validation")
     p.add_argument("--skip-initial-val", action="store_true", help="do not validate the untrained weighter at step 0")
@@ -58,13 +68,15 @@ def register(sub) -> None:
                    help="stop after this many meta-steps skipped for a non-finite loss or gradient")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: autocast the forward passes (fp32 master weights; attention stays eager/math)")
+    from metacl.meta import options
+
+    options.add_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from metacl.data.lama import load_lama_jsonl
     from metacl.errors import MetaclError
     from metacl.meta.token_weighting import TokenWeighter
     from metacl.meta.train_token_weighting import MetaConfig, MetaTrainer, examples_from_items
@@ -72,10 +84,6 @@ def run(args: argparse.Namespace) -> int:
     from metacl.utils import default_device, seed_everything, write_json_atomic
 
     data = Path(args.data)
-    files = {k: data / f"{k}.jsonl" for k in ("meta_train", "meta_val", "meta_nf")}
-    missing = [str(f) for k, f in files.items() if k != "meta_val" and not f.is_file()]
-    if missing:
-        raise MetaclError(f"--data {data} lacks {', '.join(missing)}; generate a world with `metacl data world --out DIR`")
     for name in ("inner_steps", "meta_batch", "steps", "max_length"):
         if getattr(args, name) < 1:
             raise MetaclError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}; pass a positive count (see metacl meta-train token-weighting --help)")
@@ -84,9 +92,16 @@ def run(args: argparse.Namespace) -> int:
     for name in ("inner_lr", "outer_lr"):  # bad input is refused before --out is touched (H6)
         if not getattr(args, name) > 0:
             raise MetaclError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    from metacl.meta import options
+
+    options.check(MetaConfig(**options.config_kwargs(args)))
     from metacl.utils import check_out_kind
 
     check_out_kind(args.out, "meta-train token-weighting")
+    from metacl.meta.user_data import resolve_meta_data
+
+    meta_data = resolve_meta_data(data, args.nf, args.val_fraction, args.out)  # a pairs file is split here
+    files = meta_data.files
     device = default_device(args.device)
     from metacl import distributed
 
@@ -95,22 +110,20 @@ def run(args: argparse.Namespace) -> int:
         device = torch.device("cuda", dist_info.local_rank)
     seed_everything(args.seed)
     model, tok = load_model_and_tokenizer(args.model, device=device)
-    train_items = load_lama_jsonl(files["meta_train"])
-    nf_items = load_lama_jsonl(files["meta_nf"])
-    val_items = load_lama_jsonl(files["meta_val"]) if files["meta_val"].is_file() else []
+    train_items, val_items, nf_items = meta_data.train, meta_data.val, meta_data.nf
     from metacl.core.probes import split_probe
 
     nf_probes = [split_probe(it) for it in nf_items]
-    weighter = None
-    if args.backbone:
-        weighter = TokenWeighter.from_model_path(args.backbone, tok).to(device)
     cfg = MetaConfig(inner_steps=args.inner_steps, inner_lr=args.inner_lr, inner_optimizer=args.inner_optimizer,
                      mode=args.mode, lora_rank=args.lora_rank, truncate=args.truncate, retention=args.retention,
                      retention_probes=args.retention_probes, meta_batch=args.meta_batch, outer_lr=args.outer_lr,
                      max_length=args.max_length, seed=args.seed, steps=args.steps, val_every=args.val_every,
                      val_at_start=not args.skip_initial_val, ckpt_every=args.ckpt_every,
-                     max_bad_steps=args.max_bad_steps, precision=args.precision,
+                     max_bad_steps=args.max_bad_steps, precision=args.precision, **options.config_kwargs(args),
                      extra={"model": str(args.model), "data": str(data), "backbone": args.backbone})
+    weighter = None
+    if args.backbone:
+        weighter = TokenWeighter.from_model_path(args.backbone, tok, **options.head_kwargs(cfg)).to(device)
     validate = None
     if args.val_every > 0 and val_items:
         validate = make_ckl_validator(args.model, files["meta_val"], files["meta_nf"], Path(args.out) / "val",
@@ -118,10 +131,17 @@ def run(args: argparse.Namespace) -> int:
                                       lr=args.val_lr, max_length=args.max_length)
     trainer = MetaTrainer(model, tok, examples_from_items(train_items), args.out, cfg, nf_probes,
                           weighter=weighter, validate=validate)
+    from metacl.checkpoint import find_checkpoint
+
+    if dist_info.is_main and (args.resume or find_checkpoint(Path(args.out) / "checkpoint") is None):
+        meta_data.write()  # the split of a pairs file, in OUT/data/ (the validator reads it); never over another run's
+    distributed.barrier(dist_info)
     res = trainer.run(resume=args.resume)
     if not dist_info.is_main:  # rank 0 reports and writes
         return 0
     write_json_atomic(Path(args.out) / "summary.json", {"config": {**vars(args), "func": None}, **res})
+    for w in res.get("warnings", []):
+        print(f"metacl: warning: {w}", file=sys.stderr, flush=True)
     best = res.get("best") or {}
     print(f"meta-trained {res['step']} steps in {res['seconds']:.0f}s; best weighter: {Path(args.out) / 'best'}"
           + (f" (val step {best.get('step')}, score {best.get('score'):.3f})" if best else ""))

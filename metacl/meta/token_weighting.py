@@ -10,6 +10,11 @@ Shape of the thing:
   of the base LM's own body, so it starts out knowing the language the LM knows);
 - head: `sigmoid(Linear(hidden, 1))`, initialised with tiny weights and bias +4, so every
   weight starts near 0.98 and the untrained weighter behaves like plain fine-tuning.
+  Options (`metacl.meta.options`, hypotheses of issue 19): `activation="softplus"` (unbounded
+  weights starting at 1, as CaMeLS) and `temperature` T (weights = act(z / T), the head init scaled by
+  T so the start is unchanged); `loss_norm` says how the weights are meant to be used:
+  "weights" = `sum(w * nll) / sum(w)` (default), "tokens" = `sum(w * nll) / n_tokens`. All three
+  are saved with the weighter, so `--strategy taalm` deploys it the way it was meta-trained.
 
 Alignment: `forward` returns `w` of shape (B, T) aligned with the *labels*: `w[:, t]` weighs the
 loss of predicting token `t`. It is computed from the hidden state at position `t`, which has
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -38,6 +44,8 @@ CONFIG_NAME = "token_weighter.json"
 HEAD_NAME = "head.safetensors"
 BACKBONE_DIR = "backbone"
 FORMAT_VERSION = 1
+ACTIVATIONS = ("sigmoid", "softplus")
+LOSS_NORMS = ("weights", "tokens")  # sum(w*nll)/sum(w) | sum(w*nll)/n_tokens
 
 
 def _body_of(lm: nn.Module) -> nn.Module:
@@ -126,30 +134,43 @@ def check_saved_weighter_tokenizer(path: str | os.PathLike, base_tokenizer: Any)
 class TokenWeighter(nn.Module):
     """Per-token importance weights in (0, 1); see the module docstring for why and how."""
 
-    def __init__(self, backbone: nn.Module, hidden_size: int, init_bias: float = 4.0, init_std: float = 1e-3):
+    def __init__(self, backbone: nn.Module, hidden_size: int, init_bias: float | None = None, init_std: float = 1e-3,
+                 activation: str = "sigmoid", temperature: float = 1.0, loss_norm: str = "weights"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise MetaclError(f"token-weighter activation {activation!r} is unknown; choose from {', '.join(ACTIVATIONS)}")
+        if not temperature > 0:
+            raise MetaclError(f"token-weighter temperature {temperature} must be > 0; pass e.g. 0.5")
+        if loss_norm not in LOSS_NORMS:
+            raise MetaclError(f"token-weighter loss_norm {loss_norm!r} is unknown; choose from {', '.join(LOSS_NORMS)}")
         self.backbone = backbone
         self.head = nn.Linear(hidden_size, 1)
+        self.activation, self.temperature, self.loss_norm = activation, float(temperature), loss_norm
+        if init_bias is None:  # sigmoid(4) = 0.982; softplus(log(e - 1)) = 1: every weight starts near 1
+            init_bias = 4.0 if activation == "sigmoid" else math.log(math.expm1(1.0))
         with torch.no_grad():
-            self.head.weight.normal_(0.0, init_std)
-            self.head.bias.fill_(init_bias)
+            self.head.weight.normal_(0.0, init_std * self.temperature)  # head / T starts the same for every T
+            self.head.bias.fill_(init_bias * self.temperature)
         self.tokenizer: Any = None  # kept alongside so save_pretrained writes it too
         self.init_bias = init_bias
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
-    def from_base_lm(cls, lm: nn.Module, tokenizer: Any = None, init_bias: float = 4.0) -> "TokenWeighter":
-        """Default: a copy of the base LM's own body (the base LM itself is left untouched)."""
+    def from_base_lm(cls, lm: nn.Module, tokenizer: Any = None, init_bias: float | None = None, **head: Any) -> "TokenWeighter":
+        """Default: a copy of the base LM's own body (the base LM itself is left untouched).
+
+        `head`: activation, temperature, loss_norm (see the module docstring)."""
         body = copy.deepcopy(_body_of(lm))
         for p in body.parameters():
             p.requires_grad_(True)
-        tw = cls(body, body.config.hidden_size, init_bias=init_bias)
+        tw = cls(body, body.config.hidden_size, init_bias=init_bias, **head)
         tw.to(dtype=next(body.parameters()).dtype)
         tw.tokenizer = tokenizer
         return tw
 
     @classmethod
-    def from_model_path(cls, path: str | os.PathLike, base_tokenizer: Any, init_bias: float = 4.0) -> "TokenWeighter":
+    def from_model_path(cls, path: str | os.PathLike, base_tokenizer: Any, init_bias: float | None = None,
+                        **head: Any) -> "TokenWeighter":
         """Any local HF causal LM as backbone, provided its tokenizer matches the base LM's."""
         from transformers import AutoModelForCausalLM
 
@@ -168,7 +189,7 @@ class TokenWeighter(nn.Module):
         except Exception as e:
             raise MetaclError(f"token-weighter backbone {path}: weights unreadable ({type(e).__name__}); "
                               "re-save the model with save_pretrained") from e
-        return cls.from_base_lm(lm, base_tokenizer, init_bias=init_bias)
+        return cls.from_base_lm(lm, base_tokenizer, init_bias=init_bias, **head)
 
     # --- forward --------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -176,7 +197,8 @@ class TokenWeighter(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        w = torch.sigmoid(self.head(hidden).squeeze(-1))
+        z = self.head(hidden).squeeze(-1) / self.temperature
+        w = torch.sigmoid(z) if self.activation == "sigmoid" else torch.nn.functional.softplus(z)
         keep = attention_mask.to(w.dtype).clone()
         keep[:, 0] = 0  # nothing predicts the first token
         return w * keep
@@ -209,6 +231,8 @@ class TokenWeighter(nn.Module):
             "init_bias": self.init_bias,
             "dtype": str(self.head.weight.dtype).replace("torch.", ""),
         }
+        if (self.activation, self.temperature, self.loss_norm) != ("sigmoid", 1.0, "weights"):
+            cfg.update(activation=self.activation, temperature=self.temperature, loss_norm=self.loss_norm)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(out))
             cfg["tokenizer"] = tokenizer_fingerprint(self.tokenizer)
@@ -247,7 +271,9 @@ class TokenWeighter(nn.Module):
             with quiet_hf_loading():
                 backbone = AutoModel.from_pretrained(str(path / BACKBONE_DIR), dtype=dtype, use_safetensors=True)
             head = load_file(str(path / HEAD_NAME))
-            tw = cls(backbone, cfg["hidden_size"], init_bias=cfg.get("init_bias", 4.0))
+            tw = cls(backbone, cfg["hidden_size"], init_bias=cfg.get("init_bias", 4.0),
+                     activation=cfg.get("activation", "sigmoid"), temperature=cfg.get("temperature", 1.0),
+                     loss_norm=cfg.get("loss_norm", "weights"))
             tw.head.to(dtype)
             tw.head.load_state_dict(head)
         except MetaclError:

@@ -20,11 +20,12 @@ the token weights is ~0. A single AdamW step gives the weighter no signal at all
 around it with a detached warm-up step. Here the K steps are all differentiated (or the first
 `K - truncate` detached with `--truncate`); see docs/results/taalm.md for the choice of K.
 
-Validation every `val_every` steps runs the real CKL protocol (`metacl.ckl.protocol.run_ckl`)
-with the `taalm` strategy on held-out documents and keeps the predictor with the best
-TL Top Acc + NF (TAALM's "total knowledge"). Checkpoints hold the weighter, the outer
-optimizer and the counters; meta-batches are drawn from a generator seeded by (seed, step), so
-a resumed run is the same computation as an uninterrupted one.
+Validation every `val_every` steps, and always at the last step, runs the real CKL protocol
+(`metacl.ckl.protocol.run_ckl`) with the `taalm` strategy on held-out documents and keeps the
+predictor with the best TL Top Acc + NF (TAALM's "total knowledge"); when that is still the
+step-0 (untrained) weighter, `run()` returns a warning (`best_is_untrained`). Checkpoints hold
+the weighter, the outer optimizer and the counters; meta-batches are drawn from a generator
+seeded by (seed, step), so a resumed run is the same computation as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ CKPT_DIR = "checkpoint"
 BEST_DIR = "best"
 LAST_DIR = "last"
 METRICS = "metrics.jsonl"
+LOG_LR = "meta.log_inner_lr"  # checkpoint key of a meta-learned inner learning rate
 
 
 @dataclass
@@ -74,14 +76,23 @@ class MetaConfig:
     ckpt_every: int | None = None  # checkpoint every N steps (None: at validations and every min(val_every, 25))
     max_bad_steps: int = 10       # stop after this many skipped (non-finite) meta-steps
     precision: str = "fp32"       # fp32 | bf16 (autocast the forward passes; fp32 master weights)
+    # hypotheses of issue 19, off by default (metacl.meta.options explains each)
+    inner_norm: str = "weights"   # weights: sum(w*nll)/sum(w) | tokens: sum(w*nll)/n_tokens
+    weight_head: str = "sigmoid"  # sigmoid | softplus
+    temperature: float = 1.0      # weights = act(z / T)
+    sparsity: float = 0.0         # + sparsity * mean weight in the meta-loss
+    learn_inner_lr: bool = False  # the inner lr is a meta-parameter
 
     # what must agree between a checkpoint and the run that resumes it
     def identity(self) -> dict[str, Any]:
+        from metacl.meta import options
+
         d = asdict(self)
-        for k in ("steps", "val_every", "val_at_start", "extra", "ckpt_every", "max_bad_steps"):
+        for k in ("steps", "val_every", "val_at_start", "extra", "ckpt_every", "max_bad_steps", *options.DEFAULTS):
             d.pop(k)
         if d["precision"] == "fp32":  # checkpoints from before --precision existed stay resumable
             d.pop("precision")
+        d.update(options.non_default(self))  # so do those from before the options
         return d
 
 
@@ -168,13 +179,15 @@ def add_lora(model: nn.Module, rank: int, seed: int) -> nn.Module:
     return get_peft_model(model, cfg)
 
 
-def _inner_optimizer(cfg: MetaConfig):
+def _inner_optimizer(cfg: MetaConfig, lr: torch.Tensor | None = None):
+    """The inner optimizer; `lr` (a tensor) replaces cfg.inner_lr when the rate is meta-learned."""
     from metacl import engine
 
+    lr = cfg.inner_lr if lr is None else lr
     if cfg.inner_optimizer == "adamw":
-        return engine.adamw(lr=cfg.inner_lr)
+        return engine.adamw(lr=lr)
     if cfg.inner_optimizer == "sgd":
-        return engine.sgd(lr=cfg.inner_lr)
+        return engine.sgd(lr=lr)
     raise MetaclError(f"--inner-optimizer {cfg.inner_optimizer!r} is unknown; use adamw or sgd")
 
 
@@ -188,13 +201,17 @@ def weighted_doc_loss(model, params, batch):
 
 def meta_objective(weighter: TokenWeighter, model: nn.Module, tokenizer, examples: Sequence[MetaExample],
                    cfg: MetaConfig, nf_probes: Sequence[tuple[str, str]] = (),
-                   params: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                   params: dict[str, torch.Tensor] | None = None,
+                   log_inner_lr: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Differentiable meta-loss of one meta-batch (see the module docstring).
 
-    Returns a dict with `loss` (differentiable w.r.t. the weighter), `query_nll`, `retention_nll`
-    (per-batch means, detached) and `mean_weight`.
+    Returns a dict with `loss` (differentiable w.r.t. the weighter and `log_inner_lr`, the log
+    of a meta-learned inner rate), `query_nll`, `retention_nll` (per-batch means, detached) and
+    `mean_weight`. The `cfg` options of `metacl.meta.options` change the inner loss and add the
+    sparsity term.
     """
     from metacl.engine import lm_loss, second_order_attention, unroll
+    from metacl.meta.options import doc_loss
 
     dev = next(weighter.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -209,8 +226,9 @@ def meta_objective(weighter: TokenWeighter, model: nn.Module, tokenizer, example
     if params is None:
         params = inner_params(model, cfg.mode)
     with second_order_attention(model):
-        pK, _ = unroll(model, params, weighted_doc_loss, [inner] * cfg.inner_steps,
-                       optimizer=_inner_optimizer(cfg), first_order=False, truncate=cfg.truncate,
+        inner_lr = None if log_inner_lr is None else log_inner_lr.exp()
+        pK, _ = unroll(model, params, doc_loss(cfg.inner_norm), [inner] * cfg.inner_steps,
+                       optimizer=_inner_optimizer(cfg, inner_lr), first_order=False, truncate=cfg.truncate,
                        per_example=True)
         q_losses, r_losses = [], []
         for m, e in enumerate(examples):
@@ -228,6 +246,8 @@ def meta_objective(weighter: TokenWeighter, model: nn.Module, tokenizer, example
         r_nll = torch.stack(r_losses).mean()
         loss = loss + cfg.retention * r_nll
     n_lab = label_mask.sum().clamp(min=1)
+    if cfg.sparsity > 0:
+        loss = loss + cfg.sparsity * (w.sum() / n_lab)
     return {"loss": loss, "query_nll": q_nll.detach(), "retention_nll": r_nll.detach(),
             "mean_weight": (w.detach().sum() / n_lab)}
 
@@ -287,13 +307,24 @@ class MetaTrainer:
         model.eval()  # no dropout: the inner loop must be a deterministic function of the weights
         for p in model.parameters():
             p.requires_grad_(False)
-        self.weighter = weighter if weighter is not None else TokenWeighter.from_base_lm(model, tokenizer)
+        from metacl.meta import options
+
+        options.check(cfg)
+        self.weighter = weighter if weighter is not None else TokenWeighter.from_base_lm(
+            model, tokenizer, **options.head_kwargs(cfg))
+        if (self.weighter.activation, self.weighter.temperature) != (cfg.weight_head, cfg.temperature):
+            raise MetaclError(f"the given weighter has head {self.weighter.activation}/T={self.weighter.temperature}, the "
+                              f"config asks for {cfg.weight_head}/T={cfg.temperature}; build it with options.head_kwargs(cfg)")
+        self.weighter.loss_norm = cfg.inner_norm  # deployment divides the way meta-training did
         self.weighter.tokenizer = self.weighter.tokenizer or tokenizer
         self.model = add_lora(model, cfg.lora_rank, cfg.seed) if cfg.mode == "lora" else model
         if cfg.mode == "lora":
             self.model.eval()
         self.params = inner_params(self.model, cfg.mode)
         named = list(self.weighter.named_parameters())
+        self.log_inner_lr = options.inner_lr_parameter(cfg, next(self.weighter.parameters()))
+        if self.log_inner_lr is not None:
+            named.append((LOG_LR, self.log_inner_lr))
         self._names = {i: n for i, (n, _) in enumerate(named)}
         self.opt = torch.optim.AdamW([p for _, p in named], lr=cfg.outer_lr, weight_decay=cfg.outer_weight_decay)
         self.step = 0
@@ -308,7 +339,11 @@ class MetaTrainer:
         # under torchrun: same weighter on every rank; each rank runs its share of every meta-batch
         self.dist = distributed.init(str(next(self.weighter.parameters()).device))
         distributed.shard(range(min(cfg.meta_batch, len(self.train))), self.dist)  # one-line error if it does not split
-        distributed.broadcast_(self.weighter.parameters(), self.dist)
+        distributed.broadcast_(self.meta_parameters(), self.dist)
+
+    def meta_parameters(self) -> list[torch.Tensor]:
+        """What the outer optimizer trains: the weighter, and the log inner lr when it is learned."""
+        return list(self.weighter.parameters()) + ([self.log_inner_lr] if self.log_inner_lr is not None else [])
 
     # sampling depends only on (seed, step): resume-safe without saving RNG streams
     def batch_for(self, step: int) -> tuple[list[MetaExample], list[tuple[str, str]]]:
@@ -339,12 +374,13 @@ class MetaTrainer:
         self.weighter.train()
         dev = next(self.weighter.parameters()).device
         with autocast(self.cfg.precision, dev):
-            out = meta_objective(self.weighter, self.model, self.tokenizer, ex, self.cfg, probes, self.params)
+            out = meta_objective(self.weighter, self.model, self.tokenizer, ex, self.cfg, probes, self.params,
+                                 self.log_inner_lr)
         self.opt.zero_grad(set_to_none=True)
         bad = not bool(torch.isfinite(out["loss"]).all())
         if not bad:
             out["loss"].backward()
-        trained = [p for p in self.weighter.parameters() if p.requires_grad]
+        trained = [p for p in self.meta_parameters() if p.requires_grad]
         if self.dist.enabled:
             unused = [p.grad is None for p in trained]
             for p in trained:
@@ -365,6 +401,8 @@ class MetaTrainer:
         self.step += 1
         row = {"step": self.step, "meta_loss": float(stats[0]), "query_nll": float(stats[1]),
                "retention_nll": float(stats[2]), "mean_weight": float(stats[3]), "grad_norm": float(gnorm)}
+        if self.log_inner_lr is not None:
+            row["inner_lr"] = float(self.log_inner_lr.detach().exp())
         if bad:
             self.bad_steps += 1
             row.update(skipped=True, bad_steps=self.bad_steps,
@@ -379,6 +417,8 @@ class MetaTrainer:
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = {f"weighter.{k}": v for k, v in self.weighter.state_dict().items()}
+        if self.log_inner_lr is not None:
+            tensors[LOG_LR] = self.log_inner_lr.detach()
         opt_t, opt_meta = _opt_tensors(self.opt, self._names)
         tensors.update(opt_t)
         from metacl.rng import all_rng_state
@@ -395,6 +435,9 @@ class MetaTrainer:
                                   "use the same options or a new --out")
         sd = {k[len("weighter."):]: v for k, v in tensors.items() if k.startswith("weighter.")}
         self.weighter.load_state_dict(sd)
+        if self.log_inner_lr is not None:
+            with torch.no_grad():
+                self.log_inner_lr.copy_(tensors[LOG_LR])
         _load_opt(self.opt, self._names, tensors, state["optimizer"])
         self.best = state.get("best")
         if "rng" in state:
@@ -463,8 +506,11 @@ class MetaTrainer:
         self.weighter.save_pretrained(self.out / LAST_DIR, extra={"meta_step": self.step, "meta_config": asdict(self.cfg)})
         if self.best is None:  # no validation: the last weighter is the one to use
             self.weighter.save_pretrained(self.out / BEST_DIR, extra={"meta_step": self.step, "meta_config": asdict(self.cfg)})
+        warning = untrained_best_warning(self.best, self.step, self.out)
         return {"step": self.step, "best": self.best, "seconds": time.time() - self._t0, "bad_steps": self.bad_steps,
-                "world_size": self.dist.world_size, **peak_memory(dev)}
+                "world_size": self.dist.world_size, "best_is_untrained": warning is not None,
+                **({"inner_lr": float(self.log_inner_lr.detach().exp())} if self.log_inner_lr is not None else {}),
+                "warnings": [warning] if warning else [], **peak_memory(dev)}
 
     def run(self, resume: bool = False) -> dict[str, Any]:
         """Train to `cfg.steps` (`metacl.metalearner.meta_train`); stops with a `MetaclError` after
@@ -489,3 +535,17 @@ class MetaTrainer:
             max_bad_steps=self.cfg.max_bad_steps, progress=self.progress, desc="meta-train token-weighting",
             stop_hint="lower --outer-lr / --inner-lr or check the data, then rerun with --resume",
             before_log=lambda row: row.update(seconds=round(time.time() - t0, 3)))
+
+
+def untrained_best_warning(best: dict | None, step: int, out: Path) -> str | None:
+    """One line when `best/` is the step-0 (untrained) weighter although meta-training ran.
+
+    Why: validation keeps the weighter with the best CKL score, and the step-0 candidate is the
+    untrained one (about plain fine-tuning). If no later validation beats it, `best/` silently
+    holds a weighter that learned nothing; deploying it measures fine-tuning, not TAALM.
+    """
+    if not best or int(best.get("step", -1)) != 0 or step <= 0:
+        return None
+    return (f"{out / BEST_DIR} is the untrained step-0 weighter: no validation in {step} meta-steps beat its "
+            f"score {float(best['score']):.4f}; deploy {out / LAST_DIR} only if you mean to, or train longer "
+            "(--steps), lower --val-every or change the meta-training settings")

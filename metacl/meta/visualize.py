@@ -49,7 +49,7 @@ def render_png(tokens: Sequence[str], weights: Sequence[float], path: str | Path
             col = 0
         lines[-1].append((t, w))
         col += len(t)
-    cw, lh = 0.11, 0.36  # inches per character and per line at fontsize 11
+    cw, lh = 0.6 * 11 / 72, 0.36  # inches per character (monospace advance = 0.6 em) and per line at fontsize 11
     fig_w = width_chars * cw + 0.6
     fig_h = len(lines) * lh + (0.9 if title else 0.5)
     fig = plt.figure(figsize=(fig_w, fig_h))

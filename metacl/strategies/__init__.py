@@ -9,7 +9,7 @@ from metacl.strategies.base import REGISTRY, Strategy, TrainContext, get_strateg
 # Built-in strategies, one module each; importing a module registers its strategy.
 from metacl.strategies import (  # noqa: E402,F401
     finetune, lora,                                    # plain references
-    taalm, oracle_weights,                             # token weighting
+    taalm, oracle_weights, salient_span,               # token weighting
     mix_review, recadam, k_adapter, rho1,              # TAALM comparison set
     ewc, lwf, replay, agem, ncl, icl,                  # regularisation, replay, ICL
     spg, das, osft, olora, progressive, tasl,          # soft masking, subspaces, architecture

@@ -13,6 +13,7 @@ loop composes them:
           nll   = per-token NLL of ctx.model on batch (B, T), 0 on padding
           w     = product of token_weights(ctx, batch, nll) (default: the label mask)
           loss  = sum(w * nll) / sum(w) + sum(extra_loss(ctx, batch, out))
+                  # / n_tokens instead of / sum(w) if a strategy's token_weight_norm is "tokens"
           loss.backward()
           before_step(ctx)                            # edit .grad: A-GEM, SPG, OSFT, ...
           optimizer.step(); after_step(ctx)
@@ -109,6 +110,9 @@ class Strategy:
     description: ClassVar[str] = ""
     trains: ClassVar[bool] = True
     options: ClassVar[dict[str, Option]] = {}
+    # how the loop normalises the token-weighted NLL: "weights" = sum(w*nll)/sum(w); "tokens" =
+    # sum(w*nll)/n_tokens (weights used unnormalised; taalm sets it for a weighter meta-trained so)
+    token_weight_norm: str = "weights"
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:

@@ -150,6 +150,7 @@ class RandomWeights(Strategy):
             from metacl.strategies.taalm import load_predictor
 
             self.predictor = load_predictor(self.path, ctx.tokenizer, ctx.device)
+            self.token_weight_norm = self.predictor.loss_norm  # used as the predictor's weights are
 
     def _gen(self, ids: list[int]) -> torch.Generator:
         """Same document -> same random weights every epoch (a fixed, not a re-drawn, control)."""

@@ -64,6 +64,7 @@ class TAALM(Strategy):
     def before_task(self, ctx: TrainContext) -> None:
         if self.predictor is None:
             self.predictor = load_predictor(self.path, ctx.tokenizer, ctx.device)
+            self.token_weight_norm = self.predictor.loss_norm  # divide the way it was meta-trained
 
     def token_weights(self, ctx: TrainContext, batch: Batch, nll: torch.Tensor) -> torch.Tensor:
         if self.predictor is None:  # the loop may skip before_task in unit use
