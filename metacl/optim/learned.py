@@ -102,6 +102,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         meta = self._meta_on(device)
         # 1) advance every tensor's statistics in place, 2) whole-tensor reductions -> one token each
         entries, scal, tokens = [], [], []
+        linear, tmp = self.cfg.head == "linear", None
         for p, _ in todo:
             st = self.state[p]
             if len(st) == 0:
@@ -112,15 +113,25 @@ class LearnedOptimizer(torch.optim.Optimizer):
             st["task_step"] += 1
             g = p.grad.float()
             pf = p.detach().float()
-            self._advance_inplace(pf, g, st, self.chunk_size)
             frac = min(1.0, (float(st["task_step"]) - 1) / self.total_steps)
-            sc, tok = fe.scalars_and_token(pf, g, st, float(st["step"]), frac)
+            sums = None
+            if linear and pf.numel() > self.chunk_size and all(
+                    t.is_contiguous() for t in (pf, g, *(v for k, v in st.items() if k not in _COUNTERS))):
+                if tmp is None:
+                    tmp = torch.empty(self.chunk_size, dtype=torch.float32, device=device)
+                sums = fe.advance_and_sum_(pf, g, st, self.chunk_size, tmp)  # one pass: advance + reduce
+            else:
+                self._advance_inplace(pf, g, st, self.chunk_size)
+            sc, tok = fe.scalars_and_token(pf, g, st, float(st["step"]), frac, sums)
             entries.append((pf, g, st))
             scal.append(sc)
             tokens.append(tok.to(device))
-        # 3) the transformer over tensor tokens: per-tensor hidden bias and step scale
-        h_bias, log_s = nw.tensor_conditioning(meta, nw.tensor_context(meta, self.cfg, torch.stack(tokens)))
-        b1 = (meta["mlp1.b"] + h_bias).unsqueeze(-1)           # (T, H, 1)
+        # 3) the transformer over tensor tokens: per-tensor conditioning and step scale
+        cond, log_s = nw.tensor_conditioning(meta, nw.tensor_context(meta, self.cfg, torch.stack(tokens)))
+        if self.cfg.head == "linear":
+            self._apply_linear(todo, entries, scal, cond, log_s, meta)
+            return loss
+        b1 = (meta["mlp1.b"] + cond).unsqueeze(-1)             # (T, H, 1)
         scales = torch.exp(meta["log_scale"] + log_s)           # (T,)
         fw = nw.fast_weights(meta)
         # 4) the per-parameter MLP, chunk by chunk, into buffers shared by all tensors of this step
@@ -152,22 +163,61 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 p.sub_((lr * upd_full.view_as(p)).to(p.dtype))
         return loss
 
+    def _apply_linear(self, todo, entries, scal, coefs: Tensor, log_s: Tensor, meta: dict[str, Tensor]) -> None:
+        """Linear head: each tensor's update is its coefficient mix of the features (`features.linear_update_`).
+
+        Applied in place, chunk by chunk, so a chunk's dozen passes run on data that stays in cache.
+        fp32 contiguous parameters are updated where they are; others (bf16, non-contiguous) go through
+        an fp32 copy that is written back once.
+        """
+        coef_rows = coefs.tolist()
+        scales = torch.exp(meta["log_scale"] + log_s).tolist()
+        largest = max(min(p.numel(), self.chunk_size) for p, _ in todo)
+        dev = todo[0][0].device
+        num_mem = torch.empty(largest, dtype=torch.float32, device=dev)
+        den_mem = torch.empty(largest, dtype=torch.float32, device=dev)
+        for i, ((p, lr), (pf, g, st)) in enumerate(zip(todo, entries)):
+            if lr == 0:
+                continue
+            sc = {k: (float(v) if torch.is_tensor(v) else v) for k, v in scal[i].items()}
+            direct = p.dtype == torch.float32 and p.is_contiguous()
+            target = p.view(-1) if direct else pf.reshape(-1).clone()
+            views = {k: v.reshape(-1) for k, v in st.items() if k not in _COUNTERS}
+            gfl, n = g.reshape(-1), p.numel()
+            for s in range(0, n, self.chunk_size):
+                e = min(n, s + self.chunk_size)
+                fe.linear_update_(target[s:e], gfl[s:e], {k: v[s:e] for k, v in views.items()}, sc,
+                                  coef_rows[i], lr * scales[i], num_mem[: e - s], den_mem[: e - s])
+            if not direct:
+                p.copy_(target.view_as(p))
+
     @staticmethod
     def _advance_inplace(p: Tensor, g: Tensor, st: dict[str, Tensor], chunk: int = 1 << 16) -> None:
-        """In-place twin of `features.advance_state`: one fused pass per statistic (lerp_/addcmul_)."""
+        """In-place twin of `features.advance_state`: one fused op per statistic (lerp_/addcmul_).
+
+        Large contiguous tensors are advanced a chunk at a time, all five statistics per chunk, so
+        the gradient and parameter chunks are read from memory once and stay in cache for the five
+        updates (instead of five whole-tensor passes each re-reading the gradient). Elementwise, so
+        the numbers are those of whole-tensor ops (tests/test_learned_optimizer_speed.py).
+        """
+        names = (*fe.MOMENTS, "v", "imp")
+        if not all(t.is_contiguous() for t in (p, g, *(st[k] for k in names))) or p.numel() <= chunk:
+            LearnedOptimizer._advance_block(p, g, {k: st[k] for k in names}, None)
+            return
+        flat = {k: st[k].view(-1) for k in names}
+        pf, gf = p.view(-1), g.view(-1)
+        tmp = torch.empty(chunk, dtype=torch.float32, device=p.device)
+        for s in range(0, p.numel(), chunk):
+            e = min(p.numel(), s + chunk)
+            LearnedOptimizer._advance_block(pf[s:e], gf[s:e], {k: v[s:e] for k, v in flat.items()}, tmp[: e - s])
+
+    @staticmethod
+    def _advance_block(p: Tensor, g: Tensor, st: dict[str, Tensor], tmp: Tensor | None) -> None:
         for k, d in zip(fe.MOMENTS, fe.DECAYS):
             st[k].lerp_(g, 1 - d)
         st["v"].mul_(fe.BETA2).addcmul_(g, g, value=1 - fe.BETA2)
-        imp, w = st["imp"], 1 - fe.IMP_DECAY
-        if not (imp.is_contiguous() and g.is_contiguous() and p.is_contiguous()) or imp.numel() <= chunk:
-            imp.lerp_(torch.mul(g, p).abs_(), w)
-            return
-        # |g * p| a chunk at a time into one small buffer: no parameter-sized temporary to allocate
-        imp, g, p = imp.view(-1), g.view(-1), p.view(-1)
-        tmp = torch.empty(chunk, dtype=imp.dtype, device=imp.device)
-        for s in range(0, imp.numel(), chunk):
-            e = min(imp.numel(), s + chunk)
-            imp[s:e].lerp_(torch.mul(g[s:e], p[s:e], out=tmp[: e - s]).abs_(), w)
+        gp = torch.mul(g, p) if tmp is None else torch.mul(g, p, out=tmp)
+        st["imp"].lerp_(gp.abs_(), 1 - fe.IMP_DECAY)
 
     @torch.no_grad()
     def consolidate(self) -> None:
