@@ -79,6 +79,10 @@ class MetaTrainConfig:
     meta_batch: int = 1              # episodes per meta-step (split over torchrun ranks); 1 = one episode
     max_bad_steps: int = 10          # stop after this many skipped (non-finite) meta-steps
     precision: str = "fp32"          # fp32 | bf16 (autocast around the episode's forward passes)
+    # pricing plasticity (metacl.optim.plasticity): + plasticity * sum_i shortfall of TL_i against AdamW's
+    plasticity: float = 0.0          # weight; 0 = off
+    plasticity_form: str = "hinge"   # hinge | ratio
+    plasticity_lr: float | None = None  # AdamW lr of the reference run (None = baseline_lr); use a tuned one
 
     def check(self) -> None:
         if self.family not in FAMILIES:
@@ -101,6 +105,11 @@ class MetaTrainConfig:
         if self.meta_batch < 1 or self.max_bad_steps < 1 or self.ckpt_every < 1:
             raise MetaclError(f"--meta-batch ({self.meta_batch}), --max-bad-steps ({self.max_bad_steps}) and "
                               f"--ckpt-every ({self.ckpt_every}) must be >= 1")
+        if self.plasticity < 0 or self.plasticity_form not in ("hinge", "ratio"):
+            raise MetaclError(f"--plasticity {self.plasticity} must be >= 0 and --plasticity-form "
+                              f"{self.plasticity_form!r} one of hinge, ratio")
+        if self.plasticity_lr is not None and not self.plasticity_lr > 0:
+            raise MetaclError(f"--plasticity-lr {self.plasticity_lr} must be > 0 (the reference AdamW's lr)")
         from metacl.precision import check_precision
 
         check_precision(self.precision)
@@ -133,6 +142,7 @@ class Episode:
     tasks: list[tuple[list[Any], Any]]
     loss_fn: Callable[[nn.Module, dict[str, Tensor], Any], Tensor]
     scales: list[float] | None = None
+    tl_loss_fn: Callable[[nn.Module, dict[str, Tensor], Any], Tensor] | None = None  # new-task part of a held-out loss
 
 
 def _classifier_loss(model: nn.Module, params: dict[str, Tensor], batch) -> Tensor:
@@ -219,8 +229,10 @@ def episode_loss(ep: Episode, opt, cfg: MetaTrainConfig, differentiable: bool = 
 
     `opt` is a LearnedFunctional (consolidated at task boundaries) or any engine optimizer.
     """
+    from metacl.optim import plasticity as pl
+
     params, state, step = ep.params, None, 0
-    learn, after = [], []
+    learn, after, tl = [], [], []
     for i, (train_batches, _) in enumerate(ep.tasks):
         if state is None:
             state = opt.init(params)
@@ -234,6 +246,8 @@ def episode_loss(ep: Episode, opt, cfg: MetaTrainConfig, differentiable: bool = 
         if not differentiable:
             params = {k: v.detach() for k, v in params.items()}
         learn.append(ep.loss_fn(ep.model, params, ep.tasks[i][1]))
+        if cfg.plasticity > 0:
+            tl.append(pl.tl_loss(ep, params, i) if ep.tl_loss_fn is not None else learn[-1])
         if hasattr(opt, "consolidate"):
             state = opt.consolidate(params, state)
     old = [ep.loss_fn(ep.model, params, ep.tasks[j][1]) for j in range(len(ep.tasks) - 1)]
@@ -247,6 +261,10 @@ def episode_loss(ep: Episode, opt, cfg: MetaTrainConfig, differentiable: bool = 
         "learn": float(torch.stack(learn).detach().mean()),
         "retain": float(torch.stack(old).detach().mean()) if old else float("nan"),
     }
+    if cfg.plasticity > 0:
+        gap = pl.penalty(tl, pl.reference_tl(ep, cfg), cfg.plasticity_form)
+        loss = loss + cfg.plasticity * gap
+        parts["plasticity_gap"] = float(gap.detach())
     return loss, parts
 
 
@@ -345,7 +363,7 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, resume: bool = False, net:
         episodes = [FAMILIES[cfg.family](rng, cfg, "meta") for _ in range(cfg.meta_batch)]
         mine = dist.shard(range(cfg.meta_batch), info)
         mopt.zero_grad()
-        sums = torch.zeros(3, dtype=torch.float64)  # meta_loss, learn, retain summed over my episodes
+        sums = torch.zeros(4, dtype=torch.float64)  # meta_loss, learn, retain, plasticity gap summed over my episodes
         bad = False
         for i in mine:
             if cfg.estimator == "es":
@@ -368,7 +386,8 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, resume: bool = False, net:
                     (loss / len(mine)).backward()
                 else:
                     bad = True
-            sums += torch.tensor([L, parts["learn"], parts["retain"]], dtype=torch.float64)
+            sums += torch.tensor([L, parts["learn"], parts["retain"], parts.get("plasticity_gap", float("nan"))],
+                                 dtype=torch.float64)
         for v in meta.values():
             if v.grad is None:
                 v.grad = torch.zeros_like(v)
@@ -380,9 +399,11 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, resume: bool = False, net:
         if not bad:
             torch.nn.utils.clip_grad_norm_(list(meta.values()), cfg.clip)
             mopt.step()
-        L, learn, retain = (float(x) for x in stats)
+        L, learn, retain, gap = (float(x) for x in stats)
         row = {"step": step + 1, "meta_loss": L, "learn": learn, "retain": retain, "skipped": bad,
                "lr": float(meta["log_scale"].detach().exp()), "time_s": round(time.time() - t0, 2)}
+        if cfg.plasticity > 0:
+            row["plasticity_gap"] = gap
         if bad:
             bad_steps += 1
             row["reason"] = "non-finite meta-loss" if not math.isfinite(L) else "non-finite meta-gradient"
