@@ -172,3 +172,25 @@ def test_untrained_linear_head_is_close_to_adam_and_meta_gradients_reach_it():
 def test_unknown_head_is_one_clear_error():
     with pytest.raises(MetaclError, match="head"):
         NetConfig.from_dict({"head": "deep"})
+
+
+def test_linear_head_degenerate_tensors_match_reference():
+    """A 1-element tensor (importance range 0: the min-max feature is 0/1e-12) and an all-zero bias
+    (importance 0): the folded step must not cancel catastrophically there."""
+    meta, cfg = _random_linear_meta(5)
+    one = nn.Parameter(torch.tensor([0.5]))
+    zero_bias = nn.Parameter(torch.zeros(7))
+    w = nn.Parameter(torch.randn(7, 3) * 0.3)
+    params = [one.detach().clone(), zero_bias.detach().clone(), w.detach().clone()]
+    opt = LearnedOptimizer([one, zero_bias, w], meta=meta, config=cfg, total_steps=4, chunk_size=4)
+    state = {"t": 0, "t_task": 0}
+    g = torch.Generator().manual_seed(0)
+    for step in range(4):
+        grads = [torch.randn(q.shape, generator=g) * 0.1 for q in params]
+        for p, gr in zip((one, zero_bias, w), grads):
+            p.grad = gr.clone()
+        opt.step()
+        params = _reference_step(meta, cfg, params, grads, [1.0] * 3, state, total_steps=4)
+        for p, q in zip((one, zero_bias, w), params):
+            assert torch.isfinite(p).all()
+            assert (p.detach() - q).abs().max().item() <= 1e-6, step

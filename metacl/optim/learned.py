@@ -193,31 +193,20 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _advance_inplace(p: Tensor, g: Tensor, st: dict[str, Tensor], chunk: int = 1 << 16) -> None:
-        """In-place twin of `features.advance_state`: one fused op per statistic (lerp_/addcmul_).
-
-        Large contiguous tensors are advanced a chunk at a time, all five statistics per chunk, so
-        the gradient and parameter chunks are read from memory once and stay in cache for the five
-        updates (instead of five whole-tensor passes each re-reading the gradient). Elementwise, so
-        the numbers are those of whole-tensor ops (tests/test_learned_optimizer_speed.py).
-        """
-        names = (*fe.MOMENTS, "v", "imp")
-        if not all(t.is_contiguous() for t in (p, g, *(st[k] for k in names))) or p.numel() <= chunk:
-            LearnedOptimizer._advance_block(p, g, {k: st[k] for k in names}, None)
-            return
-        flat = {k: st[k].view(-1) for k in names}
-        pf, gf = p.view(-1), g.view(-1)
-        tmp = torch.empty(chunk, dtype=torch.float32, device=p.device)
-        for s in range(0, p.numel(), chunk):
-            e = min(p.numel(), s + chunk)
-            LearnedOptimizer._advance_block(pf[s:e], gf[s:e], {k: v[s:e] for k, v in flat.items()}, tmp[: e - s])
-
-    @staticmethod
-    def _advance_block(p: Tensor, g: Tensor, st: dict[str, Tensor], tmp: Tensor | None) -> None:
+        """In-place twin of `features.advance_state`: one fused pass per statistic (lerp_/addcmul_)."""
         for k, d in zip(fe.MOMENTS, fe.DECAYS):
             st[k].lerp_(g, 1 - d)
         st["v"].mul_(fe.BETA2).addcmul_(g, g, value=1 - fe.BETA2)
-        gp = torch.mul(g, p) if tmp is None else torch.mul(g, p, out=tmp)
-        st["imp"].lerp_(gp.abs_(), 1 - fe.IMP_DECAY)
+        imp, w = st["imp"], 1 - fe.IMP_DECAY
+        if not (imp.is_contiguous() and g.is_contiguous() and p.is_contiguous()) or imp.numel() <= chunk:
+            imp.lerp_(torch.mul(g, p).abs_(), w)
+            return
+        # |g * p| a chunk at a time into one small buffer: no parameter-sized temporary to allocate
+        imp, g, p = imp.view(-1), g.view(-1), p.view(-1)
+        tmp = torch.empty(chunk, dtype=imp.dtype, device=imp.device)
+        for s in range(0, imp.numel(), chunk):
+            e = min(imp.numel(), s + chunk)
+            imp[s:e].lerp_(torch.mul(g[s:e], p[s:e], out=tmp[: e - s]).abs_(), w)
 
     @torch.no_grad()
     def consolidate(self) -> None:
