@@ -51,6 +51,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         lr: multiplier on the learned step (per group).
         total_steps: expected number of steps per task (the clock restarts at `consolidate()`), for the "fraction of training done" feature.
         chunk_size: parameters per chunk in the per-parameter MLP (bounds extra memory).
+        compile: MLP head only: run the per-parameter features + MLP as one `torch.compile`d loop
+            per tensor (`metacl.optim.compiled`; same numbers to float32 rounding, ~2x faster on CPU,
+            the first step compiles). Falls back to the eager step, with a warning, if compiling fails.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         lr: float = 1.0,
         total_steps: int = 1000,
         chunk_size: int = 1 << 16,
+        compile: bool = False,
     ):
         if lr < 0:
             raise MetaclError(f"LearnedOptimizer lr={lr} is negative; pass lr >= 0 (it multiplies the learned step)")
@@ -75,6 +79,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.total_steps = int(total_steps)
         self.chunk_size = int(chunk_size)
         self._meta_device = torch.device("cpu")
+        self._compiled = None
+        if compile and cfg.head == "mlp":
+            from metacl.optim.compiled import CompiledStep
+
+            self._compiled = CompiledStep()
 
     # ------------------------------------------------------------------ the step
     def _meta_on(self, device: torch.device) -> dict[str, Tensor]:
@@ -142,6 +151,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         for i, ((p, lr), (pf, g, st)) in enumerate(zip(todo, entries)):
             if lr == 0:
                 continue  # a frozen group: statistics advanced above, nothing to apply
+            if self._compiled is not None and self._compiled_update(p, lr, pf, g, st, scal[i], b1[i, :, 0], scales[i], meta):
+                continue
             n = p.numel()
             flat = p.view(-1) if p.is_contiguous() else None
             upd_full = None if flat is not None else torch.empty(n, dtype=torch.float32, device=device)
@@ -162,6 +173,27 @@ class LearnedOptimizer(torch.optim.Optimizer):
             if flat is None:
                 p.sub_((lr * upd_full.view_as(p)).to(p.dtype))
         return loss
+
+    def _compiled_update(self, p, lr, pf, g, st, sc, b1: Tensor, scale: Tensor, meta) -> bool:
+        """MLP head through `metacl.optim.compiled`; False (nothing applied) if it is unavailable."""
+        flat = {k: v.reshape(-1) for k, v in st.items() if k not in _COUNTERS}
+        pfl = pf.reshape(-1)
+        cons = "imp_prev" in flat
+        dev = pfl.device
+        vals = [sc["bc2"], sc["bc_m0"], sc["bc_m1"], sc["bc_m2"], sc["rms_p"], sc["imp_min"], sc["imp_rng"],
+                sc.get("prev_min", 0.0), sc.get("prev_rng", 1.0), scale]
+        s = torch.stack([torch.as_tensor(x, dtype=torch.float32, device=dev).reshape(()) for x in vals])
+        w2 = torch.cat([meta["skip.w"], meta["mlp2.w"]], 0)
+        u = self._compiled(pfl, g.reshape(-1), flat["m0"], flat["m1"], flat["m2"], flat["v"], flat["imp"],
+                           flat["imp_prev"] if cons else pfl, flat["anchor"] if cons else pfl,
+                           meta["mlp1.w"], b1, w2, meta["mlp2.b"], s, cons, float(self.cfg.max_log_mag))
+        if u is None:
+            return False
+        if p.dtype == torch.float32 and p.is_contiguous():
+            p.view(-1).sub_(u, alpha=lr)
+        else:
+            p.sub_((lr * u.view_as(p)).to(p.dtype))
+        return True
 
     def _apply_linear(self, todo, entries, scal, coefs: Tensor, log_s: Tensor, meta: dict[str, Tensor]) -> None:
         """Linear head: each tensor's update is its coefficient mix of the features (`features.linear_update_`).
