@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--plasticity", type=float, default=1.0)
     ap.add_argument("--plasticity-lr", type=float, default=1e-3)
     ap.add_argument("--head", choices=("mlp", "linear"), default="mlp")
+    ap.add_argument("--meta-lr", type=float, default=5e-3)
     ap.add_argument("--small", action="store_true", help="the tests' shrunk lm family (40 entities, d=32)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
     res = {"command": "OMP_NUM_THREADS=1 python " + " ".join(sys.argv), "lm_family": lf.settings_dict(), "runs": {}}
     for weight in (0.0, args.plasticity):
         cfg = MetaTrainConfig(family="lm", steps=args.steps, inner_steps=args.inner_steps, tasks_per_episode=2,
-                              init_lr=1e-3, baseline_lr=args.plasticity_lr, meta_lr=0.05, eval_episodes=2,
+                              init_lr=1e-3, baseline_lr=args.plasticity_lr, meta_lr=args.meta_lr, eval_episodes=2,
                               ckpt_every=1000, plasticity=weight, plasticity_lr=args.plasticity_lr)
         net = nw.NetConfig(init_lr=cfg.init_lr, head=args.head)
         t0 = time.time()

@@ -46,7 +46,7 @@ def test_adamw_itself_pays_nothing_and_a_standing_still_optimizer_pays():
     loss_on, parts_on = episode_loss(ep, LearnedFunctional(meta, net, total_steps=8), cfg)
     loss_off, parts_off = episode_loss(ep, LearnedFunctional(meta, net, total_steps=8), replace(cfg, plasticity=0.0))
     assert parts_on["plasticity_gap"] > 0.1
-    assert float(loss_on) == pytest.approx(float(loss_off) + parts_on["plasticity_gap"], rel=1e-5)
+    assert float(loss_on.detach()) == pytest.approx(float(loss_off.detach()) + parts_on["plasticity_gap"], rel=1e-5)
     # retention alone rewards the frozen optimizer (its old-task loss cannot get worse); the plasticity
     # term pulls the other way: its meta-gradient asks for a larger step
     (loss_on - loss_off).backward()
@@ -70,3 +70,22 @@ def test_meta_training_with_plasticity_logs_the_gap_and_bad_settings_fail_clearl
     for bad in (dict(plasticity=-1.0), dict(plasticity_form="max"), dict(plasticity_lr=0.0)):
         with pytest.raises(MetaclError, match="plasticity"):
             _cfg(**bad).check()
+
+
+def test_cli_trains_the_linear_head_with_plasticity(tmp_path, capsys):
+    from metacl.cli.main import main
+    from metacl.optim import load_meta
+
+    out = tmp_path / "run"
+    base = ["meta-train", "optimizer", "--family", "toy", "--inner-steps", "3", "--eval-episodes", "1",
+            "--ckpt-every", "1", "--no-progress", "--out", str(out), "--head", "linear",
+            "--plasticity", "0.5", "--plasticity-form", "ratio", "--plasticity-lr", "0.1"]
+    assert main(base + ["--steps", "2"]) == 0
+    meta, net, _ = load_meta(out)
+    assert net.head == "linear" and "coef.w" in meta and "mlp1.w" not in meta
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all("plasticity_gap" in r for r in rows)
+    capsys.readouterr()
+    flags = base[base.index("--plasticity"):]  # keep the plasticity settings, change only the head
+    assert main(base[:base.index("--head")] + flags + ["--head", "mlp", "--steps", "3", "--resume"]) == 2
+    assert "head" in capsys.readouterr().err

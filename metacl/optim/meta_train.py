@@ -83,6 +83,7 @@ class MetaTrainConfig:
     plasticity: float = 0.0          # weight; 0 = off
     plasticity_form: str = "hinge"   # hinge | ratio
     plasticity_lr: float | None = None  # AdamW lr of the reference run (None = baseline_lr); use a tuned one
+    head: str = "mlp"                # the optimizer network's per-parameter head (metacl.optim.network.HEADS)
 
     def check(self) -> None:
         if self.family not in FAMILIES:
@@ -105,6 +106,8 @@ class MetaTrainConfig:
         if self.meta_batch < 1 or self.max_bad_steps < 1 or self.ckpt_every < 1:
             raise MetaclError(f"--meta-batch ({self.meta_batch}), --max-bad-steps ({self.max_bad_steps}) and "
                               f"--ckpt-every ({self.ckpt_every}) must be >= 1")
+        if self.head not in nw.HEADS:
+            raise MetaclError(f"--head {self.head!r}: use one of {', '.join(nw.HEADS)}")
         if self.plasticity < 0 or self.plasticity_form not in ("hinge", "ratio"):
             raise MetaclError(f"--plasticity {self.plasticity} must be >= 0 and --plasticity-form "
                               f"{self.plasticity_form!r} one of hinge, ratio")
@@ -344,7 +347,7 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, resume: bool = False, net:
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    net = net or nw.NetConfig(init_lr=cfg.init_lr)
+    net = net or nw.NetConfig(init_lr=cfg.init_lr, head=cfg.head)
     meta = {k: v.requires_grad_(True) for k, v in nw.init_meta(net, cfg.seed).items()}
     mopt = torch.optim.Adam(list(meta.values()), lr=cfg.meta_lr)
     start, bad_steps = 0, 0
