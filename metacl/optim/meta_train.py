@@ -7,7 +7,8 @@ boundary). The meta-loss is
     sum_i  L_i(after task i)                     learn each task
   + retention * mean_{j < n} L_j(after the last task)   ... and still know the earlier ones
 
-where L_j is cross-entropy on task j's *held-out* split. The second term is what the anchors'
+where L_j is cross-entropy on task j's *held-out* split (`plasticity > 0` adds a charge for learning
+any task less than AdamW does on the same episode: `metacl.optim.plasticity`). The second term is what the anchors'
 learned optimizers (VeLO, Vettoruzzo et al.) leave out: it rewards an optimizer that learns the
 new task without overwriting what the old ones need.
 
