@@ -25,8 +25,9 @@ def test_short_meta_training_beats_a_tuned_adamw_on_heldout_toys(tmp_path):
     # log_scale (meta_lr 0.05) moves it by <= 0.05 per meta-step, so 25 steps can raise it <= e^1.25 ~ 3.5x
     # (it went 1e-4 -> 2.1e-4); the remaining factor had to come from the bounded magnitude and per-tensor
     # scale, through single-episode meta-gradients whose meta-loss swings 0.25-18 between episodes. Whether
-    # it crossed 0.6x was down to that trajectory (4.05 vs 0.6 * 5.00 here), and beating a crippled
-    # optimizer says nothing about beating a tuned one.
+    # it crossed 0.6x was down to that trajectory (4.05 vs 0.6 * 5.00 here, the same numbers at every
+    # commit from the one that added the test, dd2d8e0, to 9d03101: not a regression, it never passed
+    # in this environment), and beating a crippled optimizer says nothing about beating a tuned one.
     cfg = MetaTrainConfig(family="toy", steps=40, inner_steps=8, meta_lr=0.01, meta_batch=2,
                           eval_episodes=8, ckpt_every=100)
     best, table = tune_adamw(cfg, (0.03, 0.1, 0.3, 1.0), episodes=8, seed=101)

@@ -15,8 +15,8 @@ it is set and not given, and `LearnedOptimizerCallback` sets it from `TrainerSta
 the start of training (which also covers epoch-based runs, where `max_steps` is computed by
 Trainer) and warns when the schedule attached would decay the multiplier.
 
-Only `transformers.TrainerCallback` is imported (lazily), so importing `metacl.optim` does not
-need transformers.
+This module imports `transformers` (for `TrainerCallback`); `metacl.optim` itself does not import
+this module, so the optimizer works without transformers installed.
 """
 
 from __future__ import annotations

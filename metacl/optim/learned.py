@@ -16,8 +16,14 @@ tests/test_learned_optimizer_speed.py checks it against the plain formulas (max 
 Optimizer state is 5 tensors per parameter
 (3 momenta, second moment, importance), 7 after `consolidate()` (old importance, anchor).
 
-`lr` is a *multiplier* on the meta-learned step size (default 1.0); it exists so LR schedulers
-(e.g. HF Trainer's default linear decay) work unchanged.
+`lr` is a *multiplier* on the meta-learned step size (default 1.0). LR schedulers act on it, so
+a decaying one shrinks the learned step: under HF Trainer use `metacl.optim.hf.trainer_optimizers`
+(constant schedule, `total_steps` from Trainer) rather than `optimizers=(opt, None)`.
+
+Options for cost (docs/benchmarks.md): `compile=True` runs the MLP head's per-parameter work as one
+compiled loop per tensor (same numbers to float32 rounding); `NetConfig(head="linear")` is a cheaper
+network (per-tensor feature coefficients, a linear per-parameter mix; `_apply_linear`) that needs
+its own meta-trained weights.
 """
 
 from __future__ import annotations
