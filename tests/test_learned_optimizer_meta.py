@@ -15,7 +15,8 @@ from metacl.optim.meta_train import MetaTrainConfig, evaluate, meta_train
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_short_meta_training_beats_a_tuned_adamw_on_heldout_toys(tmp_path):
+@pytest.mark.parametrize("head", ["mlp", "linear"])
+def test_short_meta_training_beats_a_tuned_adamw_on_heldout_toys(tmp_path, head):
     # AdamW's lr is tuned over 4 values on validation episodes (seed stream 101), the learned optimizer
     # starts Adam-like at that lr, and both are scored on the test episodes of `evaluate` (seed 0),
     # which neither meta-training (its own per-step streams) nor the tuning saw.
@@ -29,11 +30,11 @@ def test_short_meta_training_beats_a_tuned_adamw_on_heldout_toys(tmp_path):
     # commit from the one that added the test, dd2d8e0, to 9d03101: not a regression, it never passed
     # in this environment), and beating a crippled optimizer says nothing about beating a tuned one.
     cfg = MetaTrainConfig(family="toy", steps=40, inner_steps=8, meta_lr=0.01, meta_batch=2,
-                          eval_episodes=8, ckpt_every=100)
+                          eval_episodes=8, ckpt_every=100, head=head)
     best, table = tune_adamw(cfg, (0.03, 0.1, 0.3, 1.0), episodes=8, seed=101)
     assert 0.03 < best < 1.0, f"the grid must bracket the tuned lr: {table}"
     cfg.init_lr = cfg.baseline_lr = best
-    net = nw.NetConfig(init_lr=best)
+    net = nw.NetConfig(init_lr=best, head=head)
     untrained = evaluate(nw.init_meta(net, cfg.seed), net, cfg, cfg.eval_episodes, cfg.seed)
     summary = meta_train(cfg, tmp_path / "run", net=net, progress=False)
     learned, adam = summary["eval_heldout"]["learned"], summary["eval_heldout"]["adam"]

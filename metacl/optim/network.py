@@ -66,6 +66,14 @@ class NetConfig:
 # everything that is per-tensor (the tensor tokens, the attention over them, the continual-learning
 # features) and gives up the per-parameter nonlinearity; it needs its own meta-trained weights.
 HEADS = ("mlp", "linear")
+# The linear head's context path is damped: coefficients = coef.b + CTX_COEF_SCALE * ctx @ coef.w.
+# Why: Adam (the meta-optimizer) moves every entry of a coef.w column by ~meta_lr per step, all in
+# the same direction early on, so an undamped path shifts a coefficient by ~d_model * meta_lr * |ctx|
+# per meta-step, which wrecked short meta-trainings on the toy family (held-out meta-loss 1.04 ->
+# 6.34 in 40 steps); damped by 0.1 the same run reached 0.29, against a tuned AdamW's 1.03
+# (experiments/lo_toy_tuned.py, docs/results/lo_toy_tuned/summary.json).
+# Under Adam a constant factor is a per-parameter-group learning rate, so this is that, built in.
+CTX_COEF_SCALE = 0.1
 
 
 def init_meta(cfg: NetConfig, seed: int = 0) -> dict[str, Tensor]:
@@ -92,7 +100,7 @@ def init_meta(cfg: NetConfig, seed: int = 0) -> dict[str, Tensor]:
         # untrained optimizer is close to Adam(beta1=0.9) with lr = init_lr, as for the MLP head (coef.w
         # is not 0 so that the meta-gradient reaches the transformer from the first step)
         meta["ctx_s.w"] = torch.zeros(d)
-        meta["coef.w"] = w(d, Fp, std=0.01 / math.sqrt(d))
+        meta["coef.w"] = w(d, Fp, std=0.1 / math.sqrt(d))  # x CTX_COEF_SCALE: ~0.01/sqrt(d) in effect
         meta["coef.b"] = torch.zeros(Fp)
         meta["coef.b"][SKIP_FEATURE] = 1.0
         meta["log_scale"] = torch.tensor(math.log(cfg.init_lr))
@@ -138,7 +146,7 @@ def tensor_conditioning(meta: dict[str, Tensor], ctx: Tensor) -> tuple[Tensor, T
     """
     log_s = 2.0 * torch.tanh(ctx @ meta["ctx_s.w"])
     if "coef.w" in meta:
-        return meta["coef.b"] + ctx @ meta["coef.w"], log_s
+        return meta["coef.b"] + CTX_COEF_SCALE * (ctx @ meta["coef.w"]), log_s
     return ctx @ meta["ctx_h.w"], log_s
 
 
