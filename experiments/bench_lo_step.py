@@ -29,7 +29,21 @@ from torch import nn
 from metacl.optim import LearnedOptimizer, NetConfig
 from metacl.utils import write_json_atomic
 
-MODELS = {"8.4M": (1024, 8), "100M": (4096, 6)}  # Linear(width, width) x layers
+MODELS = {"8.4M": (1024, 8), "100M": (4096, 6), "llama100M": None}  # Linear(width, width) x layers; None: an LM
+
+
+def _build(model_name: str) -> nn.Module:
+    """The Linear stacks isolate the per-parameter cost (few, large tensors); `llama100M` is an HF Llama
+    built from a config (no download; 12 layers, d 768, vocab 16000, untied head: 110M parameters in
+    111 tensors), so per-tensor overhead and many small (norm) tensors are counted too."""
+    if MODELS[model_name] is None:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(vocab_size=16000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                          num_attention_heads=12, num_key_value_heads=12, tie_word_embeddings=False)
+        return LlamaForCausalLM(cfg)
+    width, layers = MODELS[model_name]
+    return nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)])
 
 
 def _optimizers(params_of, which):
@@ -48,14 +62,13 @@ def _optimizers(params_of, which):
 
 
 def bench(model_name: str, rounds: int, which: list[str]) -> dict:
-    width, layers = MODELS[model_name]
     torch.manual_seed(0)
-    base = nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)])
+    base = _build(model_name)
     grads = [torch.randn_like(p) * 1e-3 for p in base.parameters()]
     models = {}
 
     def params_of(name):
-        m = nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)])
+        m = _build(model_name)
         m.load_state_dict(base.state_dict())
         for p, g in zip(m.parameters(), grads):
             p.grad = g
@@ -85,7 +98,8 @@ def bench(model_name: str, rounds: int, which: list[str]) -> dict:
         for n in names:
             if n != "adamw":
                 ratios[n] = {k: rows[n][k] / rows["adamw"][k] for k in ("cpu_s_median", "cpu_s_min", "wall_s_median")}
-    return {"model": f"{layers} x Linear({width}, {width})", "params": n_params, "tensors": 2 * layers,
+    desc = "HF Llama (config only)" if MODELS[model_name] is None else "{1} x Linear({0}, {0})".format(*MODELS[model_name])
+    return {"model": desc, "params": n_params, "tensors": len(grads),
             "rows": rows, "ratio_to_adamw": ratios}
 
 
@@ -157,7 +171,7 @@ def breakdown(model_name: str, rounds: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="8.4M,100M", help=f"comma list of {', '.join(MODELS)}")
+    ap.add_argument("--models", default="8.4M,100M,llama100M", help=f"comma list of {', '.join(MODELS)}")
     ap.add_argument("--rounds", type=int, default=7, help="timed rounds per model (after one warm-up step)")
     ap.add_argument("--rows", default="adamw,learned_mlp,learned_mlp_compiled,learned_linear")
     ap.add_argument("--breakdown", default="8.4M", help="model whose MLP-head step is timed part by part ('' = none)")

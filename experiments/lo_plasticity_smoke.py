@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     for weight in (0.0, args.plasticity):
         cfg = MetaTrainConfig(family="lm", steps=args.steps, inner_steps=args.inner_steps, tasks_per_episode=2,
                               init_lr=1e-3, baseline_lr=args.plasticity_lr, meta_lr=args.meta_lr, eval_episodes=2,
-                              ckpt_every=1000, plasticity=weight, plasticity_lr=args.plasticity_lr)
+                              ckpt_every=1000, plasticity=weight, plasticity_lr=args.plasticity_lr, head=args.head)
         net = nw.NetConfig(init_lr=cfg.init_lr, head=args.head)
         t0 = time.time()
         run_dir = out / f"plasticity_{weight:g}"

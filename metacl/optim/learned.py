@@ -58,7 +58,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         total_steps: expected number of steps per task (the clock restarts at `consolidate()`), for the "fraction of training done" feature.
         chunk_size: parameters per chunk in the per-parameter MLP (bounds extra memory).
         compile: MLP head only: run the per-parameter features + MLP as one `torch.compile`d loop
-            per tensor (`metacl.optim.compiled`; same numbers to float32 rounding, ~2x faster on CPU,
+            per tensor (`metacl.optim.compiled`; same numbers to float32 rounding, ~1.4x faster on CPU,
             the first step compiles). Falls back to the eager step, with a warning, if compiling fails.
     """
 

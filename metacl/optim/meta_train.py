@@ -348,6 +348,8 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, resume: bool = False, net:
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
+    if net is not None and net.head != cfg.head:
+        raise MetaclError(f"meta_train: net.head={net.head!r} but cfg.head={cfg.head!r}; set both to the same head")
     net = net or nw.NetConfig(init_lr=cfg.init_lr, head=cfg.head)
     meta = {k: v.requires_grad_(True) for k, v in nw.init_meta(net, cfg.seed).items()}
     mopt = torch.optim.Adam(list(meta.values()), lr=cfg.meta_lr)
