@@ -194,3 +194,51 @@ def test_linear_head_degenerate_tensors_match_reference():
         for p, q in zip((one, zero_bias, w), params):
             assert torch.isfinite(p).all()
             assert (p.detach() - q).abs().max().item() <= 1e-6, step
+
+
+def test_linear_head_weights_and_optimizer_state_round_trip(tmp_path):
+    """save_pretrained/from_pretrained keep the head; a reloaded optimizer state takes the same next step."""
+    import copy
+
+    meta, cfg = _random_linear_meta(6)
+    torch.manual_seed(1)
+    model = _Model()
+    opt = LearnedOptimizer(model.parameters(), meta=meta, config=cfg, total_steps=5, chunk_size=8)
+    for step in range(3):
+        _grads(model, *_data(step))
+        opt.step()
+    opt.save_pretrained(tmp_path / "w")
+    twin = copy.deepcopy(model)
+    opt2 = LearnedOptimizer.from_pretrained(tmp_path / "w", twin.parameters(), total_steps=5, chunk_size=8)
+    assert opt2.cfg.head == "linear" and set(opt2.meta) == set(meta)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))  # a copy: in memory, torch's state_dict aliases the state
+    x, y = _data(9)
+    _grads(model, x, y)
+    _grads(twin, x, y)
+    opt.step()
+    opt2.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_linear_head_bf16_params_follow_the_float32_step():
+    meta, cfg = _random_linear_meta(7)
+    torch.manual_seed(2)
+    m16 = nn.Linear(6, 16).to(torch.bfloat16)
+    m32 = nn.Linear(6, 16)
+    m32.load_state_dict({k: v.float() for k, v in m16.state_dict().items()})
+    start = {k: v.clone() for k, v in m16.state_dict().items()}
+    o32 = LearnedOptimizer(m32.parameters(), meta=meta, config=cfg, chunk_size=9, lr=10.0)
+    o16 = LearnedOptimizer(m16.parameters(), meta=meta, config=cfg, chunk_size=9, lr=10.0)
+    for p32, p16 in zip(m32.parameters(), m16.parameters()):
+        p16.grad = (torch.randn(p16.shape) * 0.1).to(torch.bfloat16)
+        p32.grad = p16.grad.float()
+    o32.step()
+    o16.step()
+    for (name, p32), p16 in zip(m32.named_parameters(), m16.parameters()):
+        assert p16.dtype == torch.bfloat16 and all(v.dtype == torch.float32 for v in o16.state[p16].values())
+        s0 = start[name].float()
+        d16, d32 = p16.float() - s0, p32.detach() - s0
+        tol = (s0.abs() + d32.abs()) * 2**-8 + 1e-6   # one bf16 rounding of the fp32 result
+        assert ((d16 - d32).abs() <= tol).all(), name
+        assert d32.abs().mean() > 2 * tol.mean(), "steps too small for this comparison to mean anything"
