@@ -73,3 +73,12 @@ def test_callback_sets_total_steps_for_an_epoch_based_run(tmp_path):
     opt, sched = trainer_optimizers(model.parameters(), args, total_steps=50)  # explicit: kept
     _train(model, ds, args, (opt, sched), [LearnedOptimizerCallback()])
     assert opt.total_steps == 50
+
+    # a LearnedOptimizer built directly: explicit total_steps kept, none given = Trainer's
+    from metacl.optim.hf import constant_schedule
+
+    for given, expected in ((40, 40), (None, 6)):
+        model, ds, args = _setup(tmp_path / f"d{given}", num_train_epochs=3)
+        opt = LearnedOptimizer.pretrained(model.parameters(), total_steps=given)
+        _train(model, ds, args, (opt, constant_schedule(opt)), [LearnedOptimizerCallback()])
+        assert opt.total_steps == expected

@@ -29,9 +29,6 @@ import torch
 from metacl.errors import MetaclError
 from metacl.optim.learned import LearnedOptimizer
 
-_FROM_TRAINER = "_total_steps_from_trainer"
-
-
 def constant_schedule(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
     """A scheduler that keeps every group's lr (the learned optimizer's multiplier) where it is."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
@@ -51,10 +48,10 @@ def trainer_optimizers(params: Iterable, args: Any = None, total_steps: int | No
     from_trainer = total_steps is None
     if from_trainer and args is not None and getattr(args, "max_steps", -1) and args.max_steps > 0:
         total_steps = int(args.max_steps)
-    kw = dict(kwargs, total_steps=total_steps or 1000)
+    kw = dict(kwargs, total_steps=total_steps)
     opt = (LearnedOptimizer.pretrained(params, **kw) if weights is None
            else LearnedOptimizer.from_pretrained(weights, params, **kw))
-    setattr(opt, _FROM_TRAINER, from_trainer)
+    opt.total_steps_given = not from_trainer  # taken from args: Trainer's own count still wins at train start
     return opt, constant_schedule(opt)
 
 
@@ -79,14 +76,15 @@ class LearnedOptimizerCallback(_callback_base()):
 
     At `on_train_begin` Trainer has computed `state.max_steps` (from `max_steps` or from epochs x
     batches), so this is the first moment the number of steps is known for an epoch-based run.
-    An optimizer built with an explicit `total_steps` keeps it.
+    An optimizer built with an explicit `total_steps` (`LearnedOptimizer(..., total_steps=N)` or
+    `trainer_optimizers(..., total_steps=N)`) keeps it.
     """
 
     def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         opt = _unwrap(optimizer)
         if not isinstance(opt, LearnedOptimizer):
             return control
-        if getattr(opt, _FROM_TRAINER, True) and state.max_steps and state.max_steps > 0:
+        if not opt.total_steps_given and state.max_steps and state.max_steps > 0:
             opt.total_steps = int(state.max_steps)
         lambdas = getattr(lr_scheduler, "lr_lambdas", None)
         if lambdas and state.max_steps and state.max_steps > 1:

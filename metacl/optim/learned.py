@@ -55,7 +55,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         meta: meta-parameters (dict of tensors); None = fresh Adam-like initialisation.
         config: `NetConfig` (or its dict) matching `meta`.
         lr: multiplier on the learned step (per group).
-        total_steps: expected number of steps per task (the clock restarts at `consolidate()`), for the "fraction of training done" feature.
+        total_steps: expected number of steps per task (the clock restarts at `consolidate()`), for the "fraction of training done" feature;
+            None = not known yet: 1000 until `metacl.optim.hf.LearnedOptimizerCallback` sets Trainer's max_steps.
         chunk_size: parameters per chunk in the per-parameter MLP (bounds extra memory).
         compile: MLP head only: run the per-parameter features + MLP as one `torch.compile`d loop
             per tensor (`metacl.optim.compiled`; same numbers to float32 rounding, ~1.4x faster on CPU,
@@ -68,12 +69,14 @@ class LearnedOptimizer(torch.optim.Optimizer):
         meta: dict[str, Tensor] | None = None,
         config: nw.NetConfig | dict | None = None,
         lr: float = 1.0,
-        total_steps: int = 1000,
+        total_steps: int | None = None,
         chunk_size: int = 1 << 16,
         compile: bool = False,
     ):
         if lr < 0:
             raise MetaclError(f"LearnedOptimizer lr={lr} is negative; pass lr >= 0 (it multiplies the learned step)")
+        self.total_steps_given = total_steps is not None  # an explicit horizon is never overridden
+        total_steps = 1000 if total_steps is None else total_steps
         if total_steps < 1:
             raise MetaclError(f"LearnedOptimizer total_steps={total_steps}; pass the expected number of steps (>= 1)")
         cfg = nw.NetConfig.from_dict(config) if isinstance(config, dict) else (config or nw.NetConfig())
