@@ -8,24 +8,43 @@ import torch
 from metacl.cli.main import main
 from metacl.optim import load_meta
 from metacl.optim import network as nw
+from metacl.optim.baselines import tune_adamw
 from metacl.optim.meta_train import MetaTrainConfig, evaluate, meta_train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_short_meta_training_beats_a_poor_fixed_optimizer_on_heldout_toys(tmp_path):
-    # The "poor" optimizer is the untrained network with a tiny step (1e-4): Adam-like but far
-    # too slow for 8 steps per task. Meta-training must find better updates from the meta-loss
-    # alone; evaluation uses held-out episodes (different seeds from training).
-    cfg = MetaTrainConfig(family="toy", steps=25, inner_steps=8, init_lr=1e-4, meta_lr=0.05,
-                          eval_episodes=4, ckpt_every=100)
-    net = nw.NetConfig(init_lr=1e-4)
-    poor = evaluate(nw.init_meta(net, cfg.seed), net, cfg, cfg.eval_episodes, cfg.seed)["learned"]
+@pytest.mark.parametrize("head", ["mlp", "linear"])
+def test_short_meta_training_beats_a_tuned_adamw_on_heldout_toys(tmp_path, head):
+    # AdamW's lr is tuned over 4 values on validation episodes (seed stream 101), the learned optimizer
+    # starts Adam-like at that lr, and both are scored on the test episodes of `evaluate` (seed 0),
+    # which neither meta-training (its own per-step streams) nor the tuning saw.
+    #
+    # Why not the old test (untrained network at lr 1e-4 as the "poor" baseline, meta-loss < 0.6x it
+    # after 25 meta-steps): from lr 1e-4 the only way to a low loss is a ~1000x larger step, but Adam on
+    # log_scale (meta_lr 0.05) moves it by <= 0.05 per meta-step, so 25 steps can raise it <= e^1.25 ~ 3.5x
+    # (it went 1e-4 -> 2.1e-4); the remaining factor had to come from the bounded magnitude and per-tensor
+    # scale, through single-episode meta-gradients whose meta-loss swings 0.25-18 between episodes. Whether
+    # it crossed 0.6x was down to that trajectory (4.05 vs 0.6 * 5.00 here, the same numbers at every
+    # commit from the one that added the test, dd2d8e0, to 9d03101: not a regression, it never passed
+    # in this environment), and beating a crippled optimizer says nothing about beating a tuned one.
+    cfg = MetaTrainConfig(family="toy", steps=40, inner_steps=8, meta_lr=0.01, meta_batch=2,
+                          eval_episodes=8, ckpt_every=100, head=head)
+    best, table = tune_adamw(cfg, (0.03, 0.1, 0.3, 1.0), episodes=8, seed=101)
+    assert 0.03 < best < 1.0, f"the grid must bracket the tuned lr: {table}"
+    cfg.init_lr = cfg.baseline_lr = best
+    net = nw.NetConfig(init_lr=best, head=head)
+    untrained = evaluate(nw.init_meta(net, cfg.seed), net, cfg, cfg.eval_episodes, cfg.seed)
     summary = meta_train(cfg, tmp_path / "run", net=net, progress=False)
-    learned = summary["eval_heldout"]["learned"]
-    assert learned["meta_loss"] < 0.6 * poor["meta_loss"], (learned, poor)
-    assert learned["retain"] < poor["retain"]
+    learned, adam = summary["eval_heldout"]["learned"], summary["eval_heldout"]["adam"]
+    assert adam == untrained["adam"]  # the same test episodes and the same tuned AdamW
+    # the untrained network is Adam-like at the tuned lr: meta-training, not the start, must make the gap
+    assert untrained["learned"]["meta_loss"] > 0.9 * adam["meta_loss"], (untrained, adam)
+    assert learned["meta_loss"] < 0.9 * adam["meta_loss"], (learned, adam)
+    assert learned["retain"] < adam["retain"], (learned, adam)
+    # ... and not by learning less: each task's post-training loss stays within 25% of AdamW's
+    assert learned["learn"] < 1.25 * adam["learn"], (learned, adam)
     meta, _, info = load_meta(tmp_path / "run")
     assert info["seed"] == 0 and "git_commit" in info
 

@@ -192,3 +192,77 @@ def test_bf16_params_keep_float32_state_and_follow_the_float32_step():
         tol = (s0.abs() + d32.abs()) * 2**-7 + 1e-6   # bf16 rounding of the update and of the result
         assert ((d16 - d32).abs() <= tol).all(), f"{name}: bf16 step differs from the fp32 step beyond rounding"
         assert d32.abs().mean() > 2 * tol.mean(), "steps too small for this comparison to mean anything"
+
+
+def _previous_scalars_and_token(p, g, st, t, frac):
+    """`features.scalars_and_token` as it was before the reductions moved into `tensor_sums` (issue 15)."""
+    import math
+
+    pf, gf, m1 = p.reshape(-1), g.reshape(-1), st["m1"].reshape(-1)
+    n = pf.numel()
+    imp = st["imp"].reshape(-1)
+    rms = lambda ss: (ss / n + 1e-16).sqrt()
+    sc = {"rms_p": rms(torch.dot(pf, pf)) + 1e-6, "bc2": 1 - fe.BETA2**t}
+    sc["imp_min"], sc["imp_max"] = torch.aminmax(imp)
+    for k, d in zip(fe.MOMENTS, fe.DECAYS):
+        sc["bc_" + k] = 1 - d**t
+    bc = sc["bc_m1"]
+    rms_m = (torch.dot(m1, m1) / (bc * bc) / n + 1e-16).sqrt()
+    rms_g = rms(torch.dot(gf, gf))
+    align = (torch.dot(m1, gf) / bc / n) / (rms_m * rms_g + 1e-12)
+    prev = drift = torch.zeros((), dtype=pf.dtype)
+    if "imp_prev" in st:
+        ip = st["imp_prev"].reshape(-1)
+        sc["prev_min"], sc["prev_max"] = torch.aminmax(ip)
+        prev = (ip.mean() - sc["prev_min"]) / (sc["prev_max"] - sc["prev_min"] + 1e-12)
+        dlt = pf - st["anchor"].reshape(-1)
+        drift = (rms(torch.dot(dlt, dlt)) / sc["rms_p"]).clamp(max=10.0)
+    sc["imp_rng"] = sc["imp_max"] - sc["imp_min"] + 1e-12
+    if "imp_prev" in st:
+        sc["prev_rng"] = sc["prev_max"] - sc["prev_min"] + 1e-12
+    imp_mean = (imp.mean() - sc["imp_min"]) / sc["imp_rng"]
+    consts = torch.tensor([0.1 * math.log(n), float(frac), 1.0 if p.dim() <= 1 else 0.0], dtype=pf.dtype)
+    token = torch.stack([0.1 * torch.log(rms_g + 1e-12), 0.1 * torch.log(sc["rms_p"]), consts[0], consts[1],
+                         consts[2], prev, drift, align, imp_mean])
+    return sc, token
+
+
+def test_mlp_head_reductions_are_bit_identical_to_the_previous_implementation():
+    """The shipped (MLP-head) step must give exactly the numbers it gave before the issue-15 changes:
+    `scalars_and_token` now reads its reductions from `tensor_sums`; same ops, so torch.equal."""
+    g = torch.Generator().manual_seed(11)
+    p, grad = torch.randn(300, 301, generator=g), torch.randn(300, 301, generator=g) * 1e-2
+    st = fe.init_tensor_state(p)
+    for step in range(1, 6):
+        st = fe.advance_state(p, grad + 1e-3 * torch.randn(300, 301, generator=g), st)
+        if step == 3:
+            st = fe.consolidate_tensor(p, st)
+            p = p + 0.01 * torch.randn(300, 301, generator=g)
+        sc, tok = fe.scalars_and_token(p, grad, st, float(step), 0.2)
+        sc0, tok0 = _previous_scalars_and_token(p, grad, st, float(step), 0.2)
+        assert torch.equal(tok, tok0), step
+        assert sc.keys() == sc0.keys()
+        assert all(torch.equal(torch.as_tensor(sc[k]), torch.as_tensor(sc0[k])) for k in sc), step
+
+
+def test_one_pass_advance_and_sum_matches_separate_advance_and_reductions():
+    """The linear head's fused `advance_and_sum_`: the same state (bit for bit: elementwise) and the same
+    sums up to float32 summation order, across a consolidation, with a ragged last chunk."""
+    g = torch.Generator().manual_seed(12)
+    p = torch.randn(1000, 37, generator=g)
+    st_a = fe.init_tensor_state(p)
+    st_b = fe.init_tensor_state(p)
+    for step in range(4):
+        grad = torch.randn(1000, 37, generator=g) * 1e-2
+        if step == 2:
+            st_a = fe.consolidate_tensor(p, st_a)
+            st_b = {k: v.clone() for k, v in fe.consolidate_tensor(p, st_b).items()}
+            p = p + 0.01 * torch.randn(1000, 37, generator=g)
+        LearnedOptimizer._advance_inplace(p, grad, st_a, chunk=1000)
+        sums = fe.advance_and_sum_(p, grad, st_b, 999, torch.empty(999))
+        for k in st_a:
+            assert torch.equal(st_a[k], st_b[k]), (step, k)
+        ref = fe.tensor_sums(p, grad, st_a)
+        assert sums.keys() == ref.keys()
+        for k in ref:
+            torch.testing.assert_close(sums[k], ref[k], rtol=1e-5, atol=1e-9)

@@ -46,6 +46,12 @@ def register(subparsers) -> None:
                    help="stop after this many meta-steps skipped for a non-finite loss or gradient")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: autocast the episodes' forward passes (fp32 master weights)")
+    p.add_argument("--head", choices=["mlp", "linear"], default="mlp",
+                   help="per-parameter head: mlp (as the shipped weights) or linear (per-tensor coefficients, ~3x cheaper step)")
+    p.add_argument("--plasticity", type=float, default=0.0,
+                   help="weight of the plasticity term: each task's held-out new-task loss above AdamW's on the same episode")
+    p.add_argument("--plasticity-form", choices=["hinge", "ratio"], default="hinge")
+    p.add_argument("--plasticity-lr", type=float, default=None, help="lr of the reference AdamW (default: a tuned one is best)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -77,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         init_lr=args.init_lr, seed=args.seed, ckpt_every=args.ckpt_every, eval_episodes=args.eval_episodes,
         min_tasks=args.min_tasks, kinds=args.kinds, normalize=args.normalize, learn_reduce=args.learn_reduce,
         meta_batch=args.meta_batch, max_bad_steps=args.max_bad_steps, precision=args.precision,
+        head=args.head, plasticity=args.plasticity, plasticity_form=args.plasticity_form,
+        plasticity_lr=args.plasticity_lr,
     )
     summary = meta_train(cfg, args.out, resume=args.resume, progress=not args.no_progress,
                          command="metacl " + " ".join(sys.argv[1:]))

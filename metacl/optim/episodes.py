@@ -36,6 +36,7 @@ class Episode:
     tasks: list[tuple[list[Any], Any]]
     loss_fn: Callable[[nn.Module, dict[str, Tensor], Any], Tensor]
     scales: list[float] | None = None
+    tl_loss_fn: Callable[[nn.Module, dict[str, Tensor], Any], Tensor] | None = None  # new-task part of a held-out loss
 
 
 def _classifier_loss(model: nn.Module, params: dict[str, Tensor], batch) -> Tensor:

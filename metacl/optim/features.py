@@ -75,8 +75,12 @@ def _minmax(x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     return (x - lo) / (hi - lo + 1e-12)
 
 
-def param_features(p: Tensor, g: Tensor, st: dict[str, Tensor], sc: dict) -> Tensor:
-    """(N, N_PARAM_FEATURES) features for the (flattened) entries given; slices work too."""
+def param_features(p: Tensor, g: Tensor, st: dict[str, Tensor], sc: dict, clamp: bool = True) -> Tensor:
+    """(N, N_PARAM_FEATURES) features for the (flattened) entries given; slices work too.
+
+    `clamp=False` (the linear head): no clip to [-10, 10], so the update stays linear in the state
+    and its eager twin can fold all features into a few fused passes (`linear_update_`).
+    """
     p, g = p.reshape(-1), g.reshape(-1)
     denom = (st["v"].reshape(-1) / sc["bc2"] + 1e-16).sqrt() + EPS
     cols = [g / denom]
@@ -90,7 +94,8 @@ def param_features(p: Tensor, g: Tensor, st: dict[str, Tensor], sc: dict) -> Ten
     else:
         zero = torch.zeros_like(p)
         cols += [zero, zero]
-    return torch.stack(cols, dim=1).clamp(-10.0, 10.0)
+    out = torch.stack(cols, dim=1)
+    return out.clamp(-10.0, 10.0) if clamp else out
 
 
 def tensor_token(p: Tensor, g: Tensor, st: dict[str, Tensor], sc: dict, frac: float) -> Tensor:
@@ -150,39 +155,97 @@ def _flat_rms(sumsq: Tensor, n: int) -> Tensor:
 
 
 @torch.no_grad()
-def scalars_and_token(p: Tensor, g: Tensor, st: dict[str, Tensor], t: float, frac: float) -> tuple[dict, Tensor]:
-    """`tensor_scalars` and `tensor_token` in one go, from flat reductions (no autograd)."""
+def tensor_sums(p: Tensor, g: Tensor, st: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The whole-tensor reductions `scalars_and_token` needs, one read of each tensor (no autograd)."""
     pf, gf, m1 = p.reshape(-1), g.reshape(-1), st["m1"].reshape(-1)
-    n = pf.numel()
     imp = st["imp"].reshape(-1)
-    sc: dict[str, Tensor | float] = {"rms_p": _flat_rms(torch.dot(pf, pf), n) + 1e-6, "bc2": 1 - BETA2**t}
-    sc["imp_min"], sc["imp_max"] = torch.aminmax(imp)
+    out = {"pp": torch.dot(pf, pf), "mm": torch.dot(m1, m1), "gg": torch.dot(gf, gf), "mg": torch.dot(m1, gf)}
+    out["imp_min"], out["imp_max"] = torch.aminmax(imp)
+    out["imp_mean"] = imp.mean()
+    if "imp_prev" in st:
+        ip = st["imp_prev"].reshape(-1)
+        out["prev_min"], out["prev_max"] = torch.aminmax(ip)
+        out["prev_mean"] = ip.mean()
+        dlt = pf - st["anchor"].reshape(-1)
+        out["dd"] = torch.dot(dlt, dlt)
+    return out
+
+
+@torch.no_grad()
+def scalars_and_token(p: Tensor, g: Tensor, st: dict[str, Tensor], t: float, frac: float,
+                      sums: dict[str, Tensor] | None = None) -> tuple[dict, Tensor]:
+    """`tensor_scalars` and `tensor_token` in one go, from flat reductions (no autograd).
+
+    `sums`: the reductions of `tensor_sums`, if the caller already has them (the linear head
+    accumulates them chunk by chunk while it advances the state, `advance_and_sum_`).
+    """
+    n = p.numel()
+    sums = tensor_sums(p, g, st) if sums is None else sums
+    sc: dict[str, Tensor | float] = {"rms_p": _flat_rms(sums["pp"], n) + 1e-6, "bc2": 1 - BETA2**t}
+    sc["imp_min"], sc["imp_max"] = sums["imp_min"], sums["imp_max"]
     for k, d in zip(MOMENTS, DECAYS):
         sc["bc_" + k] = 1 - d**t
     bc = sc["bc_m1"]
     # m = m1 / bc:  mean(m * g) = (m1 . g) / (bc n),  mean(m^2) = (m1 . m1) / (bc^2 n)
-    rms_m = (torch.dot(m1, m1) / (bc * bc) / n + 1e-16).sqrt()
-    rms_g = _flat_rms(torch.dot(gf, gf), n)
-    align = (torch.dot(m1, gf) / bc / n) / (rms_m * rms_g + 1e-12)
-    zero = torch.zeros((), dtype=pf.dtype, device=pf.device)
+    rms_m = (sums["mm"] / (bc * bc) / n + 1e-16).sqrt()
+    rms_g = _flat_rms(sums["gg"], n)
+    align = (sums["mg"] / bc / n) / (rms_m * rms_g + 1e-12)
+    zero = torch.zeros((), dtype=torch.float32, device=p.device)
     prev = drift = zero
     if "imp_prev" in st:
-        ip = st["imp_prev"].reshape(-1)
-        sc["prev_min"], sc["prev_max"] = torch.aminmax(ip)
-        prev = (ip.mean() - sc["prev_min"]) / (sc["prev_max"] - sc["prev_min"] + 1e-12)
-        dlt = pf - st["anchor"].reshape(-1)
-        drift = (_flat_rms(torch.dot(dlt, dlt), n) / sc["rms_p"]).clamp(max=10.0)
-        del dlt
+        sc["prev_min"], sc["prev_max"] = sums["prev_min"], sums["prev_max"]
+        prev = (sums["prev_mean"] - sc["prev_min"]) / (sc["prev_max"] - sc["prev_min"] + 1e-12)
+        drift = (_flat_rms(sums["dd"], n) / sc["rms_p"]).clamp(max=10.0)
     sc["imp_rng"] = sc["imp_max"] - sc["imp_min"] + 1e-12      # per-tensor, so chunks do not recompute it
     if "imp_prev" in st:
         sc["prev_rng"] = sc["prev_max"] - sc["prev_min"] + 1e-12
-    imp_mean = (imp.mean() - sc["imp_min"]) / sc["imp_rng"]
-    consts = torch.tensor([0.1 * math.log(n), float(frac), 1.0 if p.dim() <= 1 else 0.0], dtype=pf.dtype, device=pf.device)
+    imp_mean = (sums["imp_mean"] - sc["imp_min"]) / sc["imp_rng"]
+    consts = torch.tensor([0.1 * math.log(n), float(frac), 1.0 if p.dim() <= 1 else 0.0], dtype=torch.float32, device=p.device)
     token = torch.stack([
         0.1 * torch.log(rms_g + 1e-12), 0.1 * torch.log(sc["rms_p"]), consts[0], consts[1], consts[2],
         prev, drift, align, imp_mean,
     ])
     return sc, token
+
+
+@torch.no_grad()
+def advance_and_sum_(p: Tensor, g: Tensor, st: dict[str, Tensor], chunk: int, tmp: Tensor) -> dict[str, Tensor]:
+    """Advance the state in place (as `advance_state`) and return `tensor_sums` of the result.
+
+    One pass over memory: each chunk of the gradient, parameter and statistics is advanced and
+    then reduced while it is still in cache, instead of five update passes and seven reduction
+    passes over whole tensors. p, g and the statistics must be contiguous float32; `tmp` is a
+    (chunk,) work buffer. The sums are chunk-wise partial sums added up, so they equal the
+    whole-tensor ones up to float32 summation order.
+    """
+    names = (*MOMENTS, "v", "imp")
+    flat = {k: st[k].view(-1) for k in names}
+    pf, gf, n = p.view(-1), g.view(-1), p.numel()
+    cons = "imp_prev" in st
+    ip, an = (st["imp_prev"].view(-1), st["anchor"].view(-1)) if cons else (None, None)
+    parts: list[list[Tensor]] = []
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        pc, gc, c = pf[s:e], gf[s:e], {k: v[s:e] for k, v in flat.items()}
+        for k, d in zip(MOMENTS, DECAYS):
+            c[k].lerp_(gc, 1 - d)
+        c["v"].mul_(BETA2).addcmul_(gc, gc, value=1 - BETA2)
+        c["imp"].lerp_(torch.mul(gc, pc, out=tmp[: e - s]).abs_(), 1 - IMP_DECAY)
+        m1 = c["m1"]
+        lo, hi = torch.aminmax(c["imp"])
+        row = [torch.dot(pc, pc), torch.dot(m1, m1), torch.dot(gc, gc), torch.dot(m1, gc), lo, hi, c["imp"].sum()]
+        if cons:
+            lo2, hi2 = torch.aminmax(ip[s:e])
+            dl = torch.sub(pc, an[s:e], out=tmp[: e - s])
+            row += [lo2, hi2, ip[s:e].sum(), torch.dot(dl, dl)]
+        parts.append(row)
+    cols = torch.stack([torch.stack(r) for r in parts])  # (chunks, k)
+    tot = cols.sum(0)
+    out = {"pp": tot[0], "mm": tot[1], "gg": tot[2], "mg": tot[3], "imp_min": cols[:, 4].min(),
+           "imp_max": cols[:, 5].max(), "imp_mean": tot[6] / n}
+    if cons:
+        out.update(prev_min=cols[:, 7].min(), prev_max=cols[:, 8].max(), prev_mean=tot[9] / n, dd=tot[10])
+    return out
 
 
 @torch.no_grad()
@@ -206,3 +269,35 @@ def param_features_into(out: Tensor, scratch: Tensor, p: Tensor, g: Tensor, st: 
     else:
         out[6:8].zero_()
     return out.clamp_(-10.0, 10.0)
+
+
+@torch.no_grad()
+def linear_update_(p: Tensor, g: Tensor, st: dict[str, Tensor], sc: dict, coef: list[float], alpha: float,
+                   num: Tensor, den: Tensor) -> Tensor:
+    """Linear head, in place: p -= alpha * (param_features(p, g, st, sc, clamp=False) @ coef).
+
+    All arguments are flat (N,) slices of one tensor; `num`, `den` are (N,) work buffers; `sc`
+    holds floats (`rms_p`, `imp_min`, `imp_rng`, [`prev_min`, `prev_rng`]) and the bias corrections.
+    The per-feature divisions are folded into the coefficients, so the features are never
+    materialised: the moments are summed into one numerator divided once by the RMS, and the
+    parameter, importance and drift features become scaled adds (12 passes over a chunk, 15 after
+    `consolidate`). Min-max features are shifted before scaling (not folded into a constant) so a
+    near-constant importance cannot cancel catastrophically. Same numbers as the formula up to
+    float32 rounding (tests/test_learned_optimizer_speed.py).
+    """
+    c = coef
+    torch.div(st["v"], sc["bc2"], out=den).add_(1e-16).sqrt_().add_(EPS)
+    torch.mul(g, c[0], out=num)
+    for j, k in enumerate(MOMENTS):
+        num.add_(st[k], alpha=c[1 + j] / sc["bc_" + k])
+    consolidated = "imp_prev" in st
+    kp = (c[4] + (c[7] if consolidated else 0.0)) / sc["rms_p"]
+    p.mul_(1.0 - alpha * kp)  # the value (and drift) features read the old p: scale it first
+    p.addcdiv_(num, den, value=-alpha)
+    torch.sub(st["imp"], sc["imp_min"], out=num)
+    p.add_(num, alpha=-alpha * c[5] / sc["imp_rng"])
+    if consolidated:
+        torch.sub(st["imp_prev"], sc["prev_min"], out=num)
+        p.add_(num, alpha=-alpha * c[6] / sc["prev_rng"])
+        p.add_(st["anchor"], alpha=alpha * c[7] / sc["rms_p"])
+    return p

@@ -37,11 +37,14 @@ def compute_updates(
     """
     scal = [fe.tensor_scalars(p, g, st, t) for p, g, st in entries]
     tokens = torch.stack([fe.tensor_token(p, g, st, sc, frac) for (p, g, st), sc in zip(entries, scal)])
-    h_bias, log_s = nw.tensor_conditioning(meta, nw.tensor_context(meta, cfg, tokens))
+    cond, log_s = nw.tensor_conditioning(meta, nw.tensor_context(meta, cfg, tokens))
     out = []
     for i, ((p, g, st), sc) in enumerate(zip(entries, scal)):
-        feats = fe.param_features(p, g, st, sc)
-        out.append(nw.param_update(meta, cfg, feats, h_bias[i], log_s[i]).view_as(p).to(p.dtype))
+        if cfg.head == "linear":
+            u = nw.linear_update(meta, fe.param_features(p, g, st, sc, clamp=False), cond[i], log_s[i])
+        else:
+            u = nw.param_update(meta, cfg, fe.param_features(p, g, st, sc), cond[i], log_s[i])
+        out.append(u.view_as(p).to(p.dtype))
     return out
 
 

@@ -159,6 +159,11 @@ def _lm_loss(model: nn.Module, params: dict[str, Tensor], batch) -> Tensor:
     return lm_loss(model, params, batch)
 
 
+def _tl_loss(model: nn.Module, params: dict[str, Tensor], batch) -> Tensor:
+    """The new-fact part of a held-out batch (probes of this task's facts), for the plasticity term."""
+    return lm_loss(model, params, batch[0])
+
+
 def lm_episode(rng: random.Random, cfg, pool: str = "meta"):
     """A pretrained tiny Llama learning `cfg.tasks_per_episode` tasks of new-fact documents."""
     s = LM
@@ -185,7 +190,7 @@ def lm_episode(rng: random.Random, cfg, pool: str = "meta"):
                                              s.block_size))
         tasks.append((batches, (probe_batch(tok, rows), old_batch)))
     params = {k: v.clone() for k, v in state.items()}
-    return Episode(model, params, tasks, _lm_loss)
+    return Episode(model, params, tasks, _lm_loss, tl_loss_fn=_tl_loss)
 
 
 def digits_lm_episode(rng: random.Random, cfg, pool: str = "meta"):

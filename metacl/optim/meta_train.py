@@ -7,7 +7,8 @@ boundary). The meta-loss is
     sum_i  L_i(after task i)                     learn each task
   + retention * mean_{j < n} L_j(after the last task)   ... and still know the earlier ones
 
-where L_j is cross-entropy on task j's *held-out* split. The second term is what the anchors'
+where L_j is cross-entropy on task j's *held-out* split (`plasticity > 0` adds a charge for learning
+any task less than AdamW does on the same episode: `metacl.optim.plasticity`). The second term is what the anchors'
 learned optimizers (VeLO, Vettoruzzo et al.) leave out: it rewards an optimizer that learns the
 new task without overwriting what the old ones need.
 
@@ -77,6 +78,11 @@ class MetaTrainConfig:
     meta_batch: int = 1              # episodes per meta-step (split over torchrun ranks); 1 = one episode
     max_bad_steps: int = 10          # stop after this many skipped (non-finite) meta-steps
     precision: str = "fp32"          # fp32 | bf16 (autocast around the episode's forward passes)
+    # pricing plasticity (metacl.optim.plasticity): + plasticity * sum_i shortfall of TL_i against AdamW's
+    plasticity: float = 0.0          # weight; 0 = off
+    plasticity_form: str = "hinge"   # hinge | ratio
+    plasticity_lr: float | None = None  # AdamW lr of the reference run (None = baseline_lr); use a tuned one
+    head: str = "mlp"                # the optimizer network's per-parameter head (metacl.optim.network.HEADS)
 
     def check(self) -> None:
         if self.family not in FAMILIES:
@@ -99,6 +105,13 @@ class MetaTrainConfig:
         if self.meta_batch < 1 or self.max_bad_steps < 1 or self.ckpt_every < 1:
             raise MetaclError(f"--meta-batch ({self.meta_batch}), --max-bad-steps ({self.max_bad_steps}) and "
                               f"--ckpt-every ({self.ckpt_every}) must be >= 1")
+        if self.head not in nw.HEADS:
+            raise MetaclError(f"--head {self.head!r}: use one of {', '.join(nw.HEADS)}")
+        if self.plasticity < 0 or self.plasticity_form not in ("hinge", "ratio"):
+            raise MetaclError(f"--plasticity {self.plasticity} must be >= 0 and --plasticity-form "
+                              f"{self.plasticity_form!r} one of hinge, ratio")
+        if self.plasticity_lr is not None and not self.plasticity_lr > 0:
+            raise MetaclError(f"--plasticity-lr {self.plasticity_lr} must be > 0 (the reference AdamW's lr)")
         from metacl.precision import check_precision
 
         check_precision(self.precision)
@@ -129,8 +142,10 @@ def episode_loss(ep: Episode, opt, cfg: MetaTrainConfig, differentiable: bool = 
 
     `opt` is a LearnedFunctional (consolidated at task boundaries) or any engine optimizer.
     """
+    from metacl.optim import plasticity as pl
+
     params, state, step = ep.params, None, 0
-    learn, after = [], []
+    learn, after, tl = [], [], []
     for i, (train_batches, _) in enumerate(ep.tasks):
         if state is None:
             state = opt.init(params)
@@ -144,6 +159,8 @@ def episode_loss(ep: Episode, opt, cfg: MetaTrainConfig, differentiable: bool = 
         if not differentiable:
             params = {k: v.detach() for k, v in params.items()}
         learn.append(ep.loss_fn(ep.model, params, ep.tasks[i][1]))
+        if cfg.plasticity > 0:
+            tl.append(pl.tl_loss(ep, params, i) if ep.tl_loss_fn is not None else learn[-1])
         if hasattr(opt, "consolidate"):
             state = opt.consolidate(params, state)
     old = [ep.loss_fn(ep.model, params, ep.tasks[j][1]) for j in range(len(ep.tasks) - 1)]
@@ -157,6 +174,10 @@ def episode_loss(ep: Episode, opt, cfg: MetaTrainConfig, differentiable: bool = 
         "learn": float(torch.stack(learn).detach().mean()),
         "retain": float(torch.stack(old).detach().mean()) if old else float("nan"),
     }
+    if cfg.plasticity > 0:
+        gap = pl.penalty(tl, pl.reference_tl(ep, cfg), cfg.plasticity_form)
+        loss = loss + cfg.plasticity * gap
+        parts["plasticity_gap"] = float(gap.detach())
     return loss, parts
 
 
@@ -226,7 +247,9 @@ class OptimizerMetaLearner:
     def __init__(self, cfg: MetaTrainConfig, out: str | Path, info, net: nw.NetConfig | None = None,
                  command: str | None = None):
         self.cfg, self.out, self.dist = cfg, Path(out), info
-        self.net = net or nw.NetConfig(init_lr=cfg.init_lr)
+        if net is not None and net.head != cfg.head:
+            raise MetaclError(f"meta_train: net.head={net.head!r} but cfg.head={cfg.head!r}; set both to the same head")
+        self.net = net or nw.NetConfig(init_lr=cfg.init_lr, head=cfg.head)
         self.command = command or " ".join(["metacl"] + sys.argv[1:])
         self.step, self.bad_steps = 0, 0
         self.setup()
@@ -248,7 +271,7 @@ class OptimizerMetaLearner:
         episodes = [FAMILIES[cfg.family](rng, cfg, "meta") for _ in range(cfg.meta_batch)]
         mine = dist.shard(range(cfg.meta_batch), info)
         self.mopt.zero_grad()
-        sums = torch.zeros(3, dtype=torch.float64)  # meta_loss, learn, retain summed over my episodes
+        sums = torch.zeros(4, dtype=torch.float64)  # meta_loss, learn, retain, plasticity gap summed over my episodes
         bad = False
         for i in mine:
             if cfg.estimator == "es":
@@ -271,7 +294,8 @@ class OptimizerMetaLearner:
                     (loss / len(mine)).backward()
                 else:
                     bad = True
-            sums += torch.tensor([L, parts["learn"], parts["retain"]], dtype=torch.float64)
+            sums += torch.tensor([L, parts["learn"], parts["retain"], parts.get("plasticity_gap", float("nan"))],
+                                 dtype=torch.float64)
         for v in meta.values():
             if v.grad is None:
                 v.grad = torch.zeros_like(v)
@@ -283,10 +307,12 @@ class OptimizerMetaLearner:
         if not bad:
             torch.nn.utils.clip_grad_norm_(list(meta.values()), cfg.clip)
             self.mopt.step()
-        L, learn, retain = (float(x) for x in stats)
+        L, learn, retain, gap = (float(x) for x in stats)
         self.step += 1
         row = {"step": self.step, "meta_loss": L, "learn": learn, "retain": retain, "skipped": bad,
                "lr": float(meta["log_scale"].detach().exp()), "time_s": round(time.time() - self.t0, 2)}
+        if cfg.plasticity > 0:
+            row["plasticity_gap"] = gap
         if bad:
             self.bad_steps += 1
             row["reason"] = "non-finite meta-loss" if not math.isfinite(L) else "non-finite meta-gradient"

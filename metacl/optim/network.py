@@ -42,13 +42,38 @@ class NetConfig:
     n_token_features: int = N_TOKEN_FEATURES
     init_lr: float = 1e-3       # exp(log_scale) at init: the Adam-like learning rate
     max_log_mag: float = 2.0    # exp(magnitude) is clamped to [exp(-6), exp(max_log_mag)]
+    head: str = "mlp"           # per-parameter head: "mlp" (the shipped weights) or "linear" (see HEADS)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "NetConfig":
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        cfg = cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        if cfg.head not in HEADS:
+            from metacl.errors import MetaclError
+
+            raise MetaclError(f"NetConfig head={cfg.head!r} is unknown; use one of {', '.join(HEADS)}")
+        return cfg
+
+
+# The per-parameter head. "mlp": a GELU MLP on every parameter's features (F -> H -> 2, plus a
+# linear skip), conditioned per tensor through a hidden bias; what the shipped weights use. It costs
+# ~350 flop and 16 GELUs per parameter, which alone is 3-4x a whole AdamW step on CPU (see
+# docs/benchmarks.md). "linear": the transformer emits, per tensor, one coefficient per feature
+# and the update is that tensor's linear mix of the (unclamped) features times its step scale:
+# ~10 flop per parameter, a few fused passes over the state, the cost class of AdamW. It keeps
+# everything that is per-tensor (the tensor tokens, the attention over them, the continual-learning
+# features) and gives up the per-parameter nonlinearity; it needs its own meta-trained weights.
+HEADS = ("mlp", "linear")
+# The linear head's context path is damped: coefficients = coef.b + CTX_COEF_SCALE * ctx @ coef.w.
+# Why: Adam (the meta-optimizer) moves every entry of a coef.w column by ~meta_lr per step, all in
+# the same direction early on, so an undamped path shifts a coefficient by ~d_model * meta_lr * |ctx|
+# per meta-step, which wrecked short meta-trainings on the toy family (held-out meta-loss 1.04 ->
+# 6.34 in 40 steps); damped by 0.1 the same run reached 0.29, against a tuned AdamW's 1.03
+# (experiments/lo_toy_tuned.py, docs/results/lo_toy_tuned/summary.json).
+# Under Adam a constant factor is a per-parameter-group learning rate, so this is that, built in.
+CTX_COEF_SCALE = 0.1
 
 
 def init_meta(cfg: NetConfig, seed: int = 0) -> dict[str, Tensor]:
@@ -70,6 +95,16 @@ def init_meta(cfg: NetConfig, seed: int = 0) -> dict[str, Tensor]:
         for n in ("ln1", "ln2"):
             meta[pre + n + ".g"] = torch.ones(d)
             meta[pre + n + ".b"] = torch.zeros(d)
+    if cfg.head == "linear":
+        # coefficients = coef.b + ctx @ coef.w; coef.b picks m(0.9)/sqrt(v) and coef.w is small, so the
+        # untrained optimizer is close to Adam(beta1=0.9) with lr = init_lr, as for the MLP head (coef.w
+        # is not 0 so that the meta-gradient reaches the transformer from the first step)
+        meta["ctx_s.w"] = torch.zeros(d)
+        meta["coef.w"] = w(d, Fp, std=0.1 / math.sqrt(d))  # x CTX_COEF_SCALE: ~0.01/sqrt(d) in effect
+        meta["coef.b"] = torch.zeros(Fp)
+        meta["coef.b"][SKIP_FEATURE] = 1.0
+        meta["log_scale"] = torch.tensor(math.log(cfg.init_lr))
+        return meta
     meta["ctx_h.w"] = w(d, H, std=0.1 / math.sqrt(d))
     meta["ctx_s.w"] = torch.zeros(d)
     meta["mlp1.w"] = w(Fp, H, std=1 / math.sqrt(Fp))
@@ -105,8 +140,19 @@ def tensor_context(meta: dict[str, Tensor], cfg: NetConfig, tokens: Tensor) -> T
 
 
 def tensor_conditioning(meta: dict[str, Tensor], ctx: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-tensor hidden bias (T, H) and bounded log step-scale (T,) from the context vectors."""
-    return ctx @ meta["ctx_h.w"], 2.0 * torch.tanh(ctx @ meta["ctx_s.w"])
+    """Per-tensor conditioning from the context vectors, and the bounded log step-scale (T,).
+
+    MLP head: the hidden bias (T, H). Linear head: the feature coefficients (T, F).
+    """
+    log_s = 2.0 * torch.tanh(ctx @ meta["ctx_s.w"])
+    if "coef.w" in meta:
+        return meta["coef.b"] + CTX_COEF_SCALE * (ctx @ meta["coef.w"]), log_s
+    return ctx @ meta["ctx_h.w"], log_s
+
+
+def linear_update(meta: dict[str, Tensor], feats: Tensor, coef: Tensor, log_s: Tensor) -> Tensor:
+    """Linear head: (N, F) unclamped features -> (N,) update, one tensor's coefficients (F,)."""
+    return (feats.to(coef.dtype) @ coef) * torch.exp(meta["log_scale"] + log_s)
 
 
 def param_update(meta: dict[str, Tensor], cfg: NetConfig, feats: Tensor, h_bias: Tensor, log_s: Tensor) -> Tensor:
