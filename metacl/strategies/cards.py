@@ -38,6 +38,10 @@ CARDS: dict[str, Card] = {
     "random": Card(
         "w = the predictor's weights shuffled within each document (or uniform with a given mean)",
         "A control, not a published method: same weight budget as the predictor, random placement."),
+    "salient_span": Card(
+        "w_t = 1 if the label token belongs to a capitalised word or a number, 0 elsewhere",
+        "A control, not a published method: salient-span masking (the hand-made weighting CaMeLS compares against), "
+        "applied to the next-token labels of each CKL document."),
     "mix_review": Card(
         "n_mix(e) = round(ratio * decay^(e-1) * B) pre-training documents added to each batch of B",
         "The 'pre-training data' is the base LM's own pre-training corpus (--old-corpus); the decay runs per epoch "
