@@ -25,6 +25,19 @@ COMMAND_MODULES = [
     "metacl.cli.meta_train", # metacl meta-train token-weighting | optimizer
     "metacl.cli.demo",       # metacl demo (the README main command)
 ]
+# The top-level command each module registers and its one-line help, repeated here so that
+# `metacl --help`, `--version` and a mistyped command list the commands without importing the
+# command modules (they pull in torch and transformers: seconds of start-up). Only the command
+# actually typed is registered for real. tests/test_ux.py checks that this table and the
+# modules' own `add_parser(..., help=...)` agree.
+COMMAND_HELP = {
+    "data": ("metacl.cli.data", "generate data sets (metacl data world)"),
+    "pretrain": ("metacl.cli.pretrain", "pretrain a small Llama-style base LM (and its tokenizer) from scratch"),
+    "ckl": ("metacl.cli.ckl", "continual knowledge learning: run, compare, list strategies"),
+    "meta-train": ("metacl.cli.meta_train", "meta-train a meta-learner (token-weighting, optimizer)"),
+    "demo": ("metacl.cli.demo", "end to end on a CPU: world, base LM, token weighter; finetune, lora and taalm "
+             "compared in one table and plot"),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,7 +66,14 @@ def _deepest_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser = subs[0].choices[chosen]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _typed_command(argv: list[str]) -> str | None:
+    """The top-level command in `argv` (its first word that is not an option), or None."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `metacl` parser. With `argv`, only the command typed there is registered for real (the
+    others are help-only placeholders, see COMMAND_HELP); without, every command is."""
     parser = _Parser(
         prog="metacl",
         description="Meta-learning for continual learning of language models.",
@@ -62,8 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"metacl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    typed = _typed_command(argv) if argv is not None else None
+    lazy = argv is not None and all(name in {m for m, _ in COMMAND_HELP.values()} for name in COMMAND_MODULES)
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        command = next((c for c, (m, _) in COMMAND_HELP.items() if m == name), None)
+        if lazy and command != typed:
+            sub.add_parser(command, help=COMMAND_HELP[command][1])
+        else:
+            importlib.import_module(name).register(sub)
     return parser
 
 
@@ -73,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     Returns instead of exiting so tests can call it in-process; argparse's own exits (--help,
     --version, a refused option) are turned into return codes too.
     """
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:  # name the subcommand whose options were wrong, not the top-level parser

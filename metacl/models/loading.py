@@ -106,6 +106,32 @@ def quiet_hf_loading():
             hf_logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def quiet_hf_saving():
+    """Silence transformers' "Writing model shards" bar of `save_pretrained` (one per save).
+
+    Why: the demo and every meta-training validation save models often; each save printed a bar
+    line into the console output between metacl's own progress lines (issue 17, item 8).
+    """
+    with quiet_hf_loading():
+        yield
+
+
+@contextlib.contextmanager
+def quiet_peft_wrap():
+    """Hide the one FutureWarning PEFT triggers while wrapping a model, nothing else.
+
+    Why: `get_peft_model` probes `model.is_gradient_checkpointing`, a property transformers 5
+    deprecated, so every LoRA run printed a deprecation warning the user can do nothing about.
+    The filter matches that message only and lasts only for the wrap.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 # Pickle-based weight files: loading them means unpickling, which can run arbitrary code.
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
