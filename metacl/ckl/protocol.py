@@ -53,6 +53,7 @@ import torch
 from metacl.ckl.config import CklConfig
 from metacl.ckl.metrics import probe_accuracy
 from metacl.ckl.optimizers import build_optimizer
+from metacl.ckl.preflight import fit_run_to_model
 from metacl.ckl.report import plot_runs, read_rows, summarize, table_markdown
 from metacl.checkpoint import find_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from metacl.ckl.train import TooManyBadSteps, train_task
@@ -149,7 +150,7 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
     cfg.validate()
     for n in cfg.strategies:  # unknown names fail before anything is written
         get_strategy(n)
-    check_causal_lm_path(cfg.model)  # so does a wrong --model
+    model_config = check_causal_lm_path(cfg.model)  # so does a wrong --model
     for strat in build_strategies(cfg.strategies, cfg.strategy_options):  # and a strategy's bad inputs
         strat.preflight(cfg.model)
     data = load_ckl_data(cfg.data, tl=cfg.tl, nf=cfg.nf, tl_val=cfg.tl_val)
@@ -163,6 +164,7 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
         tl_test, tl_val = carve_tl_val(tl, cfg.tl_val_fraction)
         val_source, train_items = f"carved {len(tl_val)} of {len(tl)} TL items (trained on, not scored as TL)", tl
     train_docs = [it.evidence for it in train_items]
+    fit_run_to_model(cfg, model_config, {"TL": tl_test, "NF": nf, "TL_val": tl_val})  # --max-length vs the model's context
     old_corpus = read_corpus([cfg.old_corpus]) if cfg.old_corpus else list(data.old_corpus)
 
     from metacl import distributed as D

@@ -87,8 +87,11 @@ def run(args: argparse.Namespace) -> int:
     for name in ("inner_lr", "outer_lr"):  # bad input is refused before --out is touched (H6)
         if not getattr(args, name) > 0:
             raise MetaclError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    from metacl.models.context import fit_max_length
+    from metacl.models.loading import check_causal_lm_path
     from metacl.utils import check_out_kind
 
+    args.max_length = fit_max_length(check_causal_lm_path(args.model), args.max_length)  # clamp to the model's context
     check_out_kind(args.out, "meta-train token-weighting")
     device = torch.device(args.device) if args.device else default_device()
     from metacl import distributed
