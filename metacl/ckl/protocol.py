@@ -104,7 +104,7 @@ def _prefix_fn(strategies: list[Strategy], ctx: TrainContext) -> Callable[[Any],
 def _prepare_out(cfg: CklConfig) -> Path:
     from metacl.utils import check_run_folder
 
-    out = check_run_folder(cfg.out, "ckl run", cfg.hash())
+    out = check_run_folder(cfg.out, "ckl run", cfg.hash(), cfg.identity())
     cfg_path = out / "config.json"
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cfg_path, {"hash": cfg.hash(), "config": cfg.identity()})

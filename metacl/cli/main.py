@@ -93,6 +93,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def resume_hint(args: argparse.Namespace) -> str:
+    """What to do after Ctrl-C, for the command that was stopped (each resumes its own way)."""
+    cmd = getattr(args, "command", None)
+    if cmd == "meta-train":
+        return "rerun the same command with --resume to continue from OUT/checkpoint"
+    if cmd == "demo" or (cmd == "ckl" and getattr(args, "ckl_command", None) in ("run", "sequence")):
+        return "rerun the same command to resume (finished seeds and steps are kept)"
+    if cmd == "pretrain":
+        return "pretraining does not resume: rerun the same command to start it again"
+    return "rerun the same command"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code (0 ok, 2 bad input, 130 interrupted).
 
@@ -118,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metacl: error: {' '.join(str(e).split())}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("metacl: interrupted", file=sys.stderr)
+        print(f"metacl: interrupted; {resume_hint(args)}", file=sys.stderr)
         return 130
     return int(rc or 0)
 

@@ -68,6 +68,8 @@ def check_causal_lm_path(path: str | os.PathLike):
         raise MetaclError(f"model path {p} does not exist; pass a folder written by save_pretrained (e.g. `metacl pretrain --out DIR`)")
     if not p.is_dir():
         raise MetaclError(f"model path {p} is a file, not a model folder; pass the folder written by save_pretrained")
+    if not (p / "config.json").is_file() and (p / "adapter_config.json").is_file():
+        raise MetaclError(_adapter_message(p))
     if not (p / "config.json").is_file():
         raise MetaclError(f"model path {p} has no config.json (not a saved model); pass a folder written by save_pretrained")
     try:
@@ -83,6 +85,20 @@ def check_causal_lm_path(path: str | os.PathLike):
         )
     check_safetensors_weights(p)  # pickle-only or weightless folders fail here too, before any output
     return config
+
+
+def _adapter_message(p: Path) -> str:
+    """The error for a PEFT adapter folder given as a model: what it is, and the two ways on."""
+    import json
+
+    try:
+        base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        base = None
+    on = f"its base model {base}" if base else "its base model"
+    return (f"model path {p} holds a PEFT adapter (adapter_config.json), not a full model; metacl loads whole "
+            f"models only: merge it into {on} (PeftModel.from_pretrained(base, '{p}').merge_and_unload()"
+            ".save_pretrained(DIR), with the tokenizer) and pass DIR, or pass the base model itself")
 
 
 @contextlib.contextmanager
