@@ -69,6 +69,10 @@ class CklConfig:
             raise MetaclError("no seeds given; pass e.g. --seeds 0 1 2")
         if not self.strategies:
             raise MetaclError("no strategy given; pass e.g. --strategy finetune (see `metacl ckl strategies`)")
+        twice = sorted({s for s in self.strategies if list(self.strategies).count(s) > 1})
+        if twice:  # `--strategy taalm taalm` would apply taalm's weights twice, silently
+            raise MetaclError(f"--strategy lists {', '.join(twice)} more than once; give each strategy once "
+                              f"(they compose: --strategy {' '.join(dict.fromkeys(self.strategies))})")
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise MetaclError(f"--batch-size must be a positive integer, got {self.batch_size}")
         if self.max_items is not None and self.max_items < 2:

@@ -53,8 +53,9 @@ import torch
 from metacl.ckl.config import CklConfig
 from metacl.ckl.metrics import probe_accuracy
 from metacl.ckl.optimizers import build_optimizer
+from metacl.ckl.guidance import warn_if_stalled
 from metacl.ckl.preflight import fit_run_to_model
-from metacl.ckl.report import plot_runs, read_rows, summarize, table_markdown
+from metacl.ckl.report import plot_runs, read_rows, run_name, summarize, table_markdown
 from metacl.checkpoint import find_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from metacl.ckl.train import TooManyBadSteps, train_task
 from metacl.errors import MetaclError
@@ -188,7 +189,7 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
     trains = any(get_strategy(n).trains for n in cfg.strategies)
     last_epoch = cfg.epochs if trains else 0
     ckpt_dir = out / "checkpoint"
-    log(f"ckl run {'+'.join(cfg.strategies)}: TL {len(tl_test)} scored, TL_val {len(tl_val)} ({val_source}), "
+    log(f"ckl run {run_name(cfg.strategies, cfg.optimizer)}: TL {len(tl_test)} scored, TL_val {len(tl_val)} ({val_source}), "
         f"NF {len(nf)}, {len(train_docs)} training documents, old corpus {len(old_corpus)} docs, device {device}"
         + (f", {info.world_size} data-parallel ranks" if info.enabled else ""))
 
@@ -225,7 +226,7 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
         return {"rank": info.rank}
     wanted = set(cfg.seeds)  # the folder may hold more seeds from an earlier call; report the asked ones
     summ = summarize([r for r in rows if r["seed"] in wanted])
-    name = "+".join(cfg.strategies)
+    name = run_name(cfg.strategies, cfg.optimizer)
     summary = {"name": name, "hash": cfg.hash(), "strategies": cfg.strategies, "model": cfg.model,
                "data": cfg.data or {"tl": cfg.tl, "nf": cfg.nf, "tl_val": cfg.tl_val},
                "n_tl": len(tl_test), "n_nf": len(nf), "n_tl_val": len(tl_val), "tl_val_source": val_source,
@@ -275,6 +276,8 @@ def _run_seed(cfg, seed, device, tl_test, nf, tl_val, train_docs, old_corpus, tr
         loss = stats.get("train_loss")
         log(f"seed {seed} epoch {epoch:>2}: TL {row['tl_acc']:.3f} NF {row['nf_acc']:.3f} val {row['val_acc']:.3f}{em}"
             + (f" loss {loss:.3f}" if loss is not None else "") + f" ({row['seconds']:.0f}s)")
+        if cfg.progress:  # TL not moving after the first epochs: say what to change (silent in meta-validations)
+            warn_if_stalled(rows, epoch, cfg, ctx.model, seed)
         D.barrier(info)
 
     if not trains:  # in-context learning and other non-training methods: one evaluation

@@ -151,6 +151,14 @@ def read_rows(path: str | Path) -> list[dict]:
     return rows
 
 
+def run_name(strategies: Sequence[str], optimizer: str | None = "adamw") -> str:
+    """A run's name in tables and plots: its strategies joined by '+', and the optimizer when it
+    is not the default AdamW ('taalm [learned]'), so that `--optimizer learned` runs do not look
+    like AdamW runs in `ckl compare`."""
+    name = "+".join(strategies)
+    return name if optimizer in (None, "", "adamw") else f"{name} [{optimizer}]"
+
+
 def load_run(out_dir: str | Path) -> tuple[str, dict]:
     """(name, summary) of a finished `ckl run` folder, recomputed from its metrics.jsonl."""
     d = Path(out_dir)
@@ -163,6 +171,8 @@ def load_run(out_dir: str | Path) -> tuple[str, dict]:
     rows = [r for r in read_rows(d / "metrics.jsonl") if not seeds or r["seed"] in seeds]
     summ = summarize(rows) if rows else stored
     name = stored.get("name") or d.name
+    if stored.get("strategies") and stored.get("optimizer") and name == "+".join(stored["strategies"]):
+        name = run_name(stored["strategies"], stored["optimizer"])  # summaries written before names had it
     return name, summ
 
 
