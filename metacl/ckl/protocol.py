@@ -234,7 +234,7 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
     write_json_atomic(out / "summary.json", summary)
     table = table_markdown([(name, summ)])
     (out / "table.md").write_text(table)
-    plot_runs([(name, summ)], out / "plot.png")
+    plot_runs([(name, summ)], out / "plot.png", full_axis=getattr(cfg, "plot_full_axis", False))
     return summary
 
 

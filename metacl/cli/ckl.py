@@ -55,6 +55,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help=f"stop after N steps skipped for NaN/inf loss or gradients (default {d.max_bad_steps}; 0 = never)")
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="bf16: autocast forward passes (fp32 weights); default fp32")
+    p.add_argument("--plot-full-axis", action="store_true", default=d.plot_full_axis,
+                   help="plot.png: accuracy panels on a fixed [0, 1] axis (default: zoom to the data)")
 
 
 def _add_strategy_args(p: argparse.ArgumentParser) -> None:
@@ -82,7 +84,14 @@ def register(sub) -> None:
     cmp_ = subsub.add_parser("compare", help="merge the tables and plots of several runs")
     cmp_.add_argument("runs", nargs="+", metavar="OUT", help="--out folders of `metacl ckl run`")
     cmp_.add_argument("--out", metavar="DIR", default=None, help="write table.md and plot.png here")
+    cmp_.add_argument("--full-axis", action="store_true", help="accuracy panels on a fixed [0, 1] axis (default: zoom to the data)")
     cmp_.set_defaults(func=cmd_compare)
+
+    show = subsub.add_parser("show", help="print a finished or running run's table and where its plots are")
+    show.add_argument("run_dir", metavar="OUT", help="--out folder of `metacl ckl run`")
+    show.add_argument("--plot", metavar="FILE", default=None, help="also draw the epochs evaluated so far into FILE (.png)")
+    show.add_argument("--full-axis", action="store_true", help="with --plot: accuracy panels on a fixed [0, 1] axis")
+    show.set_defaults(func=cmd_show)
 
     st = subsub.add_parser("strategies", help="list every registered strategy")
     st.set_defaults(func=cmd_strategies)
@@ -178,9 +187,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from metacl.utils import check_out_kind
 
         check_out_kind(args.out, "ckl compare")
-    print(compare(args.runs, args.out), end="")
+    print(compare(args.runs, args.out, full_axis=args.full_axis), end="")
     if args.out:
         print(f"wrote {args.out}/table.md and {args.out}/plot.png")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from metacl.ckl.show import show_run
+
+    print(show_run(args.run_dir, plot=args.plot, full_axis=args.full_axis), end="")
     return 0
 
 
