@@ -35,7 +35,8 @@ def stalled_message(rows: Sequence[dict], epoch: int, epochs: int, optimizer: st
     if optimizer == "learned":
         fix = "raise --learned-lr (e.g. 2) or train more epochs"
     elif n_params is not None and n_params < SMALL_MODEL and lr <= 3e-4:
-        fix = (f"for a {n_params / 1e6:.1f}M-parameter model try --lr 1e-3 (what `metacl demo` uses for its "
+        size = f"{n_params / 1e6:.1f}M" if n_params >= 1e6 else f"{n_params / 1e3:.0f}k"
+        fix = (f"for a {size}-parameter model try --lr 1e-3 (what `metacl demo` uses for its "
                "~1M-parameter base LM), or train more epochs")
     else:
         fix = "raise --lr (e.g. x3) or train more epochs"

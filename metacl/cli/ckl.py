@@ -39,11 +39,14 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=["adamw", "sgd", "learned"], default=d.optimizer, help="default adamw")
     p.add_argument("--optimizer-path", metavar="DIR", help="weights of the learned optimizer (default: shipped weights)")
     p.add_argument("--learned-lr", type=float, default=d.learned_lr, help="multiplier on the learned optimizer's step (default 1)")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate for adamw/sgd (default {d.lr})")
+    p.add_argument("--lr", type=float, default=d.lr,
+                   help=f"learning rate for adamw/sgd (default {d.lr:g}, a large-model value; ~1M-parameter models such as "
+                   "metacl's tiny/small presets learn at 1e-3, see README)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default 0")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="gradient-norm clip, 0 = off (default 1)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"documents per step (default {d.batch_size})")
-    p.add_argument("--max-length", type=int, default=d.max_length, help=f"tokens per training window (default {d.max_length})")
+    p.add_argument("--max-length", type=int, default=d.max_length,
+                   help=f"tokens per training window (default {d.max_length}; clamped to the model's context)")
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="probes per forward pass (default 32)")
     p.add_argument("--no-exact-match", dest="exact_match", action="store_false", default=True,
                    help="skip greedy-generation exact match (faster)")
