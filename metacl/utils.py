@@ -148,7 +148,7 @@ def option_differences(stored: dict, current: dict, limit: int = 4) -> str:
                 out[f"{pre}{k}"] = v
         return out
 
-    a, b = flat(stored), flat(current)
+    a, b = flat(stored), flat(json.loads(json.dumps(current, default=str)))  # compare as config.json stores them
     diff = [k for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
     shown = [f"{k.split('.')[-1] if k.startswith('strategy_options.') else k} "
              f"{a.get(k, 'unset')!s} -> {b.get(k, 'unset')!s}" for k in diff[:limit]]
