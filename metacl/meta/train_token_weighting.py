@@ -476,7 +476,7 @@ class MetaTrainer:
         if self.step == 0 and self.validate is not None and self.cfg.val_every > 0 and self.cfg.val_at_start:
             self._validate()  # step 0: the untrained weighter (~ plain fine-tuning) as the reference
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc="meta-train token-weighting",
-                   disable=not self.progress or not self.dist.is_main)
+                   disable=(not self.progress or not self.dist.is_main) or None)  # None: no bar when not a TTY
         ckpt_every = self.cfg.ckpt_every or max(1, min(self.cfg.val_every or 25, 25))
         while self.step < self.cfg.steps:
             row = self.meta_step()
