@@ -352,3 +352,9 @@ def test_pretrain_and_lora_runs_print_no_shard_bars_nor_the_peft_warning(env, tm
                          capture_output=True, text=True, timeout=300, env=env_vars)
     assert res.returncode == 0, res.stderr
     assert "is_gradient_checkpointing" not in res.stderr and "Writing model shards" not in res.stderr, res.stderr
+    res = subprocess.run([sys.executable, "-m", "metacl", "meta-train", "token-weighting", "--model", str(tmp_path / "lm"),
+                          "--data", str(env["world"]), "--out", str(tmp_path / "tw"), "--steps", "2", "--meta-batch", "1",
+                          "--inner-steps", "1", "--val-every", "0", "--max-length", "16"],
+                         capture_output=True, text=True, timeout=300, env=env_vars)
+    assert res.returncode == 0, res.stderr
+    assert "it/s" not in res.stderr and "Writing model shards" not in res.stderr, res.stderr  # no bars off a TTY
