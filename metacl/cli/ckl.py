@@ -70,7 +70,7 @@ def _add_strategy_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("ckl", help="continual knowledge learning: run, compare, list strategies")
+    p = sub.add_parser("ckl", help="continual knowledge learning: run, show, compare, list strategies, sequences")
     subsub = p.add_subparsers(dest="ckl_command", metavar="COMMAND")
 
     run = subsub.add_parser("run", help="train a strategy on TL documents, probe TL/NF every epoch",

@@ -33,7 +33,7 @@ COMMAND_MODULES = [
 COMMAND_HELP = {
     "data": ("metacl.cli.data", "generate data sets (metacl data world)"),
     "pretrain": ("metacl.cli.pretrain", "pretrain a small Llama-style base LM (and its tokenizer) from scratch"),
-    "ckl": ("metacl.cli.ckl", "continual knowledge learning: run, compare, list strategies"),
+    "ckl": ("metacl.cli.ckl", "continual knowledge learning: run, show, compare, list strategies, sequences"),
     "meta-train": ("metacl.cli.meta_train", "meta-train a meta-learner (token-weighting, optimizer)"),
     "demo": ("metacl.cli.demo", "end to end on a CPU: world, base LM, token weighter; finetune, lora and taalm "
              "compared in one table and plot"),
