@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "metacl.cli.pretrain",   # metacl pretrain
     "metacl.cli.ckl",        # metacl ckl run | compare | strategies | sequence
     "metacl.cli.meta_train", # metacl meta-train token-weighting | optimizer
+    "metacl.cli.visualize",  # metacl visualize (token weights of a document)
     "metacl.cli.demo",       # metacl demo (the README main command)
 ]
 # The top-level command each module registers and its one-line help, repeated here so that
@@ -35,6 +36,7 @@ COMMAND_HELP = {
     "pretrain": ("metacl.cli.pretrain", "pretrain a small Llama-style base LM (and its tokenizer) from scratch"),
     "ckl": ("metacl.cli.ckl", "continual knowledge learning: run, show, compare, list strategies, sequences"),
     "meta-train": ("metacl.cli.meta_train", "meta-train a meta-learner (token-weighting, optimizer)"),
+    "visualize": ("metacl.cli.visualize", "shade a document's tokens by a token weighter's weights"),
     "demo": ("metacl.cli.demo", "end to end on a CPU: world, base LM, token weighter; finetune, lora and taalm "
              "compared in one table and plot"),
 }
@@ -90,6 +92,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             sub.add_parser(command, help=COMMAND_HELP[command][1])
         else:
             importlib.import_module(name).register(sub)
+    from metacl.cli.config import prepare
+
+    prepare(parser)  # --config, defaults in --help, resolved config for every command
     return parser
 
 
@@ -122,10 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from metacl.cli.config import record, resolve
     from metacl.errors import MetaclError
 
     try:
+        args = resolve(args, _deepest_parser(parser, args).command())
         rc = args.func(args)
+        if not rc:
+            record(args)
     except MetaclError as e:
         print(f"metacl: error: {' '.join(str(e).split())}", file=sys.stderr)
         return e.exit_code

@@ -73,7 +73,7 @@ def check_probes_fit(tokenizer: Any, items: Sequence[Any], context: int | None, 
     """
     if context is None or not items:
         return
-    from metacl.ckl.metrics import item_field, split_probe
+    from metacl.core.probes import item_field, split_probe
 
     fulls, extra = [], []
     for it in items:
