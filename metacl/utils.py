@@ -93,7 +93,8 @@ def default_device(requested: str | torch.device | None = None, info=None) -> to
 
 def run_kind(out: str | os.PathLike) -> str | None:
     """The kind of metacl run stored in folder `out` ("ckl run", "ckl sequence", "meta-train optimizer",
-    "meta-train token-weighting", "pretrain"), or None when it holds none (or does not exist)."""
+    "meta-train token-weighting", "pretrain"), "saved model" for a model folder metacl did not
+    pretrain, or None when it holds none (or does not exist)."""
     out = Path(out)
     if not out.is_dir():
         return None
@@ -106,8 +107,9 @@ def run_kind(out: str | os.PathLike) -> str | None:
         if isinstance(js, dict) and "hash" in js:
             inner = js.get("config") if isinstance(js.get("config"), dict) else {}
             return "ckl sequence" if "world" in inner and "periods" in inner else "ckl run"
-        if isinstance(js, dict) and "model_type" in js:
-            return "pretrain"
+        if isinstance(js, dict) and "model_type" in js:  # a model folder: metacl's own pretrain, or the user's
+            return "pretrain" if (out / "pretrain.json").is_file() or (out / "pretrain_log.jsonl").is_file() \
+                else "saved model"
     if (out / "best" / "token_weighter.json").is_file() or (out / "last" / "token_weighter.json").is_file():
         return "meta-train token-weighting"
     state = out / "checkpoint" / "state.json"
@@ -136,16 +138,42 @@ def check_out_kind(out: str | os.PathLike, kind: str) -> None:
     if Path(out).exists() and not Path(out).is_dir():
         raise MetaclError(f"--out {out} is a file, not a folder; pass a new or existing folder")
     found = run_kind(out)
+    if found == "saved model":  # e.g. --out pointing at the user's own base model by mistake
+        raise MetaclError(f"--out {out} holds a saved model (config.json of a model), not a metacl run; choose a "
+                          "new --out folder (that model folder is left as it is)")
     if found is not None and found != kind:
         raise MetaclError(f"--out {out} holds a `metacl {found}` run, not a `metacl {kind}` run; "
                           "choose a new --out folder (or delete the old one)")
 
 
-def check_run_folder(out: str | os.PathLike, kind: str, config_hash: str) -> Path:
+def option_differences(stored: dict, current: dict, limit: int = 4) -> str:
+    """'lr 0.001 -> 0.05, epochs 5 -> 8' for the options two run identities disagree on.
+
+    Nested dicts (strategy options) are compared key by key; options only one side has count as
+    differing (shown as `unset`). Why: "config hash a != b" told a user nothing they could act on.
+    """
+    def flat(d: dict, pre: str = "") -> dict:
+        out = {}
+        for k, v in (d or {}).items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{pre}{k}."))
+            else:
+                out[f"{pre}{k}"] = v
+        return out
+
+    a, b = flat(stored), flat(json.loads(json.dumps(current, default=str)))  # compare as config.json stores them
+    diff = [k for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    shown = [f"{k.split('.')[-1] if k.startswith('strategy_options.') else k} "
+             f"{a.get(k, 'unset')!s} -> {b.get(k, 'unset')!s}" for k in diff[:limit]]
+    return ", ".join(shown) + (f" and {len(diff) - limit} more" if len(diff) > limit else "")
+
+
+def check_run_folder(out: str | os.PathLike, kind: str, config_hash: str, identity: dict | None = None) -> Path:
     """Refuse an `--out` that another run owns, before anything is written; returns it as a Path.
 
     Why one function: `ckl run` and `ckl sequence` resume into their `--out`, so the folder must be
-    empty, or hold a run of the same kind whose `config.json` hash equals this one's.
+    empty, or hold a run of the same kind whose `config.json` hash equals this one's. `identity`
+    (what config.json stores under "config") lets the refusal name the options that differ.
     """
     from metacl.errors import MetaclError
 
@@ -158,8 +186,10 @@ def check_run_folder(out: str | os.PathLike, kind: str, config_hash: str) -> Pat
         except json.JSONDecodeError as e:
             raise MetaclError(f"{cfg_path} is corrupt ({e.msg}); delete the folder or choose another --out") from e
         if stored.get("hash") != config_hash:
-            raise MetaclError(f"--out {out} holds a different run (config hash {stored.get('hash')} != {config_hash}); "
-                              "choose a new --out folder or delete the old one")
+            diff = option_differences(stored.get("config") or {}, identity) if identity is not None else ""
+            what = f"options differ: {diff}" if diff else f"config hash {stored.get('hash')} != {config_hash}"
+            raise MetaclError(f"--out {out} holds a different run ({what}); rerun with its options to resume, or "
+                              "choose a new --out folder (or delete the old one)")
     elif out.is_dir() and any(out.iterdir()):
         raise MetaclError(f"--out {out} is not empty and holds no metacl run (no config.json); choose a new or empty folder")
     return out

@@ -282,7 +282,9 @@ def run_sequence(cfg: SequenceConfig, log: Callable[[str], None] = print) -> dic
         for n in spec.split("+"):
             get_strategy(n)
     # every input is checked before --out is touched, so a refused run leaves nothing behind (H6)
-    check_causal_lm_path(cfg.model)
+    from metacl.models.context import fit_max_length
+
+    cfg.max_length = fit_max_length(check_causal_lm_path(cfg.model), cfg.max_length)  # clamp to the model's context
     world = load_world(cfg.world)
     for spec in cfg.strategies:
         for strat in build_strategies(spec.split("+"), cfg.strategy_options):

@@ -19,7 +19,7 @@ from metacl.errors import MetaclError
 # Options that do not change the numbers a run produces. `seeds` is left out on purpose: each
 # seed's rows depend only on the other options, so a finished run can be extended with more
 # seeds (`--seeds 0 1 2` after `--seeds 0`) in the same folder.
-_NOT_HASHED = {"out", "device", "progress", "eval_batch_size", "seeds", "ckpt_every", "max_bad_steps"}
+_NOT_HASHED = {"out", "device", "progress", "eval_batch_size", "seeds", "ckpt_every", "max_bad_steps", "plot_full_axis"}
 # Options added later that do change results: hashed only when not at their default, so the
 # folders of runs made before they existed keep their hash and still resume.
 _HASHED_IF_NOT_DEFAULT = {"precision": "fp32"}
@@ -55,6 +55,7 @@ class CklConfig:
     ckpt_every: int | None = None        # training steps between mid-seed checkpoints; None = once per epoch, 0 = off
     max_bad_steps: int = 10              # stop after this many skipped (non-finite) steps; 0 = never stop
     precision: str = "fp32"              # fp32 | bf16 (autocast around forward passes, fp32 weights)
+    plot_full_axis: bool = False         # plot.png accuracy panels on [0, 1] instead of zoomed to the data
 
     def validate(self) -> "CklConfig":
         if not self.model:
@@ -69,6 +70,10 @@ class CklConfig:
             raise MetaclError("no seeds given; pass e.g. --seeds 0 1 2")
         if not self.strategies:
             raise MetaclError("no strategy given; pass e.g. --strategy finetune (see `metacl ckl strategies`)")
+        twice = sorted({s for s in self.strategies if list(self.strategies).count(s) > 1})
+        if twice:  # `--strategy taalm taalm` would apply taalm's weights twice, silently
+            raise MetaclError(f"--strategy lists {', '.join(twice)} more than once; give each strategy once "
+                              f"(they compose: --strategy {' '.join(dict.fromkeys(self.strategies))})")
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise MetaclError(f"--batch-size must be a positive integer, got {self.batch_size}")
         if self.max_items is not None and self.max_items < 2:

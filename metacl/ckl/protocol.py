@@ -50,8 +50,10 @@ from typing import Any, Callable
 import torch
 
 from metacl.ckl.config import CklConfig
+from metacl.ckl.guidance import warn_if_stalled
+from metacl.ckl.preflight import fit_run_to_model
 from metacl.core.probes import probe_accuracy
-from metacl.ckl.report import plot_runs, read_rows, summarize, table_markdown
+from metacl.ckl.report import plot_runs, read_rows, run_name, summarize, table_markdown
 from metacl.checkpoint import find_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from metacl.ckl.stream import Probe, build_strategies, run_tasks
 from metacl.ckl.train import TooManyBadSteps
@@ -74,7 +76,7 @@ def carve_tl_val(tl: list, fraction: float = 0.1) -> tuple[list, list]:
 def _prepare_out(cfg: CklConfig) -> Path:
     from metacl.utils import check_run_folder
 
-    out = check_run_folder(cfg.out, "ckl run", cfg.hash())
+    out = check_run_folder(cfg.out, "ckl run", cfg.hash(), cfg.identity())
     cfg_path = out / "config.json"
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cfg_path, {"hash": cfg.hash(), "config": cfg.identity()})
@@ -109,7 +111,7 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
     cfg.validate()
     for n in cfg.strategies:  # unknown names fail before anything is written
         get_strategy(n)
-    check_causal_lm_path(cfg.model)  # so does a wrong --model
+    model_config = check_causal_lm_path(cfg.model)  # so does a wrong --model
     checked = build_strategies(cfg.strategies, cfg.strategy_options)  # and a strategy's bad inputs
     for strat in checked:
         strat.preflight(cfg.model)
@@ -124,6 +126,7 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
         tl_test, tl_val = carve_tl_val(tl, cfg.tl_val_fraction)
         val_source, train_items = f"carved {len(tl_val)} of {len(tl)} TL items (trained on, not scored as TL)", tl
     train_docs = [it.evidence for it in train_items]
+    fit_run_to_model(cfg, model_config, {"TL": tl_test, "NF": nf, "TL_val": tl_val})  # --max-length vs the model's context
     old_corpus = read_corpus([cfg.old_corpus]) if cfg.old_corpus else list(data.old_corpus)
 
     from metacl import distributed as D
@@ -147,7 +150,7 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
     trains = any(s.trains for s in checked)
     last_epoch = cfg.epochs if trains else 0
     ckpt_dir = out / "checkpoint"
-    log(f"ckl run {'+'.join(cfg.strategies)}: TL {len(tl_test)} scored, TL_val {len(tl_val)} ({val_source}), "
+    log(f"ckl run {run_name(cfg.strategies, cfg.optimizer)}: TL {len(tl_test)} scored, TL_val {len(tl_val)} ({val_source}), "
         f"NF {len(nf)}, {len(train_docs)} training documents, old corpus {len(old_corpus)} docs, device {device}"
         + (f", {info.world_size} data-parallel ranks" if info.enabled else ""))
 
@@ -184,7 +187,7 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
         return {"rank": info.rank}
     wanted = set(cfg.seeds)  # the folder may hold more seeds from an earlier call; report the asked ones
     summ = summarize([r for r in rows if r["seed"] in wanted])
-    name = "+".join(cfg.strategies)
+    name = run_name(cfg.strategies, cfg.optimizer)
     summary = {"name": name, "hash": cfg.hash(), "strategies": cfg.strategies, "model": cfg.model,
                "data": cfg.data or {"tl": cfg.tl, "nf": cfg.nf, "tl_val": cfg.tl_val},
                "n_tl": len(tl_test), "n_nf": len(nf), "n_tl_val": len(tl_val), "tl_val_source": val_source,
@@ -192,7 +195,7 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
     write_json_atomic(out / "summary.json", summary)
     table = table_markdown([(name, summ)])
     (out / "table.md").write_text(table)
-    plot_runs([(name, summ)], out / "plot.png")
+    plot_runs([(name, summ)], out / "plot.png", full_axis=getattr(cfg, "plot_full_axis", False))
     return summary
 
 
@@ -233,6 +236,8 @@ def _run_seed(cfg: CklConfig, seed: int, probes: dict[str, list], train_docs: li
         loss = stats.get("train_loss")
         log(f"seed {seed} epoch {epoch:>2}: TL {row['tl_acc']:.3f} NF {row['nf_acc']:.3f} val {row['val_acc']:.3f}{em}"
             + (f" loss {loss:.3f}" if loss is not None else "") + f" ({row['seconds']:.0f}s)")
+        if cfg.progress:  # TL not moving after the first epochs: say what to change (silent in meta-validations)
+            warn_if_stalled(rows, epoch, cfg, ctx.model, seed)
         D.barrier(info)
 
     def save_state(tensors: dict, state: dict) -> None:

@@ -106,33 +106,108 @@ def table_markdown(runs: Sequence[tuple[str, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_runs(runs: Sequence[tuple[str, dict]], path: str | Path) -> Path:
-    """TL and NF accuracy against epoch: mean over seeds, band = ± one std."""
+# Panels of a run's plot: (curve key, title, y label, bounded in [0, 1]). "total" is TL + NF.
+PLOT_PANELS = (
+    ("tl_acc", "To-Learn (TL) accuracy", "teacher-forced accuracy", True),
+    ("nf_acc", "Not-To-Forget (NF) accuracy", "teacher-forced accuracy", True),
+    ("total", "Total Knowledge (TL + NF)", "TL acc + NF acc", False),
+    ("val_acc", "TL_val accuracy (chooses the honest epoch)", "teacher-forced accuracy", True),
+    ("train_loss", "training loss (mean over the epoch)", "token-weighted NLL", False),
+)
+# How the epochs each protocol chose are marked on every panel.
+PROTOCOL_MARKERS = {"paper": ("*", 13, "paper: best TL test epoch"), "honest": ("D", 7, "honest: epoch by tl_val")}
+
+
+def _curve(summ: dict, key: str) -> tuple[list, list]:
+    """(mean, std) per epoch of `key`; Total Knowledge is the sum of the TL and NF means (no band)."""
+    curves = summ["curves"]
+    if key == "total":
+        tl, nf = curves["tl_acc"], curves["nf_acc"]
+        mean = [a["mean"] + b["mean"] if a["mean"] is not None and b["mean"] is not None else None
+                for a, b in zip(tl, nf)]
+        return mean, [None] * len(mean)
+    cs = curves.get(key) or [{"mean": None, "std": None}] * len(summ["epochs"])
+    return [c["mean"] for c in cs], [c["std"] for c in cs]
+
+
+def chosen_epochs(summ: dict, proto: str) -> list[int]:
+    """The distinct epochs `proto` ("paper" or "honest") chose over the run's seeds."""
+    return sorted({int(v[proto]["epoch"]) for v in summ.get("per_seed", {}).values()})
+
+
+def plot_runs(runs: Sequence[tuple[str, dict]], path: str | Path, full_axis: bool = False) -> Path:
+    """Five panels against epoch (TL, NF, Total Knowledge, TL_val, training loss): mean over seeds,
+    band = ± one std, the epochs the paper and honest protocols chose marked on every curve.
+
+    Why the marks: the table reports one epoch per protocol, and the plot should show where it
+    sits on each curve (NF at the epoch TL peaked, say). Epoch ticks are integers. `full_axis`
+    fixes accuracy panels to [0, 1], so that a 0.005 move does not fill the panel and look like
+    a collapse; by default the axes zoom to the data.
+    """
+    fig = plot_figure(runs, full_axis)  # selects the Agg backend before pyplot is imported here
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_figure(runs: Sequence[tuple[str, dict]], full_axis: bool = False):
+    """The matplotlib figure `plot_runs` saves (tests inspect its axes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
-    for ax, key, title in ((axes[0], "tl_acc", "To-Learn (TL) accuracy"), (axes[1], "nf_acc", "Not-To-Forget (NF) accuracy")):
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7.6))
+    flat = list(axes.flat)
+    colors = {}
+    for ax, (key, title, ylabel, bounded) in zip(flat, PLOT_PANELS):
+        drawn = False
         for name, summ in runs:
             ep = summ["epochs"]
-            mean = [c["mean"] for c in summ["curves"][key]]
-            sd = [c["std"] or 0.0 for c in summ["curves"][key]]
-            (line,) = ax.plot(ep, mean, marker="o", ms=3, label=name)
-            ax.fill_between(ep, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
-                            color=line.get_color(), alpha=0.2)
-        ax.set_title(title)
+            mean, sd = _curve(summ, key)
+            pts = [(e, m, s) for e, m, s in zip(ep, mean, sd) if m is not None]
+            if not pts:
+                continue
+            xs, ms, ss = [p[0] for p in pts], [p[1] for p in pts], [p[2] or 0.0 for p in pts]
+            (line,) = ax.plot(xs, ms, marker="o", ms=3, label=name, color=colors.get(name))
+            colors[name] = line.get_color()
+            drawn = True
+            if any(p[2] for p in pts):
+                ax.fill_between(xs, [m - s for m, s in zip(ms, ss)], [m + s for m, s in zip(ms, ss)],
+                                color=line.get_color(), alpha=0.2)
+            at = dict(zip(xs, ms))
+            for proto, (mk, size, _) in PROTOCOL_MARKERS.items():
+                for e in chosen_epochs(summ, proto):
+                    if e in at:
+                        ax.plot([e], [at[e]], linestyle="none", marker=mk, ms=size, color=line.get_color(),
+                                markeredgecolor="black", markeredgewidth=0.6, zorder=5 if proto == "paper" else 6)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("teacher-forced accuracy")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+        if full_axis and bounded:
+            ax.set_ylim(0, 1)
+        elif full_axis and key == "total":
+            ax.set_ylim(0, 2)
+        if not drawn:
+            ax.text(0.5, 0.5, "no values (no training epochs)", ha="center", va="center", transform=ax.transAxes)
+    legend_ax = flat[len(PLOT_PANELS)]
+    legend_ax.axis("off")
+    handles = [Line2D([], [], color=c, marker="o", ms=4, label=n) for n, c in colors.items()]
+    handles += [Line2D([], [], linestyle="none", marker=mk, ms=size * 0.8, color="gray", markeredgecolor="black",
+                       label=label) for mk, size, label in PROTOCOL_MARKERS.values()]
+    legend_ax.legend(handles=handles, loc="center", fontsize=9, frameon=False,
+                     title="runs; marks: the epoch each protocol chose\n(one mark per seed's choice)" + ("" if full_axis else
+                                                                           "\n(axes zoom to the data)"))
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -151,6 +226,14 @@ def read_rows(path: str | Path) -> list[dict]:
     return rows
 
 
+def run_name(strategies: Sequence[str], optimizer: str | None = "adamw") -> str:
+    """A run's name in tables and plots: its strategies joined by '+', and the optimizer when it
+    is not the default AdamW ('taalm [learned]'), so that `--optimizer learned` runs do not look
+    like AdamW runs in `ckl compare`."""
+    name = "+".join(strategies)
+    return name if optimizer in (None, "", "adamw") else f"{name} [{optimizer}]"
+
+
 def load_run(out_dir: str | Path) -> tuple[str, dict]:
     """(name, summary) of a finished `ckl run` folder, recomputed from its metrics.jsonl."""
     d = Path(out_dir)
@@ -163,10 +246,12 @@ def load_run(out_dir: str | Path) -> tuple[str, dict]:
     rows = [r for r in read_rows(d / "metrics.jsonl") if not seeds or r["seed"] in seeds]
     summ = summarize(rows) if rows else stored
     name = stored.get("name") or d.name
+    if stored.get("strategies") and stored.get("optimizer") and name == "+".join(stored["strategies"]):
+        name = run_name(stored["strategies"], stored["optimizer"])  # summaries written before names had it
     return name, summ
 
 
-def compare(out_dirs: Sequence[str | Path], out: str | Path | None = None) -> str:
+def compare(out_dirs: Sequence[str | Path], out: str | Path | None = None, full_axis: bool = False) -> str:
     """Merged markdown table (returned) and, if `out` is given, table.md + plot.png there."""
     if not out_dirs:
         raise MetaclError("no runs to compare; pass one or more --out folders of `metacl ckl run`")
@@ -179,5 +264,5 @@ def compare(out_dirs: Sequence[str | Path], out: str | Path | None = None) -> st
         o = Path(out)
         o.mkdir(parents=True, exist_ok=True)
         (o / "table.md").write_text(table)
-        plot_runs(runs, o / "plot.png")
+        plot_runs(runs, o / "plot.png", full_axis=full_axis)
     return table

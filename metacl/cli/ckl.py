@@ -35,11 +35,14 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=["adamw", "sgd", "learned"], default=d.optimizer, help="default adamw")
     p.add_argument("--optimizer-path", metavar="DIR", help="weights of the learned optimizer (default: shipped weights)")
     p.add_argument("--learned-lr", type=float, default=d.learned_lr, help="multiplier on the learned optimizer's step (default 1)")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate for adamw/sgd (default {d.lr})")
+    p.add_argument("--lr", type=float, default=d.lr,
+                   help=f"learning rate for adamw/sgd (default {d.lr:g}, a large-model value; ~1M-parameter models such as "
+                   "metacl's tiny/small presets learn at 1e-3, see README)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default 0")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="gradient-norm clip, 0 = off (default 1)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"documents per step (default {d.batch_size})")
-    p.add_argument("--max-length", type=int, default=d.max_length, help=f"tokens per training window (default {d.max_length})")
+    p.add_argument("--max-length", type=int, default=d.max_length,
+                   help=f"tokens per training window (default {d.max_length}; clamped to the model's context)")
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="probes per forward pass (default 32)")
     p.add_argument("--no-exact-match", dest="exact_match", action="store_false", default=True,
                    help="skip greedy-generation exact match (faster)")
@@ -51,6 +54,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help=f"stop after N steps skipped for NaN/inf loss or gradients (default {d.max_bad_steps}; 0 = never)")
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="bf16: autocast forward passes (fp32 weights); default fp32")
+    p.add_argument("--plot-full-axis", action="store_true", default=d.plot_full_axis,
+                   help="plot.png: accuracy panels on a fixed [0, 1] axis (default: zoom to the data)")
 
 
 def _add_strategy_args(p: argparse.ArgumentParser) -> None:
@@ -61,7 +66,7 @@ def _add_strategy_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("ckl", help="continual knowledge learning: run, compare, list strategies")
+    p = sub.add_parser("ckl", help="continual knowledge learning: run, show, compare, list strategies, sequences")
     subsub = p.add_subparsers(dest="ckl_command", metavar="COMMAND")
 
     run = subsub.add_parser("run", help="train a strategy on TL documents, probe TL/NF every epoch",
@@ -74,7 +79,14 @@ def register(sub) -> None:
     cmp_ = subsub.add_parser("compare", help="merge the tables and plots of several runs")
     cmp_.add_argument("runs", nargs="+", metavar="OUT", help="--out folders of `metacl ckl run`")
     cmp_.add_argument("--out", metavar="DIR", default=None, help="write table.md and plot.png here")
+    cmp_.add_argument("--full-axis", action="store_true", help="accuracy panels on a fixed [0, 1] axis (default: zoom to the data)")
     cmp_.set_defaults(func=cmd_compare)
+
+    show = subsub.add_parser("show", help="print a finished or running run's table and where its plots are")
+    show.add_argument("run_dir", metavar="OUT", help="--out folder of `metacl ckl run`")
+    show.add_argument("--plot", metavar="FILE", default=None, help="also draw the epochs evaluated so far into FILE (.png)")
+    show.add_argument("--full-axis", action="store_true", help="with --plot: accuracy panels on a fixed [0, 1] axis")
+    show.set_defaults(func=cmd_show)
 
     st = subsub.add_parser("strategies", help="list every registered strategy, or show one's formula and options")
     st.add_argument("name", nargs="?", metavar="NAME",
@@ -150,9 +162,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from metacl.utils import check_out_kind
 
         check_out_kind(args.out, "ckl compare")
-    print(compare(args.runs, args.out), end="")
+    print(compare(args.runs, args.out, full_axis=args.full_axis), end="")
     if args.out:
         print(f"wrote {args.out}/table.md and {args.out}/plot.png")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from metacl.ckl.show import show_run
+
+    print(show_run(args.run_dir, plot=args.plot, full_axis=args.full_axis), end="")
     return 0
 
 

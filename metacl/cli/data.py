@@ -15,7 +15,8 @@ def register(sub) -> None:
     w.add_argument("--paraphrases", type=int, default=4, help="templates per old fact in the corpus (1-4)")
     w.set_defaults(func=_world)
     c = subsub.add_parser("check", help="validate LAMA-ckl-schema JSONL files (exit 2 naming file, line, field)")
-    c.add_argument("files", nargs="+", metavar="FILE")
+    c.add_argument("files", nargs="+", metavar="FILE",
+                   help="JSONL files, or folders (a world or the LAMA-ckl folder: every split file in it is checked)")
     c.add_argument("--no-evidence-check", action="store_true",
                    help="do not require the object to appear in the evidence document")
     c.set_defaults(func=_check)
@@ -39,9 +40,10 @@ def _world(args) -> int:
 
 
 def _check(args) -> int:
-    from metacl.data.lama import load_lama_jsonl
+    from metacl.data.lama import lama_files_in, load_lama_jsonl
 
-    for f in args.files:
+    files = [f for arg in args.files for f in lama_files_in(arg)]  # a folder stands for its LAMA-ckl files
+    for f in files:
         items = load_lama_jsonl(f, require_object_in_evidence=not args.no_evidence_check)
         print(f"{f}: {len(items)} rows OK")
     return 0

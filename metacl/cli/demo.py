@@ -90,7 +90,8 @@ def steps(args) -> list[Step]:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="end to end on a CPU: world, base LM, finetune vs lora, table and plot")
+    p = sub.add_parser("demo", help="end to end on a CPU: world, base LM, token weighter; finetune, lora and taalm "
+                       "compared in one table and plot")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo); rerun to resume")
     p.add_argument("--entities", type=int, default=200, help="people in the generated world (default 200)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the ckl runs (default 0)")

@@ -27,6 +27,20 @@ COMMAND_MODULES = [
     "metacl.cli.visualize",  # metacl visualize (token weights of a document)
     "metacl.cli.demo",       # metacl demo (the README main command)
 ]
+# The top-level command each module registers and its one-line help, repeated here so that
+# `metacl --help`, `--version` and a mistyped command list the commands without importing the
+# command modules (they pull in torch and transformers: seconds of start-up). Only the command
+# actually typed is registered for real. tests/test_ux.py checks that this table and the
+# modules' own `add_parser(..., help=...)` agree.
+COMMAND_HELP = {
+    "data": ("metacl.cli.data", "generate data sets (metacl data world)"),
+    "pretrain": ("metacl.cli.pretrain", "pretrain a small Llama-style base LM (and its tokenizer) from scratch"),
+    "ckl": ("metacl.cli.ckl", "continual knowledge learning: run, show, compare, list strategies, sequences"),
+    "meta-train": ("metacl.cli.meta_train", "meta-train a meta-learner (token-weighting, optimizer)"),
+    "visualize": ("metacl.cli.visualize", "shade a document's tokens by a token weighter's weights"),
+    "demo": ("metacl.cli.demo", "end to end on a CPU: world, base LM, token weighter; finetune, lora and taalm "
+             "compared in one table and plot"),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,7 +69,14 @@ def _deepest_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser = subs[0].choices[chosen]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _typed_command(argv: list[str]) -> str | None:
+    """The top-level command in `argv` (its first word that is not an option), or None."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `metacl` parser. With `argv`, only the command typed there is registered for real (the
+    others are help-only placeholders, see COMMAND_HELP); without, every command is."""
     parser = _Parser(
         prog="metacl",
         description="Meta-learning for continual learning of language models.",
@@ -64,12 +85,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"metacl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    typed = _typed_command(argv) if argv is not None else None
+    lazy = argv is not None and all(name in {m for m, _ in COMMAND_HELP.values()} for name in COMMAND_MODULES)
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        command = next((c for c, (m, _) in COMMAND_HELP.items() if m == name), None)
+        if lazy and command != typed:
+            sub.add_parser(command, help=COMMAND_HELP[command][1])
+        else:
+            importlib.import_module(name).register(sub)
     from metacl.cli.config import prepare
 
     prepare(parser)  # --config, defaults in --help, resolved config for every command
     return parser
+
+
+def resume_hint(args: argparse.Namespace) -> str:
+    """What to do after Ctrl-C, for the command that was stopped (each resumes its own way)."""
+    cmd = getattr(args, "command", None)
+    if cmd == "meta-train":
+        return "rerun the same command with --resume to continue from OUT/checkpoint"
+    if cmd == "demo" or (cmd == "ckl" and getattr(args, "ckl_command", None) in ("run", "sequence")):
+        return "rerun the same command to resume (finished seeds and steps are kept)"
+    if cmd == "pretrain":
+        return "pretraining does not resume: rerun the same command to start it again"
+    return "rerun the same command"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     Returns instead of exiting so tests can call it in-process; argparse's own exits (--help,
     --version, a refused option) are turned into return codes too.
     """
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:  # name the subcommand whose options were wrong, not the top-level parser
@@ -100,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metacl: error: {' '.join(str(e).split())}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("metacl: interrupted", file=sys.stderr)
+        print(f"metacl: interrupted; {resume_hint(args)}", file=sys.stderr)
         return 130
     return int(rc or 0)
 

@@ -90,4 +90,24 @@ def run(args: argparse.Namespace) -> int:
                          command="metacl " + " ".join(sys.argv[1:]))
     if "eval_heldout" in summary:  # rank 0 (or the only process) reports
         print(json.dumps({"out": args.out, "eval_heldout": summary["eval_heldout"]}, indent=1))
+        print(heldout_verdict(summary["eval_heldout"], args.eval_episodes, summary["config"].get("baseline_lr")))
     return 0
+
+
+def heldout_verdict(ev: dict, episodes: int, baseline_lr: float | None = None) -> str:
+    """One sentence reading the held-out numbers: which optimizer did better, and by how much.
+
+    Why: the JSON above lists meta-loss, learn and retain losses for both optimizers, but not that
+    all three are losses (lower is better) nor which side won; a reader had to know the code.
+    """
+    if not ev or "learned" not in ev or "adam" not in ev:
+        return "no held-out evaluation (--eval-episodes 0)"
+    lo, ad = ev["learned"]["meta_loss"], ev["adam"]["meta_loss"]
+    adam = f"AdamW (lr {baseline_lr:g})" if baseline_lr else "AdamW"
+    rel = f" by {100 * abs(ad - lo) / abs(ad):.1f}%" if ad else ""
+    who = ("the learned optimizer is better" + rel if lo < ad else
+           f"{adam} is better" + rel if lo > ad else "a tie")
+    return (f"held-out episodes ({episodes}): meta-loss {lo:.4f} for the learned optimizer vs {ad:.4f} for {adam}; "
+            f"all three numbers are losses, lower is better: {who} (held-out loss of each task just after learning it {ev['learned']['learn']:.4f} "
+            f"vs {ev['adam']['learn']:.4f}; of the earlier tasks after the last one {ev['learned']['retain']:.4f} vs "
+            f"{ev['adam']['retain']:.4f})")

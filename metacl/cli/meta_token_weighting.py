@@ -39,28 +39,31 @@ def register(sub) -> None:
     p.add_argument("--backbone", default=None,
                    help="weighter backbone: a local HF causal LM sharing the base LM's tokenizer (default: a copy of --model)")
     p.add_argument("--inner-steps", type=int, default=2, help="K differentiated inner steps (default 2; see docs/results/taalm.md)")
-    p.add_argument("--inner-lr", type=float, default=1e-3)
-    p.add_argument("--inner-optimizer", choices=["adamw", "sgd"], default="adamw")
+    p.add_argument("--inner-lr", type=float, default=1e-3,
+                   help="learning rate of the differentiated inner updates of the base LM (default 1e-3)")
+    p.add_argument("--inner-optimizer", choices=["adamw", "sgd"], default="adamw",
+                   help="functional optimizer of the inner loop, as the deployed `ckl run` uses (default adamw)")
     p.add_argument("--truncate", type=int, default=None, help="backprop through only the last N inner steps")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--lora", dest="mode", action="store_const", const="lora", help="inner loop updates LoRA adapters only")
     g.add_argument("--full", dest="mode", action="store_const", const="full", help="inner loop updates all base-LM parameters (default)")
     p.set_defaults(mode="full")
-    p.add_argument("--lora-rank", type=int, default=4)
+    p.add_argument("--lora-rank", type=int, default=4, help="rank of the inner-loop LoRA adapters with --lora (default 4)")
     p.add_argument("--retention", type=float, default=0.0, metavar="LAMBDA",
                    help="weight of the old-fact probe NLL after the update (0 = TAALM's objective)")
     p.add_argument("--retention-probes", type=int, default=4, help="old-fact probes per meta-example")
     p.add_argument("--meta-batch", type=int, default=4, help="meta-examples per meta-step, batched")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--outer-lr", type=float, default=3e-4)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--steps", type=int, default=100, help="meta-steps: outer updates of the token weighter (default 100)")
+    p.add_argument("--outer-lr", type=float, default=3e-4, help="AdamW learning rate of the token weighter (default 3e-4)")
+    p.add_argument("--max-length", type=int, default=128,
+                   help="tokens per document window, inner loop and validation runs (default 128)")
     p.add_argument("--val-every", type=int, default=50, help="run the CKL protocol on meta_val every N steps and at the last step (0: never)")
     p.add_argument("--val-epochs", type=int, default=3, help="CKL epochs per validation")
     p.add_argument("--val-items", type=int, default=32, help="meta_val documents (and as many NF probes) per validation")
     p.add_argument("--skip-initial-val", action="store_true", help="do not validate the untrained weighter at step 0")
     p.add_argument("--val-lr", type=float, default=None, help="CKL learning rate in validation (default: the CKL default)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of the meta-example order, LoRA init and validation runs (default 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint (same options)")
     p.add_argument("--ckpt-every", type=int, default=None,
                    help="checkpoint every N meta-steps (default: at each validation and every min(val-every, 25))")
@@ -95,8 +98,12 @@ def run(args: argparse.Namespace) -> int:
     from metacl.meta import options
 
     options.check(MetaConfig(**options.config_kwargs(args)))
+
+    from metacl.models.context import fit_max_length
+    from metacl.models.loading import check_causal_lm_path
     from metacl.utils import check_out_kind
 
+    args.max_length = fit_max_length(check_causal_lm_path(args.model), args.max_length)  # clamp to the model's context
     check_out_kind(args.out, "meta-train token-weighting")
     from metacl.meta.user_data import resolve_meta_data
 

@@ -120,6 +120,8 @@ def validate_row(row: Any, path, lineno: int, require_object_in_evidence: bool =
 
 
 def _read_rows(path: Path, require_object_in_evidence: bool) -> list[dict[str, Any]]:
+    if path.is_dir():
+        raise MetaclError(f"data file {path} is a folder; pass a JSONL file in it (or the folder to --data)")
     if not path.is_file():
         raise MetaclError(f"data file {path} does not exist; check the path")
     rows, seen = [], {}
@@ -186,6 +188,27 @@ def save_lama_jsonl(path: str | os.PathLike, items: list[LamaItem | dict]) -> No
 # File names of the two supported folder layouts.
 WORLD_FILES = {"tl": "tl.jsonl", "nf": "nf.jsonl", "tl_val": "tl_val.jsonl"}
 OFFICIAL_FILES = {"tl": "variant.jsonl", "nf": "invariant_descriptive.jsonl"}
+
+
+# Every LAMA-ckl-schema file a data folder may hold (a world's splits, then the official names).
+LAMA_SPLIT_FILES = ("tl.jsonl", "nf.jsonl", "tl_val.jsonl", "meta_train.jsonl", "meta_val.jsonl", "meta_nf.jsonl",
+                    "variant.jsonl", "invariant_descriptive.jsonl")
+
+
+def lama_files_in(path: str | os.PathLike) -> list[Path]:
+    """[path] for a file; for a folder, the LAMA-ckl split files it holds (refused when none).
+
+    Why: `metacl data check runs/world` is the natural first try; the folder used to be reported
+    as a data file that "does not exist".
+    """
+    p = Path(path)
+    if not p.is_dir():
+        return [p]
+    found = [p / n for n in LAMA_SPLIT_FILES if (p / n).is_file()]
+    if not found:
+        raise MetaclError(f"folder {p} holds none of the LAMA-ckl split files ({', '.join(LAMA_SPLIT_FILES)}); "
+                          "pass the JSONL files to check")
+    return found
 
 
 def _old_corpus(folder: Path) -> list[str]:

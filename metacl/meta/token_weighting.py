@@ -222,7 +222,10 @@ class TokenWeighter(nn.Module):
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.backbone.save_pretrained(str(out / BACKBONE_DIR), safe_serialization=True)
+        from metacl.models.loading import quiet_hf_saving
+
+        with quiet_hf_saving():
+            self.backbone.save_pretrained(str(out / BACKBONE_DIR), safe_serialization=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}, str(out / HEAD_NAME))
         cfg = {
             "format_version": FORMAT_VERSION,

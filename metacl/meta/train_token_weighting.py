@@ -176,7 +176,10 @@ def add_lora(model: nn.Module, rank: int, seed: int) -> nn.Module:
 
     torch.manual_seed(seed)
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear")
-    return get_peft_model(model, cfg)
+    from metacl.models.loading import quiet_peft_wrap
+
+    with quiet_peft_wrap():
+        return get_peft_model(model, cfg)
 
 
 def _inner_optimizer(cfg: MetaConfig, lr: torch.Tensor | None = None):

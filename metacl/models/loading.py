@@ -69,6 +69,8 @@ def check_causal_lm_path(path: str | os.PathLike):
         raise MetaclError(f"model path {p} does not exist; pass a folder written by save_pretrained (e.g. `metacl pretrain --out DIR`)")
     if not p.is_dir():
         raise MetaclError(f"model path {p} is a file, not a model folder; pass the folder written by save_pretrained")
+    if not (p / "config.json").is_file() and (p / "adapter_config.json").is_file():
+        raise MetaclError(_adapter_message(p))
     if not (p / "config.json").is_file():
         raise MetaclError(f"model path {p} has no config.json (not a saved model); pass a folder written by save_pretrained")
     try:
@@ -84,6 +86,20 @@ def check_causal_lm_path(path: str | os.PathLike):
         )
     check_safetensors_weights(p)  # pickle-only or weightless folders fail here too, before any output
     return config
+
+
+def _adapter_message(p: Path) -> str:
+    """The error for a PEFT adapter folder given as a model: what it is, and the two ways on."""
+    import json
+
+    try:
+        base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        base = None
+    on = f"its base model {base}" if base else "its base model"
+    return (f"model path {p} holds a PEFT adapter (adapter_config.json), not a full model; metacl loads whole "
+            f"models only: merge it into {on} (PeftModel.from_pretrained(base, '{p}').merge_and_unload()"
+            ".save_pretrained(DIR), with the tokenizer) and pass DIR, or pass the base model itself")
 
 
 @contextlib.contextmanager
@@ -105,6 +121,32 @@ def quiet_hf_loading():
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def quiet_hf_saving():
+    """Silence transformers' "Writing model shards" bar of `save_pretrained` (one per save).
+
+    Why: the demo and every meta-training validation save models often; each save printed a bar
+    line into the console output between metacl's own progress lines (issue 17, item 8).
+    """
+    with quiet_hf_loading():
+        yield
+
+
+@contextlib.contextmanager
+def quiet_peft_wrap():
+    """Hide the one FutureWarning PEFT triggers while wrapping a model, nothing else.
+
+    Why: `get_peft_model` probes `model.is_gradient_checkpointing`, a property transformers 5
+    deprecated, so every LoRA run printed a deprecation warning the user can do nothing about.
+    The filter matches that message only and lasts only for the wrap.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 # Pickle-based weight files: loading them means unpickling, which can run arbitrary code.

@@ -265,7 +265,10 @@ def pretrain(
                                       "seconds": round(time.time() - t0, 2)}) + "\n")
                 log.flush()
     model.eval()
-    model.save_pretrained(out)
+    from metacl.models.loading import quiet_hf_saving
+
+    with quiet_hf_saving():
+        model.save_pretrained(out)
     save_tokenizer(tokenizer, out)
     summary = {
         "size": size, "preset": asdict(preset), "seed": seed, "corpus": [str(f) for f in corpus_files],
@@ -301,6 +304,9 @@ def tiny_model_for_tests(out_dir: str | os.PathLike, texts: list[str] | None = N
     tokenizer = train_tokenizer(DEFAULT_TEST_TEXT + list(texts or []), vocab_size)
     preset = replace(PRESETS["tiny"], hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
     model = build_model(preset, tokenizer, seed=seed)
-    model.save_pretrained(out)
+    from metacl.models.loading import quiet_hf_saving
+
+    with quiet_hf_saving():
+        model.save_pretrained(out)
     save_tokenizer(tokenizer, out)
     return out

@@ -66,6 +66,9 @@ class LoRA(Strategy):
             return
         config = LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
                             target_modules=lora_target_modules(ctx.model), bias="none", task_type="CAUSAL_LM")
-        ctx.model = get_peft_model(ctx.model, config)
+        from metacl.models.loading import quiet_peft_wrap
+
+        with quiet_peft_wrap():
+            ctx.model = get_peft_model(ctx.model, config)
         n = sum(p.numel() for p in ctx.model.parameters() if p.requires_grad)
         ctx.scratch.setdefault(self.name, {})["trainable_parameters"] = n
