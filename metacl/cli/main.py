@@ -37,6 +37,7 @@ COMMAND_HELP = {
     "pretrain": ("metacl.cli.pretrain", "pretrain a small Llama-style base LM (and its tokenizer) from scratch"),
     "ckl": ("metacl.cli.ckl", "continual knowledge learning: run, show, compare, list strategies, sequences"),
     "meta-train": ("metacl.cli.meta_train", "meta-train a meta-learner (token-weighting, optimizer)"),
+    "weights": ("metacl.cli.weights", "inspect a token weighter's weights on documents"),
     "visualize": ("metacl.cli.visualize", "shade a document's tokens by a token weighter's weights"),
     "demo": ("metacl.cli.demo", "end to end on a CPU: world, base LM, token weighter; finetune, lora and taalm "
              "compared in one table and plot"),
