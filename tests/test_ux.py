@@ -131,6 +131,9 @@ def test_no_warning_when_tl_moved_and_the_advice_follows_the_optimizer():
     assert "raise --lr" in stalled_message(flat, 2, 5, "adamw", 1e-4, 500_000_000)  # a big model: no 1e-3 advice
     assert "--learned-lr" in stalled_message(flat, 2, 5, "learned", 1e-4, 1_000_000)
     assert "train loss 3.000 -> 2.500" in stalled_message(flat, 2, 5, "adamw", 1e-4, 1_000_000)
+    other_seed = [dict(r, seed=1, tl_acc=0.30 + 0.05 * r["epoch"]) for r in rows]  # a resumed run reads every seed's rows
+    assert stalled_message(other_seed + [dict(r, seed=0) for r in flat], 2, 5, "adamw", 1e-4, 1_000_000, seed=1) is None
+    assert stalled_message(other_seed + [dict(r, seed=0) for r in flat], 2, 5, "adamw", 1e-4, 1_000_000, seed=0)
 
 
 # ---------------------------------------------------------------- item 4: messages that said the wrong thing

@@ -18,11 +18,14 @@ SMALL_MODEL = 20_000_000  # parameters; metacl's `tiny` and `small` presets are 
 
 
 def stalled_message(rows: Sequence[dict], epoch: int, epochs: int, optimizer: str, lr: float,
-                    n_params: int | None = None) -> str | None:
-    """The warning for this seed's rows after `epoch`, or None (not the check epoch, or TL moved)."""
+                    n_params: int | None = None, seed: int | None = None) -> str | None:
+    """The warning for `seed`'s rows after `epoch`, or None (not the check epoch, or TL moved).
+
+    `rows` may hold every seed's rows (the run's metrics.jsonl, so a resumed seed still sees its
+    epoch 0); only those of `seed` count when it is given."""
     if epoch != min(CHECK_EPOCH, epochs):
         return None
-    by_epoch = {int(r["epoch"]): r for r in rows}
+    by_epoch = {int(r["epoch"]): r for r in rows if seed is None or int(r.get("seed", seed)) == seed}
     if 0 not in by_epoch or epoch not in by_epoch:
         return None
     start, now = float(by_epoch[0]["tl_acc"]), float(by_epoch[epoch]["tl_acc"])
@@ -48,7 +51,7 @@ def stalled_message(rows: Sequence[dict], epoch: int, epochs: int, optimizer: st
 def warn_if_stalled(rows: Sequence[dict], epoch: int, cfg: Any, model: Any = None, seed: int | None = None) -> None:
     """Print `stalled_message` as one `metacl: warning:` line on stderr when it applies."""
     n_params = sum(p.numel() for p in model.parameters()) if model is not None else None
-    msg = stalled_message(rows, epoch, int(cfg.epochs), cfg.optimizer, float(cfg.lr), n_params)
+    msg = stalled_message(rows, epoch, int(cfg.epochs), cfg.optimizer, float(cfg.lr), n_params, seed)
     if msg:
         where = f"seed {seed}: " if seed is not None else ""
         print(f"metacl: warning: {where}{msg}", file=sys.stderr, flush=True)

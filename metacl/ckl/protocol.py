@@ -237,7 +237,7 @@ def _run_seed(cfg: CklConfig, seed: int, probes: dict[str, list], train_docs: li
         log(f"seed {seed} epoch {epoch:>2}: TL {row['tl_acc']:.3f} NF {row['nf_acc']:.3f} val {row['val_acc']:.3f}{em}"
             + (f" loss {loss:.3f}" if loss is not None else "") + f" ({row['seconds']:.0f}s)")
         if cfg.progress:  # TL not moving after the first epochs: say what to change (silent in meta-validations)
-            warn_if_stalled(rows, epoch, cfg, ctx.model, seed)
+            warn_if_stalled(read_rows(metrics_path), epoch, cfg, ctx.model, seed)  # the file: a resumed seed has epoch 0
         D.barrier(info)
 
     def save_state(tensors: dict, state: dict) -> None:
