@@ -111,8 +111,9 @@ def make_step(row: str, args, dev):
             inner = {k: v[:, None] for k, v in docs.items()}
             inner["token_weights"] = w[:, None]
             pK, _ = engine.unroll(model, params, weighted_doc_loss, [inner] * args.K, optimizer=inner_opt,
-                                  first_order=first_order, truncate=truncate, per_example=True)
-            losses = [engine.lm_loss(model, {k: v[m] for k, v in pK.items()},
+                                  first_order=first_order, truncate=truncate, per_example=True, return_state=False)
+            per_m = {k: v.unbind(0) for k, v in pK.items()}  # as meta_objective: one unbind, not M selects
+            losses = [engine.lm_loss(model, {k: v[m] for k, v in per_m.items()},
                                      {k: v[m:m + 1] for k, v in query.items()}) for m in range(args.M)]
             loss = torch.stack(losses).mean()
         wopt.zero_grad(set_to_none=True)

@@ -129,6 +129,7 @@ def unroll(
     state: Any = None,
     start_step: int = 0,
     progress: bool = False,
+    return_state: bool = True,
 ) -> tuple[Params, Any]:
     """Run len(batches) inner updates of `params` and return (params_K, optimizer_state_K).
 
@@ -143,6 +144,8 @@ def unroll(
     `per_example`: True / "auto" (a Python loop over the examples on CPU, `vmap` elsewhere),
     "loop" or "vmap" to choose; both return the same values and gradients.
     `state`/`start_step` continue an earlier unroll (default: fresh `optimizer.init`, step 0).
+    `return_state=False` returns (params_K, None): with `per_example` it saves stacking M
+    copies of the optimizer state that the caller would throw away.
     See the module docstring for the meaning of each mode.
     """
     optimizer = adamw(lr=1e-3) if optimizer is None else optimizer
@@ -154,10 +157,12 @@ def unroll(
             raise MetaclError("unroll: checkpoint is not supported with per_example; drop one of them (vmap cannot re-run checkpointed steps)")
         if impl == "vmap":
             return _unroll_per_example(model, params, loss_fn, batches, optimizer, first_order, truncate, state, start_step)
-        return _unroll_per_example_loop(model, params, loss_fn, batches, optimizer, first_order, truncate, state, start_step)
+        return _unroll_per_example_loop(model, params, loss_fn, batches, optimizer, first_order, truncate, state, start_step,
+                                        return_state)
     stepper = _Stepper(model, loss_fn, optimizer)
     init = optimizer.init(params) if state is None else state
-    return _run_steps(stepper, params, init, batches, first_order, truncate, every, start_step, progress)
+    pK, sK = _run_steps(stepper, params, init, batches, first_order, truncate, every, start_step, progress)
+    return pK, (sK if return_state else None)
 
 
 def _checkpoint_every(checkpoint: Any) -> int:
@@ -233,7 +238,7 @@ def _replayer(stepper: "_Stepper", snapshot: Any, k: int, batches: Sequence[Any]
 
 def _unroll_per_example_loop(model: nn.Module, params: Params, loss_fn: LossFn, batches: Sequence[Any],
                              optimizer: FunctionalOptimizer, first_order: bool, truncate: int | None,
-                             state: Any, start_step: int) -> tuple[Params, Any]:
+                             state: Any, start_step: int, return_state: bool = True) -> tuple[Params, Any]:
     """M independent inner loops, one after the other, results stacked along a new dim 0."""
     M = _batch_size(batches)
     stepper = _Stepper(model, loss_fn, optimizer)
@@ -243,6 +248,8 @@ def _unroll_per_example_loop(model: nn.Module, params: Params, loss_fn: LossFn, 
         bm = [tree_map(lambda t: t[m] if isinstance(t, Tensor) else t, b) for b in batches]
         outs.append(_run_steps(stepper, params, init_state, bm, first_order, truncate, 0, start_step))
     p_all = {n: torch.stack([o[0][n] for o in outs]) for n in params}
+    if not return_state:
+        return p_all, None
     s_leaves, spec = tree_flatten(outs[0][1])
     s_all = [torch.stack([tree_flatten(o[1])[0][i] for o in outs]) if isinstance(t, Tensor) else t
              for i, t in enumerate(s_leaves)]
