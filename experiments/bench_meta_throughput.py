@@ -30,6 +30,7 @@ before the model was built), labelled.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -104,6 +105,8 @@ def make_step(row: str, args, dev):
     first_order = row.startswith("meta1")
     truncate = 1 if row.endswith("_t1") else None
     inner_opt = engine.adamw(lr=1e-4)
+    # older metacl (the `before` column of docs/benchmarks.md) has no return_state
+    no_state = {"return_state": False} if "return_state" in inspect.signature(engine.unroll).parameters else {}
 
     def step():
         with autocast(args.precision, dev), engine.second_order_attention(model):
@@ -111,7 +114,7 @@ def make_step(row: str, args, dev):
             inner = {k: v[:, None] for k, v in docs.items()}
             inner["token_weights"] = w[:, None]
             pK, _ = engine.unroll(model, params, weighted_doc_loss, [inner] * args.K, optimizer=inner_opt,
-                                  first_order=first_order, truncate=truncate, per_example=True, return_state=False)
+                                  first_order=first_order, truncate=truncate, per_example=True, **no_state)
             per_m = {k: v.unbind(0) for k, v in pK.items()}  # as meta_objective: one unbind, not M selects
             losses = [engine.lm_loss(model, {k: v[m] for k, v in per_m.items()},
                                      {k: v[m:m + 1] for k, v in query.items()}) for m in range(args.M)]

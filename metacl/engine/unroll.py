@@ -70,13 +70,14 @@ def _func_grads(loss_fn: LossFn, model: nn.Module, params: Params, batch: Any) -
 class _Stepper:
     """One inner step of a given kind; kept as an object so checkpointing can re-run it."""
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, optimizer: FunctionalOptimizer):
+    def __init__(self, model: nn.Module, loss_fn: LossFn, optimizer: FunctionalOptimizer, func_grad: bool = True):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.checked = False  # the double-backward check runs once per unroll
+        self.func_grad = func_grad  # off under checkpointing: torch.func.grad refuses saved-tensor hooks
 
     def second_order(self, params: Params, state: Any, batch: Any, step: int) -> tuple[Params, Any]:
         with torch.enable_grad(), second_order_attention(self.model):
-            if not any(p.requires_grad for p in params.values()):
+            if self.func_grad and not any(p.requires_grad for p in params.values()):
                 # Nothing upstream wants a gradient w.r.t. these params (e.g. a frozen theta_0 in
                 # token weighting): `func.grad` keeps the outer graph to what the loss closes over
                 # (the token weights), so the outer backward skips the Hessian w.r.t. the params.
@@ -159,7 +160,7 @@ def unroll(
             return _unroll_per_example(model, params, loss_fn, batches, optimizer, first_order, truncate, state, start_step)
         return _unroll_per_example_loop(model, params, loss_fn, batches, optimizer, first_order, truncate, state, start_step,
                                         return_state)
-    stepper = _Stepper(model, loss_fn, optimizer)
+    stepper = _Stepper(model, loss_fn, optimizer, func_grad=not every)
     init = optimizer.init(params) if state is None else state
     pK, sK = _run_steps(stepper, params, init, batches, first_order, truncate, every, start_step, progress)
     return pK, (sK if return_state else None)
