@@ -379,6 +379,9 @@ def render_table(out: Path) -> str:
     lines += ["", "| target | measured | goal | met |", "|---|---:|---|---|"]
     for label, val, goal in checks:
         op, num = (goal.split() + [""])[:2]
+        if math.isnan(val):  # a row of this target was not run
+            lines.append(f"| {label} | n/a | {goal} | |")
+            continue
         met = "" if not num else ("yes" if (val <= float(num) if op == "<=" else val >= float(num)) else "**no**")
         lines.append(f"| {label} | {val:.2f} | {goal} | {met} |")
     return "\n".join(lines)
