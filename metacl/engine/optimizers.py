@@ -106,6 +106,133 @@ def _safe_sqrt(x: Tensor) -> Tensor:
     return x.clamp_min(torch.finfo(x.dtype).tiny).sqrt()
 
 
+def _adamw_ops(p, g, m, v, lr, b1, b2, eps, weight_decay, bc1, bc2):
+    """One AdamW update in ordinary differentiable ops (used when `lr` is a tensor)."""
+    if weight_decay:
+        p = p * (1.0 - lr * weight_decay)
+    m = b1 * m + (1.0 - b1) * g
+    v = b2 * v + (1.0 - b2) * g * g
+    denom = _safe_sqrt(v) / (bc2**0.5) + eps
+    return p - (lr / bc1) * m / denom, m, v
+
+
+def _may_be_below(v: Tensor, tiny: float) -> bool:
+    """False only if surely no entry of v is below tiny (checked on CPU, where a min is cheap and syncs nothing)."""
+    if v.device.type != "cpu" or torch._C._functorch.is_batchedtensor(v):
+        return True
+    return bool(v.amin() < tiny)
+
+
+class _AdamWStep(torch.autograd.Function):
+    """(p, g, m, v) -> (p', m', v'): one AdamW update of one tensor with a hand-written backward.
+
+    Why: written with ordinary ops an update is ~14 elementwise kernels, each with a fresh
+    full-size output, and autograd keeps ~8 of them for the meta-gradient and runs ~25 more
+    kernels in backward. In a meta-step that differentiates through per-example copies of a
+    whole LM, these passes over memory (and the page faults of fresh allocations) cost more
+    than the matmuls. Here the forward is 7 kernels, only (g, m', v', s = sqrt(max(v', tiny)))
+    are kept, and the backward is the closed-form derivative in ~12 mostly in-place kernels
+    (work is skipped for inputs that need no gradient: first-order steps only pass the
+    gradient to p through; the v' < tiny mask is applied only where such entries exist).
+
+    Math, with d = sqrt(max(v', tiny)) / sqrt(bc2) + eps and c = lr / bc1:
+        m' = b1 m + (1-b1) g,  v' = b2 v + (1-b2) g^2,  p' = decay * p - c m' / d
+        dm' = gm - c gp / d
+        dv' = gv + c gp m' / (d^2 * 2 sqrt(v') sqrt(bc2))   (0 where v' < tiny, as `_safe_sqrt`)
+        dg  = (1-b1) dm' + 2 (1-b2) g dv',  dm = b1 dm',  dv = b2 dv',  dp = decay * gp
+    When a graph of the backward is recorded (an outer `create_graph=True`), the backward
+    switches to out-of-place ops of saved inputs/outputs only, so it is differentiable again.
+    `generate_vmap_rule` lets it run inside `unroll(per_example="vmap")`.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(p, g, m, v, step_size, b1, b2, eps, bc2_sqrt, decay):
+        m_new = torch.lerp(m, g, 1.0 - b1)
+        v_new = torch.addcmul(v * b2, g, g, value=1.0 - b2)
+        s = v_new.clamp_min(torch.finfo(v_new.dtype).tiny).sqrt_()
+        p_new = torch.addcdiv(p * decay if decay != 1.0 else p, m_new, (s / bc2_sqrt).add_(eps), value=-step_size)
+        return p_new, m_new, v_new, s
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, g, _, v_in, step_size, b1, b2, eps, bc2_sqrt, decay = inputs
+        ctx.save_for_backward(g, output[1], output[2], output[3])
+        ctx.hyper = (step_size, b1, b2, eps, bc2_sqrt, decay)
+        ctx.mark_non_differentiable(output[3])
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, gp, gm, gv, _gs):
+        g, m_new, v_new, s = ctx.saved_tensors
+        step_size, b1, b2, eps, bc2_sqrt, decay = ctx.hyper
+        need_p, need_g, need_m, need_v = ctx.needs_input_grad[:4]
+        none = (None,) * 6
+        dp = None
+        if need_p and gp is not None:
+            dp = gp * decay if decay != 1.0 else gp
+        if not (need_g or need_m or need_v):
+            return (dp, None, None, None, *none)
+        tiny = torch.finfo(v_new.dtype).tiny
+        if torch.is_grad_enabled():  # a recorded backward (create_graph): out-of-place, s re-derived from v'
+            return (dp, *_AdamWStep._backward_ops(gp, gm, gv, g, m_new, v_new, step_size, b1, b2, eps, bc2_sqrt,
+                                                  need_g, need_m, need_v), *none)
+        if gp is not None:
+            d = (s / bc2_sqrt).add_(eps)
+            q = gp / d
+            dm_new = q * (-step_size) if gm is None else torch.add(gm, q, alpha=-step_size)
+            r = q.mul_(m_new).div_(d).div_(s).mul_(step_size / (2.0 * bc2_sqrt))
+            if _may_be_below(v_new, tiny):  # `_safe_sqrt`: no derivative where v' < tiny
+                r.masked_fill_(v_new < tiny, 0.0)
+            dv_new = r if gv is None else r.add_(gv)
+        else:
+            dm_new, dv_new = gm, gv
+        dg = None
+        if need_g:
+            if dv_new is not None:
+                dg = (g * dv_new).mul_(2.0 * (1.0 - b2))
+                if dm_new is not None:
+                    dg.add_(dm_new, alpha=1.0 - b1)
+            elif dm_new is not None:
+                dg = dm_new * (1.0 - b1)
+        dm = dm_new.mul_(b1) if need_m and dm_new is not None else None  # dm' is no longer needed: scale in place
+        dv = dv_new.mul_(b2) if need_v and dv_new is not None else None
+        return (dp, dg, dm, dv, *none)
+
+    @staticmethod
+    def _backward_ops(gp, gm, gv, g, m_new, v_new, step_size, b1, b2, eps, bc2_sqrt, need_g, need_m, need_v):
+        """The same derivative in out-of-place ops of saved inputs/outputs only (differentiable again)."""
+        tiny = torch.finfo(v_new.dtype).tiny
+        dm_new, dv_new = gm, gv
+        if gp is not None:
+            s = v_new.clamp_min(tiny).sqrt()
+            d = s / bc2_sqrt + eps
+            q = gp / d
+            dm_new = -step_size * q if gm is None else gm - step_size * q
+            r = torch.where(v_new < tiny, 0.0, q * m_new / d / s * (step_size / (2.0 * bc2_sqrt)))
+            dv_new = r if gv is None else gv + r
+        dg = None
+        if need_g:
+            parts = ([dm_new * (1.0 - b1)] if dm_new is not None else []) + ([2.0 * (1.0 - b2) * g * dv_new] if dv_new is not None else [])
+            dg = sum(parts[1:], parts[0]) if parts else None
+        dm = b1 * dm_new if need_m and dm_new is not None else None
+        dv = b2 * dv_new if need_v and dv_new is not None else None
+        return dg, dm, dv
+
+
+def _apply_adamw_step(*args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`_AdamWStep.apply`, minus `inspect.signature` binding on every call outside torch.func transforms.
+
+    Why: `Function.apply` binds default arguments with `inspect` whenever `setup_context` is
+    defined (needed for vmap); per tensor per inner step that is measurable Python overhead on
+    small models. All arguments are passed positionally, so there is nothing to bind.
+    """
+    if torch._C._are_functorch_transforms_active():
+        return _AdamWStep.apply(*args)
+    return super(torch.autograd.Function, _AdamWStep).apply(*args)
+
+
 class adamw:  # noqa: N801
     """AdamW with decoupled weight decay, matching `torch.optim.AdamW` (no amsgrad).
 
@@ -135,13 +262,12 @@ class adamw:  # noqa: N801
         new_params, m_new, v_new = {}, {}, {}
         for k, p in params.items():
             g, lr = grads[k], _lr_for(self.lr, k)
-            if self.weight_decay:
-                p = p * (1.0 - lr * self.weight_decay)
-            m = b1 * state["exp_avg"][k] + (1.0 - b1) * g
-            v = b2 * state["exp_avg_sq"][k] + (1.0 - b2) * g * g
-            denom = _safe_sqrt(v) / (bc2**0.5) + self.eps
-            new_params[k] = p - (lr / bc1) * m / denom
-            m_new[k], v_new[k] = m, v
+            m, v = state["exp_avg"][k], state["exp_avg_sq"][k]
+            if isinstance(lr, Tensor):  # a learnable rate: plain ops, so autograd also differentiates w.r.t. lr
+                new_params[k], m_new[k], v_new[k] = _adamw_ops(p, g, m, v, lr, b1, b2, self.eps, self.weight_decay, bc1, bc2)
+            else:
+                new_params[k], m_new[k], v_new[k], _ = _apply_adamw_step(
+                    p, g, m, v, lr / bc1, b1, b2, self.eps, bc2**0.5, 1.0 - lr * self.weight_decay)
         return new_params, {"exp_avg": m_new, "exp_avg_sq": v_new}
 
     def __repr__(self) -> str:

@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from tqdm.auto import tqdm
 
 from metacl.engine.checkpointing import checkpoint_step
@@ -55,19 +55,39 @@ def _grads(loss: Tensor, params: Params, create_graph: bool) -> Params:
     return {k: (torch.zeros_like(p) if g is None else g) for (k, p), g in zip(params.items(), gs)}
 
 
+def _func_grads(loss_fn: LossFn, model: nn.Module, params: Params, batch: Any) -> Params:
+    """d loss / d params by `torch.func.grad`, differentiable w.r.t. tensors the loss closes over."""
+
+    def f(q: Params) -> Tensor:
+        loss = loss_fn(model, q, batch)
+        if loss.dim() != 0:
+            raise MetaclError(f"loss_fn returned a tensor of shape {tuple(loss.shape)}; it must return a scalar (reduce with .mean() or .sum())")
+        return loss
+
+    return torch.func.grad(f)(params)
+
+
 class _Stepper:
     """One inner step of a given kind; kept as an object so checkpointing can re-run it."""
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, optimizer: FunctionalOptimizer):
+    def __init__(self, model: nn.Module, loss_fn: LossFn, optimizer: FunctionalOptimizer, func_grad: bool = True):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.checked = False  # the double-backward check runs once per unroll
+        self.func_grad = func_grad  # off under checkpointing: torch.func.grad refuses saved-tensor hooks
 
     def second_order(self, params: Params, state: Any, batch: Any, step: int) -> tuple[Params, Any]:
-        # Tensors that carry no graph become fresh leaves so autograd.grad can target them.
-        leaves = {k: (p if p.requires_grad else p.detach().requires_grad_(True)) for k, p in params.items()}
         with torch.enable_grad(), second_order_attention(self.model):
-            loss = self.loss_fn(self.model, leaves, batch)
-            grads = _grads(loss, leaves, create_graph=True)
+            if self.func_grad and not any(p.requires_grad for p in params.values()):
+                # Nothing upstream wants a gradient w.r.t. these params (e.g. a frozen theta_0 in
+                # token weighting): `func.grad` keeps the outer graph to what the loss closes over
+                # (the token weights), so the outer backward skips the Hessian w.r.t. the params.
+                leaves = params
+                grads = _func_grads(self.loss_fn, self.model, params, batch)
+            else:
+                # Tensors that carry no graph become fresh leaves so autograd.grad can target them.
+                leaves = {k: (p if p.requires_grad else p.detach().requires_grad_(True)) for k, p in params.items()}
+                loss = self.loss_fn(self.model, leaves, batch)
+                grads = _grads(loss, leaves, create_graph=True)
             if not self.checked:
                 self.checked = True
                 raise_if_not_double_differentiable(self.model, params, self.loss_fn, batch, list(grads.values()))
@@ -105,11 +125,12 @@ def unroll(
     optimizer: FunctionalOptimizer | None = None,
     first_order: bool = False,
     truncate: int | None = None,
-    checkpoint: bool = False,
-    per_example: bool = False,
+    checkpoint: bool | int = False,
+    per_example: bool | str = False,
     state: Any = None,
     start_step: int = 0,
     progress: bool = False,
+    return_state: bool = True,
 ) -> tuple[Params, Any]:
     """Run len(batches) inner updates of `params` and return (params_K, optimizer_state_K).
 
@@ -117,19 +138,66 @@ def unroll(
     `checkpoint=True` it is called again during backward. Put per-step data (token weights)
     in the batch rather than in an iterator.
 
+    `checkpoint`: False (off), True (keep every step's inputs), or an int n >= 2: keep the
+    inputs (params + optimizer state) only of every n-th differentiated step and re-derive the
+    others in backward by replaying the updates from the last kept one (memory flat in K when
+    n >= K, at the cost of up to n-1 extra graph-free steps per recomputed step).
+    `per_example`: True / "auto" (a Python loop over the examples on CPU, `vmap` elsewhere),
+    "loop" or "vmap" to choose; both return the same values and gradients.
     `state`/`start_step` continue an earlier unroll (default: fresh `optimizer.init`, step 0).
+    `return_state=False` returns (params_K, None): with `per_example` it saves stacking M
+    copies of the optimizer state that the caller would throw away.
     See the module docstring for the meaning of each mode.
     """
     optimizer = adamw(lr=1e-3) if optimizer is None else optimizer
     K = _validate(params, batches, optimizer, truncate)
+    every = _checkpoint_every(checkpoint)
     if per_example:
-        if checkpoint:
-            raise MetaclError("unroll: checkpoint=True is not supported with per_example=True; drop one of them (vmap cannot re-run checkpointed steps)")
-        return _unroll_per_example(model, params, loss_fn, batches, optimizer, first_order, truncate, state, start_step)
+        impl = _per_example_impl(per_example, params)
+        if every:
+            raise MetaclError("unroll: checkpoint is not supported with per_example; drop one of them (vmap cannot re-run checkpointed steps)")
+        if impl == "vmap":
+            return _unroll_per_example(model, params, loss_fn, batches, optimizer, first_order, truncate, state, start_step)
+        return _unroll_per_example_loop(model, params, loss_fn, batches, optimizer, first_order, truncate, state, start_step,
+                                        return_state)
+    stepper = _Stepper(model, loss_fn, optimizer, func_grad=not every)
+    init = optimizer.init(params) if state is None else state
+    pK, sK = _run_steps(stepper, params, init, batches, first_order, truncate, every, start_step, progress)
+    return pK, (sK if return_state else None)
 
-    stepper = _Stepper(model, loss_fn, optimizer)
+
+def _checkpoint_every(checkpoint: Any) -> int:
+    if isinstance(checkpoint, bool) or checkpoint is None:
+        return int(bool(checkpoint))
+    if isinstance(checkpoint, int) and checkpoint >= 0:
+        return checkpoint
+    raise MetaclError(f"unroll: checkpoint={checkpoint!r} must be False, True or an int n >= 2 (keep inputs every n steps, replay the rest)")
+
+
+def _per_example_impl(per_example: Any, params: Params) -> str:
+    if per_example is True or per_example == "auto":
+        # On CPU one example at a time is faster (no batching-rule overhead, cache-sized
+        # tensors); on an accelerator vmap turns M small matmuls into one batched matmul.
+        return "loop" if all(p.device.type == "cpu" for p in params.values()) else "vmap"
+    if per_example in ("loop", "vmap"):
+        return per_example
+    raise MetaclError(f"unroll: per_example={per_example!r} must be False, True, 'auto', 'loop' or 'vmap'")
+
+
+def _rng_state() -> tuple[Tensor, list[Tensor]]:
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
+
+
+def _run_steps(stepper: "_Stepper", params: Params, init_state: Any, batches: Sequence[Any], first_order: bool,
+               truncate: int | None, every: int, start_step: int, progress: bool = False) -> tuple[Params, Any]:
+    """The inner loop of `unroll` (one example): constant, then differentiated (maybe checkpointed) steps."""
+    K = len(batches)
     n_const = 0 if truncate is None else K - truncate
-    p, s = dict(params), (optimizer.init(params) if state is None else state)
+    p, s = dict(params), init_state
+    fn = stepper.first_order if first_order else stepper.second_order
+    snapshot: tuple[int, Params, Any] | None = None
+    rng: dict[int, tuple[Tensor, list[Tensor]]] = {}
     for k, batch in enumerate(tqdm(batches, desc="inner steps", disable=not progress, leave=False)):
         step = start_step + k
         if k < n_const:
@@ -137,12 +205,56 @@ def unroll(
             if k == n_const - 1:  # straight-through: the skipped steps' change enters as a constant
                 p = {n: params[n] + (p[n] - params[n].detach()) for n in p}
             continue
-        fn = stepper.first_order if first_order else stepper.second_order
-        if checkpoint:
+        if every == 1:
             p, s = checkpoint_step(fn, p, s, batch, step)
+        elif every:
+            if (k - n_const) % every == 0:
+                snapshot = (k, _detach(p), _detach(s))
+            rng[k] = _rng_state()
+            regen = _replayer(stepper, snapshot, k, batches, start_step, rng)
+            p, s = checkpoint_step(fn, p, s, batch, step, regen=regen)
         else:
             p, s = fn(p, s, batch, step)
     return p, s
+
+
+def _replayer(stepper: "_Stepper", snapshot: Any, k: int, batches: Sequence[Any], start_step: int,
+              rng: dict[int, tuple[Tensor, list[Tensor]]]) -> Callable[[], tuple]:
+    """A function giving step k's inputs again: replay steps j..k-1 (no graph) from snapshot j."""
+    j, p0, s0 = snapshot
+
+    def regen() -> tuple:
+        p, s = p0, s0
+        for i in range(j, k):
+            cpu, cuda = rng[i]
+            with torch.random.fork_rng(devices=list(range(len(cuda)))):
+                torch.set_rng_state(cpu)
+                for d, st in enumerate(cuda):
+                    torch.cuda.set_rng_state(st, d)
+                p, s = stepper.constant(p, s, batches[i], start_step + i)
+        return p, s, batches[k], start_step + k
+
+    return regen
+
+
+def _unroll_per_example_loop(model: nn.Module, params: Params, loss_fn: LossFn, batches: Sequence[Any],
+                             optimizer: FunctionalOptimizer, first_order: bool, truncate: int | None,
+                             state: Any, start_step: int, return_state: bool = True) -> tuple[Params, Any]:
+    """M independent inner loops, one after the other, results stacked along a new dim 0."""
+    M = _batch_size(batches)
+    stepper = _Stepper(model, loss_fn, optimizer)
+    init_state = optimizer.init(params) if state is None else state
+    outs = []
+    for m in range(M):
+        bm = [tree_map(lambda t: t[m] if isinstance(t, Tensor) else t, b) for b in batches]
+        outs.append(_run_steps(stepper, params, init_state, bm, first_order, truncate, 0, start_step))
+    p_all = {n: torch.stack([o[0][n] for o in outs]) for n in params}
+    if not return_state:
+        return p_all, None
+    s_leaves, spec = tree_flatten(outs[0][1])
+    s_all = [torch.stack([tree_flatten(o[1])[0][i] for o in outs]) if isinstance(t, Tensor) else t
+             for i, t in enumerate(s_leaves)]
+    return p_all, tree_unflatten(s_all, spec)
 
 
 def _batch_size(batches: Sequence[Any]) -> int:

@@ -232,10 +232,11 @@ def meta_objective(weighter: TokenWeighter, model: nn.Module, tokenizer, example
         inner_lr = None if log_inner_lr is None else log_inner_lr.exp()
         pK, _ = unroll(model, params, doc_loss(cfg.inner_norm), [inner] * cfg.inner_steps,
                        optimizer=_inner_optimizer(cfg, inner_lr), first_order=False, truncate=cfg.truncate,
-                       per_example=True)
+                       per_example=True, return_state=False)
         q_losses, r_losses = [], []
+        per_m = {k: v.unbind(0) for k, v in pK.items()}  # one unbind per tensor: its backward is one stack, not M zero-filled copies
         for m, e in enumerate(examples):
-            p_m = {k: v[m] for k, v in pK.items()}
+            p_m = {k: v[m] for k, v in per_m.items()}
             q = pad([encode_probe(tokenizer, e.prefix, e.object)], pad_id)
             q_losses.append(lm_loss(model, p_m, {k: v.to(dev) for k, v in q.items()}))
             if cfg.retention > 0 and nf_probes:
