@@ -12,7 +12,13 @@ def register(sub) -> None:
     w.add_argument("--out", required=True, help="output folder")
     w.add_argument("--overwrite-fraction", type=float, default=0.4,
                    help="share of new facts that replace an old employer or city (default 0.4)")
-    w.add_argument("--paraphrases", type=int, default=4, help="templates per old fact in the corpus (1-4)")
+    w.add_argument("--version", type=int, choices=[1, 2], default=2,
+                   help="2 (default): held-out probe phrasings, official-like TL documents; 1: the old world "
+                        "(probes verbatim in training text), for reproducing old results")
+    w.add_argument("--paraphrases", type=int, default=None,
+                   help="phrasings per old fact in the corpus (v2: 1-3, default 3; v1: 1-4, default 4)")
+    w.add_argument("--distractors", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="hard sentences (names, numbers, dates, places) around each TL fact (v2 only; default 6 8)")
     w.set_defaults(func=_world)
     c = subsub.add_parser("check", help="validate LAMA-ckl-schema JSONL files (exit 2 naming file, line, field)")
     c.add_argument("files", nargs="+", metavar="FILE")
@@ -31,10 +37,22 @@ def _world(args) -> int:
     from metacl.utils import check_out_kind
 
     check_out_kind(args.out, "data world")  # never mix a world's files into another run's folder
-    meta = write_world(args.out, args.entities, args.seed, overwrite_fraction=args.overwrite_fraction,
-                       paraphrases=args.paraphrases)
+    if args.version == 1:
+        if args.distractors is not None:
+            raise MetaclError("--distractors is a world v2 option; drop it or use --version 2")
+        meta = write_world(args.out, args.entities, args.seed, overwrite_fraction=args.overwrite_fraction,
+                           paraphrases=4 if args.paraphrases is None else args.paraphrases)
+    else:
+        from metacl.data.world_v2 import write_world_v2
+
+        opts = {"overwrite_fraction": args.overwrite_fraction}
+        if args.paraphrases is not None:
+            opts["paraphrases"] = args.paraphrases
+        if args.distractors is not None:
+            opts["n_distractors"] = tuple(args.distractors)
+        meta = write_world_v2(args.out, args.entities, args.seed, **opts)
     counts = ", ".join(f"{k} {v}" for k, v in meta["counts"].items())
-    print(f"wrote world (entities {args.entities}, seed {args.seed}) to {args.out}: {counts}")
+    print(f"wrote world v{args.version} (entities {args.entities}, seed {args.seed}) to {args.out}: {counts}")
     return 0
 
 
