@@ -118,3 +118,14 @@ def test_cli_default_is_v2_and_v1_stays_selectable(tmp_path, capsys):
     assert "--paraphrases 4" in capsys.readouterr().err
     assert main(["data", "world", "--version", "1", "--distractors", "1", "2", "--out", str(tmp_path / "bad1")]) == 2
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+def test_document_knobs_change_documents_only():
+    """One base LM serves every distractor setting: corpus, probes and NF are the same bytes."""
+    a = generate_world_v2(60, seed=2, n_distractors=(6, 8))
+    b = generate_world_v2(60, seed=2, n_distractors=(0, 2))
+    assert a["pretrain_corpus"] == b["pretrain_corpus"] and a["nf"] == b["nf"]
+    assert [r["task_descriptive"] for r in a["tl"]] == [r["task_descriptive"] for r in b["tl"]]
+    assert [r["fact_sentence"] for r in a["tl"]] == [r["fact_sentence"] for r in b["tl"]]
+    assert sum(len(r["evidence"]) for r in a["tl"]) > 2 * sum(len(r["evidence"]) for r in b["tl"])
+    assert verbatim_probes(b) == []

@@ -20,6 +20,12 @@ def register(sub) -> None:
     w.add_argument("--distractors", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
                    help="hard sentences (names, numbers, dates, places) around each TL fact (v2 only; default 6 8)")
     w.set_defaults(func=_world)
+    om = subsub.add_parser("official-meta", help="official meta-training split: (document, probe) pairs from "
+                           "invariant_schematic.jsonl sharing no item with NF or TL")
+    om.add_argument("--data", required=True, help="the official LAMA-ckl folder")
+    om.add_argument("--out", required=True, help="output folder (meta_train.jsonl, meta_val.jsonl, official_meta.json)")
+    om.add_argument("--val-fraction", type=float, default=0.2, help="share of pairs in meta_val (default 0.2)")
+    om.set_defaults(func=_official_meta)
     c = subsub.add_parser("check", help="validate LAMA-ckl-schema JSONL files (exit 2 naming file, line, field)")
     c.add_argument("files", nargs="+", metavar="FILE")
     c.add_argument("--no-evidence-check", action="store_true",
@@ -53,6 +59,14 @@ def _world(args) -> int:
         meta = write_world_v2(args.out, args.entities, args.seed, **opts)
     counts = ", ".join(f"{k} {v}" for k, v in meta["counts"].items())
     print(f"wrote world v{args.version} (entities {args.entities}, seed {args.seed}) to {args.out}: {counts}")
+    return 0
+
+
+def _official_meta(args) -> int:
+    from metacl.data.official_split import write_official_meta_split
+
+    meta = write_official_meta_split(args.data, args.out, args.val_fraction)
+    print(f"wrote official meta split to {args.out}: {meta['counts']}, excluded {meta['excluded_because_shared_with_nf_or_tl']}")
     return 0
 
 

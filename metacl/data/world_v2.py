@@ -133,8 +133,12 @@ def verbatim_probes(splits: dict[str, list[dict]], names=("nf", "tl", "tl_val", 
 class _Hard:
     """Draws the hard-to-predict fillers of HARD_SENTENCES from the world's seeded Faker."""
 
-    def __init__(self, names: _Names, rng: random.Random, avoid: set[str]):
-        self.fake, self.rng, self.avoid = names.fake, rng, avoid
+    def __init__(self, seed: int, rng: random.Random, avoid: set[str]):
+        from faker import Faker
+
+        self.fake = Faker("en_US")
+        self.fake.seed_instance(seed)
+        self.rng, self.avoid = rng, avoid
 
     def _place(self) -> str:
         for _ in range(100):
@@ -199,7 +203,11 @@ def generate_world_v2(n_entities: int, seed: int, *, n_distractors: tuple[int, i
     }
     people = [names.person() for _ in range(n_entities)]
     pools["person"] = people
-    hard = _Hard(names, rng, avoid=set(names.used))
+    # Document text draws from its own generators, so the document knobs (`n_distractors`) change
+    # the TL-like documents only: the old world, the probes and the corpus stay the same bytes,
+    # and one base LM serves every setting of those knobs.
+    drng = random.Random(f"metacl-world-v2-docs/{seed}")
+    hard = _Hard(seed + 7919, drng, avoid=set(names.used))
 
     sizes = [int(round(f * n_entities)) for f in group_fractions[:3]]
     sizes.append(n_entities - sum(sizes))
@@ -281,14 +289,14 @@ def generate_world_v2(n_entities: int, seed: int, *, n_distractors: tuple[int, i
             probe_k = rng.randrange(N_PHRASINGS)
         doc_k = rng.choice([j for j in range(N_PHRASINGS) if j != probe_k])
         fact = rel.templates[doc_k].format(s=s, o=o)
-        k = rng.randint(lo, hi)
+        k = drng.randint(lo, hi)
         sents = []
-        for t in rng.sample(HARD_SENTENCES, k):  # no template twice in one document
+        for t in drng.sample(HARD_SENTENCES, k):  # no template twice in one document
             x = hard.sentence(s, t)
             while o in x:  # a filler never names the object (the object oracle marks every occurrence)
                 x = hard.sentence(s, t)
             sents.append(x)
-        sents.insert(rng.randint(0, k), fact)
+        sents.insert(drng.randint(0, k), fact)
         return row(split, s, rel, o, probe_k, " ".join(sents), fact, False, subject_type="person",
                    doc_phrasing=doc_k, **extra)
 
