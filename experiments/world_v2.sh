@@ -5,7 +5,7 @@
 # Usage: experiments/world_v2.sh RUNS_DIR [ROW...]
 #   ROW: world | base_lm | finetune | oracle | oracle_sentence | random | lora | replay | lwf | ewc | mix_review
 #        (default: all, in that order). Reruns resume: finished seeds are skipped.
-# Knobs (environment): ENTITIES (200), DISTRACTORS ("6 8"), EPOCHS (8), LR (1e-3), SEEDS ("0 1 2"),
+# Knobs (environment): ENTITIES (200), DISTRACTORS ("3 5", the default of `metacl data world`), EPOCHS (8), LR (1e-3), SEEDS ("0 1 2"),
 #   MAXLEN (256), TAG (world_v2: where results go under docs/results/).
 # Every run: AdamW, batch 8, teacher-forced probes of TL / NF / tl_val before training and after
 # every epoch (no exact match), on the CPU, one thread, nice 5.
@@ -14,14 +14,14 @@
 set -euo pipefail
 RUNS=${1:?runs dir}; shift
 ROWS=${*:-"world base_lm finetune oracle oracle_sentence random lora replay lwf ewc mix_review"}
-ENTITIES=${ENTITIES:-200}; DISTRACTORS=${DISTRACTORS:-"6 8"}; EPOCHS=${EPOCHS:-8}; LR=${LR:-1e-3}
+ENTITIES=${ENTITIES:-200}; DISTRACTORS=${DISTRACTORS:-"3 5"}; EPOCHS=${EPOCHS:-8}; LR=${LR:-1e-3}
 SEEDS=${SEEDS:-"0 1 2"}; MAXLEN=${MAXLEN:-256}; TAG=${TAG:-world_v2}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TQDM_DISABLE=1
 M="nice -n 5 python -m metacl"
-# WORLD0: the world with the default document knobs (its corpus trains the base LM); WORLD: the
-# world with this run's DISTRACTORS (same corpus, probes and NF; only the TL-like documents differ)
+# WORLD0: a world whose corpus trains the base LM; WORLD: the world with this run's DISTRACTORS (the
+# same corpus, probes and NF: only the TL-like documents differ, `cmp` below checks the corpus)
 WORLD0=$RUNS/world_e${ENTITIES}_s0
-if [ "$DISTRACTORS" = "6 8" ]; then WORLD=$WORLD0; else WORLD=$RUNS/world_e${ENTITIES}_d${DISTRACTORS// /-}; fi
+WORLD=$RUNS/world_e${ENTITIES}_d${DISTRACTORS// /-}
 BASE=${BASE:-$RUNS/lm_small_s0}
 mkdir -p "$RUNS"
 # the mean weight of the object oracle on TL documents, for the mean-matched random row
@@ -30,7 +30,7 @@ for row in $ROWS; do
   echo "=== $row $(date -u +%H:%M:%S)"
   case $row in
     world)
-      [ -f "$WORLD0/world.json" ] || $M data world --entities "$ENTITIES" --seed 0 --out "$WORLD0"
+      [ -f "$WORLD0/world.json" ] || $M data world --entities "$ENTITIES" --seed 0 --distractors 6 8 --out "$WORLD0"
       [ -f "$WORLD/world.json" ] || $M data world --entities "$ENTITIES" --seed 0 --distractors $DISTRACTORS --out "$WORLD"
       cmp "$WORLD0/pretrain_corpus.jsonl" "$WORLD/pretrain_corpus.jsonl"   # the base LM's corpus is this world's
       continue ;;

@@ -18,7 +18,7 @@ def register(sub) -> None:
     w.add_argument("--paraphrases", type=int, default=None,
                    help="phrasings per old fact in the corpus (v2: 1-3, default 3; v1: 1-4, default 4)")
     w.add_argument("--distractors", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
-                   help="hard sentences (names, numbers, dates, places) around each TL fact (v2 only; default 6 8)")
+                   help="hard sentences (names, numbers, dates, places) around each TL fact (v2 only; default 3 5)")
     w.set_defaults(func=_world)
     om = subsub.add_parser("official-meta", help="official meta-training split: (document, probe) pairs from "
                            "invariant_schematic.jsonl sharing no item with NF or TL")

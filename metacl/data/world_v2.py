@@ -167,13 +167,15 @@ class _Hard:
         )
 
 
-def generate_world_v2(n_entities: int, seed: int, *, n_distractors: tuple[int, int] = (6, 8),
+def generate_world_v2(n_entities: int, seed: int, *, n_distractors: tuple[int, int] = (3, 5),
                       overwrite_fraction: float = 0.4,
                       group_fractions: tuple[float, float, float, float] = (0.5, 0.1, 0.25, 0.15),
                       paraphrases: int = 3, known_fraction: float = 0.5) -> dict[str, list[dict]]:
     """Build a v2 world of `n_entities` people (plus organisations, cities, works) and its splits.
 
-    `n_distractors`: (min, max) hard sentences around each TL-like document's fact sentence.
+    `n_distractors`: (min, max) hard sentences around each TL-like document's fact sentence. The
+    default (3, 5) is the measured choice: with (6, 8) fine-tuning gained only +0.016 TL (seed 0;
+    docs/results/world_v2.md, "knobs").
     `overwrite_fraction`: share of TL facts that replace an old employer or city.
     `paraphrases`: how many of a fact's three non-probe phrasings go into the corpus (1-3).
     `known_fraction`: share of people whose spouse / alma mater is in the old world.
