@@ -71,8 +71,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     stats = [row_stats(Path(r)) for r in args.runs]
     base = next((s for s in stats if s["name"] == args.baseline), None)
-    lines = ["| run | honest TL | gain | gain / finetune's | NF | Total Knowledge | old object still answered | paper TL | paper gain |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | honest TL | gain | gain / finetune's | NF | Total Knowledge | overwritten facts: new object | old object still answered | paper TL | paper gain |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
 
     def f(ms, sign=False):
         if ms["mean"] is None:
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
         r = s["honest"]["gain_ratio_vs_baseline"]
         lines.append(f"| {s['name']} | {f(s['honest']['tl'])} | {f(s['honest']['gain'], True)} | "
                      f"{'n/a' if r is None else f'{r:.2f}x'} | {f(s['honest']['nf'])} | {f(s['honest']['total'])} | "
-                     f"{f(s['honest']['old_object'])} | {f(s['paper']['tl'])} | {f(s['paper']['gain'], True)} |")
+                     f"{f(s['honest']['overwrite'])} | {f(s['honest']['old_object'])} | {f(s['paper']['tl'])} | {f(s['paper']['gain'], True)} |")
     table = "\n".join(lines) + "\n"
     print(table)
     if args.json:
