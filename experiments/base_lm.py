@@ -1,7 +1,7 @@
 """Does a locally pretrained base LM know its old world? (evidence for docs/results/base_lm.md)
 
 Two settings, each: pretrain a tokenizer + Llama LM from scratch, then score probes with the
-official teacher-forced metric (`metacl.ckl.metrics.probe_accuracy`: fraction of object tokens
+official teacher-forced metric (`metacl.core.probes.probe_accuracy`: fraction of object tokens
 whose argmax is right, averaged over items) and greedy exact match.
 
     # generated world: pretrain on pretrain_corpus.jsonl; NF should be >= 0.9, TL ~ 0
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from metacl.ckl.metrics import probe_accuracy
+from metacl.core.probes import probe_accuracy
 from metacl.data.lama import load_ckl_data, load_lama_jsonl
 from metacl.data.world import write_world
 from metacl.models.loading import load_model_and_tokenizer

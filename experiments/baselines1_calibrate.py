@@ -16,7 +16,8 @@ import json
 import torch
 
 from metacl.models.loading import load_model_and_tokenizer
-from metacl.strategies._importance import fisher_on_docs, mean_nll, tokenize_docs
+from metacl.core.batching import tokenize_docs
+from metacl.strategies.importance import fisher_on_docs, mean_nll
 from metacl.strategies.base import TrainContext
 
 

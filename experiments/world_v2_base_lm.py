@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metacl.ckl.metrics import probe_accuracy  # noqa: E402
+from metacl.core.probes import probe_accuracy  # noqa: E402
 from metacl.models.loading import load_model_and_tokenizer  # noqa: E402
 from metacl.utils import write_json_atomic  # noqa: E402
 

@@ -68,8 +68,21 @@ def truncate_jsonl(path: str | os.PathLike, keep_through_step: int) -> None:
     tmp.replace(path)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def default_device(requested: str | torch.device | None = None, info=None) -> torch.device:
+    """The device a command runs on: `requested` (--device) if given, else CUDA when available, else CPU.
+
+    The one device choice in metacl. Under torchrun (`info`, a `metacl.distributed.DistInfo`
+    with several ranks) a bare "cuda" means this process's GPU, LOCAL_RANK.
+    """
+    ranked = info is not None and info.enabled
+    if requested:
+        dev = torch.device(requested)
+        if ranked and dev.type == "cuda" and dev.index is None:
+            return torch.device("cuda", info.local_rank)
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda", info.local_rank) if ranked else torch.device("cuda")
+    return torch.device("cpu")
 
 
 # ---------------------------------------------------------------------------- output folders

@@ -6,10 +6,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from metacl.ckl.batching import DocBatches, encode_docs
+from metacl.core.batching import DocBatches, encode_docs
 from metacl.ckl.optimizers import build_optimizer
 from metacl.ckl.protocol import carve_tl_val
-from metacl.ckl.train import combined_weights, label_mask, step_loss, token_nll, train_task
+from metacl.ckl.train import combined_weights, label_mask, step_loss, train_task
+from metacl.engine.losses import nll_from_logits as token_nll
 from metacl.errors import MetaclError
 from metacl.strategies.base import Strategy, TrainContext
 

@@ -234,7 +234,7 @@ def test_stateful_strategies_and_learned_optimizer_resume_exactly(world, tmp_pat
 
 
 def _total_steps(world) -> int:
-    from metacl.ckl.batching import DocBatches
+    from metacl.core.batching import DocBatches
     from metacl.models.loading import load_model_and_tokenizer
 
     root, model = world

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from metacl.cli.main import main
-from metacl.data.lama import LamaItem, load_ckl_data, load_lama_dataset, load_lama_jsonl, probe_split
+from metacl.core.probes import probe_split
+from metacl.data.lama import LamaItem, load_ckl_data, load_lama_dataset, load_lama_jsonl
 from metacl.errors import DataError, MetaclError
 
 OFFICIAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lama_ckl"

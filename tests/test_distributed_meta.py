@@ -68,7 +68,7 @@ def train_token_weighter(lm: Path, world: Path, out: Path, meta_batch: int = 2) 
     float32 rounding (batched vs. per-rank padding and matmul shapes) flips sign and moves a
     weight by a whole step. In float64 the rounding noise is far below Adam's eps.
     """
-    from metacl.ckl.metrics import split_probe
+    from metacl.core.probes import split_probe
     from metacl.data.lama import load_lama_jsonl
     from metacl.meta.train_token_weighting import MetaConfig, MetaTrainer, examples_from_items
     from metacl.models.loading import load_model_and_tokenizer

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from metacl.ckl.metrics import object_token_positions, probe_accuracy, split_probe
+from metacl.core.probes import object_token_positions, probe_accuracy, split_probe
 
 
 def word_tokenizer(words):

@@ -8,7 +8,8 @@ import torch
 
 from metacl.cli.main import main
 from metacl.errors import DataError, MetaclError
-from metacl.models.pretrain import (PRESETS, _epoch_batches, _windows, pretrain, read_corpus,
+from metacl.data.corpus import read_corpus
+from metacl.models.pretrain import (PRESETS, _epoch_batches, _windows, pretrain,
                                     tiny_model_for_tests, train_tokenizer)
 
 FACTS = [f"{n} works for {o}." for n, o in [("Orla Venn", "Kettering Holdings"), ("Ilse Marr", "Dunmore Labs"),

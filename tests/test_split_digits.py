@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from metacl.benchmarks.cl_metrics import acc, bwt, cl_summary, fwt
+from metacl.core.cl_metrics import acc, bwt, cl_summary, fwt
 from metacl.benchmarks.split_digits import RunConfig, make_benchmark, run_sequence
 from metacl.errors import MetaclError
 

@@ -14,9 +14,15 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from metacl.strategies._importance import (
-    QuadraticAnchor, Reservoir, concat_batches, diagonal_fisher, mean_nll, token_nll, tokenize_docs,
-)
+from metacl.core.batching import concat_batches, tokenize_docs
+
+from metacl.engine.losses import token_nll
+
+from metacl.strategies.anchor import QuadraticAnchor
+
+from metacl.strategies.importance import diagonal_fisher, mean_nll
+
+from metacl.strategies.memory import Reservoir
 from metacl.strategies.base import TrainContext
 
 ALPHABET = "\x00 abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXY0123456789."  # 64 symbols, 0 = pad
@@ -74,7 +80,7 @@ def loop_loss(ctx: TrainContext, strategies, batch):
     for s in strategies:
         batch = s.train_batch(ctx, batch)
     out = ctx.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    from metacl.strategies._importance import label_mask, nll_from_logits
+    from metacl.engine.losses import label_mask, nll_from_logits
 
     nll = nll_from_logits(out.logits, batch["labels"])
     w = label_mask(batch)

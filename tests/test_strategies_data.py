@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from test_strategies_common import NEW, OLD, CharTokenizer, make_ctx, random_batch  # noqa: E402
 
-from metacl.strategies._importance import tokenize_docs  # noqa: E402
+from metacl.core.batching import tokenize_docs  # noqa: E402
 from metacl.strategies.mix_review import MixReview  # noqa: E402
 from metacl.strategies.replay import Replay  # noqa: E402
 

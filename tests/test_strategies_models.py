@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from test_strategies_common import NEW, loop_loss, make_ctx, random_batch, tiny_model  # noqa: E402
 
-from metacl.strategies._importance import label_mask, token_nll  # noqa: E402
+from metacl.engine.losses import label_mask, token_nll  # noqa: E402
 from metacl.strategies.icl import ICL  # noqa: E402
 from metacl.strategies.k_adapter import KAdapter, ParallelAdapter  # noqa: E402
 from metacl.strategies.rho1 import Rho1, select_top_excess  # noqa: E402

@@ -58,7 +58,7 @@ def test_ewc_online_fisher_accumulates_after_task():
     ewc.before_task(ctx)
     f0 = {n: f.clone() for n, f in ewc.prior.fisher.items()}
     ewc.after_task(ctx)
-    from metacl.strategies._importance import fisher_on_docs
+    from metacl.strategies.importance import fisher_on_docs
 
     # F = gamma F_old + F_new, with F_new on the task's documents (same sample order)
     ctx2 = make_ctx(model=ctx.model)

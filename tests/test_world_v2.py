@@ -114,9 +114,9 @@ def test_cli_default_is_v2_and_v1_stays_selectable(tmp_path, capsys):
     write_world(tmp_path / "v1ref", 40, seed=1)
     for name in SPLIT_FILES:
         assert (tmp_path / "v1" / f"{name}.jsonl").read_bytes() == (tmp_path / "v1ref" / f"{name}.jsonl").read_bytes()
-    assert main(["data", "world", "--entities", "40", "--paraphrases", "4", "--out", str(tmp_path / "bad")]) == 2
-    assert "--paraphrases 4" in capsys.readouterr().err
-    assert main(["data", "world", "--version", "1", "--distractors", "1", "2", "--out", str(tmp_path / "bad1")]) == 2
+    assert main(["data", "world", "--entities", "40", "--paraphrases", "1", "--out", str(tmp_path / "bad")]) == 2
+    assert "--paraphrases 1" in capsys.readouterr().err
+    assert main(["data", "world", "--entities", "40", "--distractors", "5", "2", "--out", str(tmp_path / "bad1")]) == 2
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
 
 

@@ -9,7 +9,7 @@ LAMA-ckl metric (teacher-forced object-token accuracy), giving
 
     R[i, j] = accuracy on period j after learning periods 1..i+1           (P x P)
     b[j]    = accuracy of the base model on period j                       (for FWT)
-    ACC, BWT, FWT from `metacl.benchmarks.cl_metrics` (GEM definitions), NF after each period.
+    ACC, BWT, FWT from `metacl.core.cl_metrics` (GEM definitions), NF after each period.
 
 Outputs in `--out`: `sequence/` (the generated periods), `runs/<strategy>/seed_<s>.json` (one
 per finished seed: a rerun skips it, so a killed run resumes), `summary.json` (per strategy:
@@ -25,7 +25,6 @@ a trained model having learned all earlier periods.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -34,9 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from metacl.benchmarks.cl_metrics import cl_summary
+from metacl.core.cl_metrics import cl_summary
 from metacl.errors import MetaclError
-from metacl.utils import write_json_atomic
+from metacl.utils import default_device, write_json_atomic
 
 
 @dataclass
@@ -63,6 +62,9 @@ class SequenceConfig:
     optimizer: str = "adamw"
     optimizer_path: str | None = None
     learned_lr: float = 1.0
+    precision: str = "fp32"              # fp32 | bf16 (autocast around forward passes, fp32 weights)
+    ckpt_every: int | None = None        # training steps between mid-seed checkpoints; None = once per epoch, 0 = off
+    max_bad_steps: int = 10              # stop after this many skipped (non-finite) steps; 0 = never stop
 
     def validate(self) -> "SequenceConfig":
         if not self.model:
@@ -84,6 +86,13 @@ class SequenceConfig:
         if self.optimizer_path and self.optimizer != "learned":
             raise MetaclError(f"--optimizer-path {self.optimizer_path} is only used by --optimizer learned; "
                               "add --optimizer learned or drop --optimizer-path")
+        if self.ckpt_every is not None and int(self.ckpt_every) < 0:
+            raise MetaclError(f"--ckpt-every must be >= 0 training steps (0 = no checkpoints), got {self.ckpt_every}")
+        if int(self.max_bad_steps) < 0:
+            raise MetaclError(f"--max-bad-steps must be >= 0 (0 = never stop), got {self.max_bad_steps}")
+        from metacl.precision import check_precision
+
+        check_precision(self.precision)
         return self
 
     def run_name(self, spec: str) -> str:
@@ -96,8 +105,10 @@ class SequenceConfig:
         # --out can collect strategies run by several commands over the same sequence
         # (the optimizer too: its rows get their own name, see run_name)
         for k in ("out", "device", "progress", "eval_batch_size", "strategies", "seeds", "strategy_options",
-                  "optimizer", "optimizer_path", "learned_lr"):
+                  "optimizer", "optimizer_path", "learned_lr", "ckpt_every", "max_bad_steps"):
             d.pop(k)
+        if d.get("precision") == "fp32":  # added later: hashed only when not the default, so older folders resume
+            d.pop("precision")
         d["model"], d["world"] = str(Path(self.model).resolve()), str(Path(self.world).resolve())
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -119,74 +130,71 @@ def mean_std(xs) -> dict[str, Any]:
 # --------------------------------------------------------------------------- running
 
 def _evaluate(model, tok, probe_sets: list[list], nf: list, cfg: SequenceConfig, device, prefix_fn=None):
-    from metacl.ckl.metrics import probe_accuracy
+    from metacl.core.probes import probe_accuracy
+    from metacl.precision import autocast
 
-    accs = [probe_accuracy(model, tok, items, batch_size=cfg.eval_batch_size, device=device, exact_match=False,
-                           prefix_fn=prefix_fn)["acc"] for items in probe_sets]
-    nf_acc = probe_accuracy(model, tok, nf, batch_size=cfg.eval_batch_size, device=device, exact_match=False,
-                            prefix_fn=prefix_fn)["acc"]
+    with autocast(getattr(cfg, "precision", "fp32"), device):
+        accs = [probe_accuracy(model, tok, items, batch_size=cfg.eval_batch_size, device=device, exact_match=False,
+                               prefix_fn=prefix_fn)["acc"] for items in probe_sets]
+        nf_acc = probe_accuracy(model, tok, nf, batch_size=cfg.eval_batch_size, device=device, exact_match=False,
+                                prefix_fn=prefix_fn)["acc"]
     return accs, nf_acc
 
 
-def _prefix_fn(strategies, ctx) -> Callable | None:
-    """Every strategy's probe_prefix joined (in-context learning); None if none defines one."""
-    from metacl.strategies.base import Strategy
-
-    own = [s for s in strategies if type(s).probe_prefix is not Strategy.probe_prefix]
-    if not own:
-        return None
-    return lambda item: "\n".join(p for p in (s.probe_prefix(ctx, item) for s in own) if p) or None
-
-
 def run_strategy_seed(cfg: SequenceConfig, spec: str, seed: int, periods: list[list[dict]], nf: list[dict],
-                      old_corpus: list[str], device, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Learn the periods in order with strategy `spec` ('a+b' composes); return R, NF curve, timing."""
+                      old_corpus: list[str], device, log: Callable[[str], None] = print, *, ckpt_dir: Path | None = None,
+                      info=None) -> dict[str, Any]:
+    """Learn the periods in order with strategy `spec` ('a+b' composes); return R, NF curve, timing.
+
+    A P-task stream of `metacl.ckl.stream.run_tasks`, probed after every period. With `ckpt_dir`
+    it checkpoints there (every `cfg.ckpt_every` steps, default once per epoch) together with
+    the scores of the finished periods, and a run killed mid-way resumes from it to the same R.
+    """
+    from metacl import distributed as D
+    from metacl.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+    from metacl.ckl.stream import run_tasks
+    from metacl.strategies.base import probe_prefix_fn
+
     import torch
 
-    from metacl.ckl.optimizers import build_optimizer
-    from metacl.ckl.protocol import build_strategies
-    from metacl.ckl.train import train_task
-    from metacl.models.loading import load_model_and_tokenizer
-    from metacl.strategies.base import TrainContext
-    from metacl.utils import seed_everything
-
+    info = info or D.SINGLE
     names = spec.split("+")
-    gen = seed_everything(seed)
-    model, tok = load_model_and_tokenizer(cfg.model, device=device)
-    strategies = build_strategies(names, cfg.strategy_options)
-    trains = any(s.trains for s in strategies)
-    ctx = TrainContext(model=model, tokenizer=tok, device=device, train_docs=[], old_corpus=old_corpus,
-                       batch_size=cfg.batch_size, max_length=cfg.max_length, seed=seed, generator=gen)
-    R, nf_curve, losses = [], [], []
+    R: list[list[float]] = []
+    nf_curve: list[float] = []
+    resume = None
+    if ckpt_dir is not None and find_checkpoint(ckpt_dir) is not None:
+        tensors, state = load_checkpoint(ckpt_dir)
+        if state.get("hash") == cfg.hash() and state.get("spec") == spec and state.get("seed") == seed:
+            resume = (tensors, state)
+            R, nf_curve = [list(r) for r in state["R"]], list(state["nf"])
+            log(f"{spec} seed {seed}: resuming from {ckpt_dir} (period {state['task'] + 1}, "
+                f"step {state['train']['position']['step']}; periods 1..{state['task']} are retrained, not re-scored)")
     t0 = time.time()
-    for i, rows in enumerate(periods):
-        ctx.task_index = i
-        ctx.train_docs = [r["evidence"] for r in rows]
-        if not trains:  # a memory-only learner (ICL) keeps every period's documents, not just the last
-            ctx.train_docs = list(ctx.seen_docs) + ctx.train_docs
-        if trains:
-            def make_opt(params):
-                return build_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                       path=cfg.optimizer_path, total_steps=ctx.total_steps, learned_lr=cfg.learned_lr)
 
-            stats = train_task(ctx, strategies, cfg.epochs, make_opt, grad_clip=cfg.grad_clip or None,
-                               progress=cfg.progress)
-            losses.append(stats["losses"])
-        else:
-            for s in strategies:
-                s.before_task(ctx)
-            for s in strategies:
-                s.after_task(ctx)
+    def evaluate(ctx, strategies, at) -> None:
+        if not info.is_main:
+            D.barrier(info)
+            return
         with torch.no_grad():
-            accs, nf_acc = _evaluate(ctx.model, tok, periods, nf, cfg, device, _prefix_fn(strategies, ctx))
+            accs, nf_acc = _evaluate(ctx.model, ctx.tokenizer, periods, nf, cfg, device, probe_prefix_fn(strategies, ctx))
         R.append(accs)
         nf_curve.append(nf_acc)
-        ctx.seen_docs = list(ctx.train_docs) if not trains else list(ctx.seen_docs) + list(ctx.train_docs)
-        log(f"{spec} seed {seed} after period {i + 1}: " + " ".join(f"{a:.3f}" for a in accs)
+        log(f"{spec} seed {seed} after period {at.task + 1}: " + " ".join(f"{a:.3f}" for a in accs)
             + f" | NF {nf_acc:.3f} ({time.time() - t0:.0f}s)")
+        D.barrier(info)
+
+    def save(tensors: dict, state: dict) -> None:
+        done = state["task"]  # periods finished before the one in progress
+        save_checkpoint(ckpt_dir, tensors, {"hash": cfg.hash(), "spec": spec, "seed": seed,
+                                            "R": R[:done], "nf": nf_curve[:done], **state})
+
+    stats = run_tasks(cfg, names, seed, [[r["evidence"] for r in rows] for rows in periods], device=device,
+                      old_corpus=old_corpus, on_probe=evaluate, probe="task",
+                      save=save if ckpt_dir is not None else None, ckpt_every=cfg.ckpt_every, resume=resume, info=info)
     opts = {k: v for k, v in cfg.strategy_options.items()}
     optim = {"optimizer": cfg.optimizer, "optimizer_path": cfg.optimizer_path, "learned_lr": cfg.learned_lr}
-    return {"strategy": spec, "name": cfg.run_name(spec), "seed": seed, "strategy_options": opts, "optim": optim, "R": R, "nf": nf_curve, "losses": losses, "seconds": round(time.time() - t0, 1)}
+    return {"strategy": spec, "name": cfg.run_name(spec), "seed": seed, "strategy_options": opts, "optim": optim,
+            "R": R, "nf": nf_curve, "losses": stats["losses"], "seconds": round(time.time() - t0, 1)}
 
 
 def heatmap(name: str, R: list[list[float]], nf: list[float], path: Path) -> Path:
@@ -256,48 +264,64 @@ def table_markdown(summary: dict[str, Any]) -> str:
 
 
 def run_sequence(cfg: SequenceConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every strategy x seed over the sequence; write summary.json, table.md and heat-maps."""
-    import torch
+    """Run every strategy x seed over the sequence; write summary.json, table.md and heat-maps.
 
-    from metacl.data.world_sequence import load_world, write_sequence
-    from metacl.models.loading import load_model_and_tokenizer
+    Under torchrun every rank trains (each a share of every global batch, as in `ckl run`);
+    rank 0 alone scores and writes.
+    """
+    from metacl import distributed as D
+    from metacl.checkpoint import remove_checkpoint
+    from metacl.ckl.stream import build_strategies
+    from metacl.data.world_sequence import build_sequence, load_world, write_sequence
+    from metacl.models.loading import check_causal_lm_path, load_model_and_tokenizer
     from metacl.strategies.base import get_strategy
+    from metacl.utils import check_run_folder
 
     cfg.validate()
     for spec in cfg.strategies:
         for n in spec.split("+"):
             get_strategy(n)
     # every input is checked before --out is touched, so a refused run leaves nothing behind (H6)
-    from metacl.ckl.protocol import build_strategies
-    from metacl.models.loading import check_causal_lm_path
-    from metacl.utils import check_run_folder
-
     check_causal_lm_path(cfg.model)
     world = load_world(cfg.world)
     for spec in cfg.strategies:
         for strat in build_strategies(spec.split("+"), cfg.strategy_options):
             strat.preflight(cfg.model)
-    out = check_run_folder(cfg.out, "ckl sequence", cfg.hash())
-    cfg_path = out / "config.json"
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(cfg_path, {"hash": cfg.hash(), "config": asdict(cfg)})
-    seq = write_sequence(out / "sequence", world, n_periods=cfg.periods, facts_per_period=cfg.facts_per_period,
-                         seed=cfg.data_seed)
+    info = D.init(cfg.device)
+    if not info.is_main:
+        log = _quiet
+    out, refused = Path(cfg.out), None
+    opts = dict(n_periods=cfg.periods, facts_per_period=cfg.facts_per_period, seed=cfg.data_seed)
+    if info.is_main:
+        try:
+            out = check_run_folder(cfg.out, "ckl sequence", cfg.hash())
+            out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(out / "config.json", {"hash": cfg.hash(), "config": asdict(cfg)})
+            seq = write_sequence(out / "sequence", world, **opts)
+        except MetaclError as e:
+            refused = e
+    if D.all_reduce_flag(refused is not None, info):  # also a barrier: the folder is settled
+        raise refused or MetaclError(f"rank 0 refused --out {cfg.out} (see its error line); fix that and relaunch")
+    if not info.is_main:
+        seq = build_sequence(world, **opts)
     periods, nf = seq["periods"], seq["nf"][: cfg.max_nf] if cfg.max_nf else seq["nf"]
     old_corpus = [r["text"] for r in world["pretrain_corpus"]]
-    device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(cfg.device, info)
     log(f"ckl sequence: {len(periods)} periods x {cfg.facts_per_period} facts, NF {len(nf)}, "
-        f"strategies {', '.join(cfg.strategies)}, seeds {cfg.seeds}, {cfg.epochs} epochs/period, device {device}")
+        f"strategies {', '.join(cfg.strategies)}, seeds {cfg.seeds}, {cfg.epochs} epochs/period, device {device}"
+        + (f", {info.world_size} data-parallel ranks" if info.enabled else ""))
 
     base_path = out / "base.json"
-    if base_path.is_file():
-        base = json.loads(base_path.read_text())
-    else:
-        model, tok = load_model_and_tokenizer(cfg.model, device=device)
-        accs, nf0 = _evaluate(model, tok, periods, nf, cfg, device)
-        base = {"baseline": accs, "nf0": nf0}
-        write_json_atomic(base_path, base)
-        del model
+    if info.is_main:
+        if base_path.is_file():
+            base = json.loads(base_path.read_text())
+        else:
+            model, tok = load_model_and_tokenizer(cfg.model, device=device)
+            accs, nf0 = _evaluate(model, tok, periods, nf, cfg, device)
+            base = {"baseline": accs, "nf0": nf0}
+            write_json_atomic(base_path, base)
+            del model
+    D.barrier(info)
 
     results: dict[str, list[dict]] = {}
     for spec in cfg.strategies:
@@ -305,13 +329,21 @@ def run_sequence(cfg: SequenceConfig, log: Callable[[str], None] = print) -> dic
         results[name] = []
         for seed in cfg.seeds:
             path = out / "runs" / name / f"seed_{seed}.json"
+            ckpt_dir = out / "runs" / name / f"checkpoint_seed_{seed}"
+            D.barrier(info)  # every rank decides on the same files
             if path.is_file():
                 log(f"{name} seed {seed}: done already ({path}), skipped")
                 r = json.loads(path.read_text())
             else:
-                r = run_strategy_seed(cfg, spec, seed, periods, nf, old_corpus, device, log)
-                write_json_atomic(path, r)
+                r = run_strategy_seed(cfg, spec, seed, periods, nf, old_corpus, device, log,
+                                      ckpt_dir=ckpt_dir if cfg.ckpt_every != 0 else None, info=info)
+                if info.is_main:
+                    write_json_atomic(path, r)
+                    remove_checkpoint(ckpt_dir)  # the seed is complete; its checkpoint is obsolete
             results[name].append(r)
+    D.barrier(info)
+    if not info.is_main:
+        return {"rank": info.rank}
     # strategies finished earlier into the same --out (e.g. by a parallel command) join the table
     for d in sorted((out / "runs").iterdir()) if (out / "runs").is_dir() else []:
         files = [d / f"seed_{s}.json" for s in cfg.seeds]
@@ -328,60 +360,5 @@ def run_sequence(cfg: SequenceConfig, log: Callable[[str], None] = print) -> dic
     return summary
 
 
-# --------------------------------------------------------------------------- CLI
-
-def register_cli(ckl_subparsers) -> None:
-    """Add `metacl ckl sequence` (called by `metacl.cli.ckl` when this module is present)."""
-    d = SequenceConfig()
-    p = ckl_subparsers.add_parser("sequence", help="learn a sequence of world updates; accuracy matrix, ACC/BWT/FWT",
-                                  conflict_handler="resolve")
-    p.add_argument("--model", metavar="PATH", required=True, help="base LM pretrained on the world's pretrain_corpus")
-    p.add_argument("--world", metavar="DIR", required=True, help="world folder written by `metacl data world`")
-    p.add_argument("--out", metavar="DIR", required=True, help="output folder (summary.json, table.md, heat-maps)")
-    p.add_argument("--strategies", nargs="+", default=d.strategies, metavar="NAME",
-                   help="strategies to compare, one run each; a+b composes (default finetune)")
-    p.add_argument("--periods", type=int, default=d.periods, help=f"number of world updates (default {d.periods})")
-    p.add_argument("--facts-per-period", type=int, default=d.facts_per_period, help=f"default {d.facts_per_period}")
-    p.add_argument("--data-seed", type=int, default=d.data_seed, help="seed of the generated periods (default 0)")
-    p.add_argument("--seeds", type=int, nargs="+", default=d.seeds, help="training seeds (default 0)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs per period (default {d.epochs})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="0 = off (default 1)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--max-length", type=int, default=d.max_length)
-    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    p.add_argument("--max-nf", type=int, default=None, help="score only the first N old-world probes (quick runs)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    from metacl.ckl.optimizers import OPTIMIZERS
-
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
-                   help="default adamw; other optimizers' rows are named <strategy>@<optimizer>")
-    p.add_argument("--optimizer-path", metavar="DIR", default=None,
-                   help="weights of the learned optimizer (default: shipped weights)")
-    p.add_argument("--learned-lr", type=float, default=d.learned_lr,
-                   help="multiplier on the learned optimizer's step (default 1)")
-    import metacl.strategies as strategies
-
-    for cls in strategies.REGISTRY.values():
-        cls.add_args(p)
-    p.set_defaults(func=cmd_sequence)
-
-
-def config_from_args(args: argparse.Namespace) -> SequenceConfig:
-    from metacl.ckl.protocol import strategy_option_names
-
-    names = [n for spec in args.strategies for n in spec.split("+")]
-    own = set(strategy_option_names(names))
-    opts = {k: v for k, v in vars(args).items() if k in own}
-    fields = set(SequenceConfig.__dataclass_fields__)
-    kw = {k: v for k, v in vars(args).items() if k in fields and k != "strategy_options"}
-    return SequenceConfig(strategy_options=opts, **kw)
-
-
-def cmd_sequence(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    run_sequence(cfg)
-    print((Path(cfg.out) / "table.md").read_text(), end="")
-    print(f"wrote {cfg.out}/summary.json, table.md, heatmap_<strategy>.png")
-    return 0
+def _quiet(msg: str) -> None:
+    """Log function of non-main ranks: rank 0 speaks for the job."""

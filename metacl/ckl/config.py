@@ -113,24 +113,3 @@ class CklConfig:
     @classmethod
     def field_names(cls) -> set[str]:
         return {f.name for f in fields(cls)}
-
-
-def load_yaml_options(path: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML config file, keys normalised to underscores (`ewc-lambda` → `ewc_lambda`)."""
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise MetaclError(f"config file {p} does not exist; pass an existing YAML file to --config")
-    try:
-        with open(p) as f:
-            raw = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
-        raise MetaclError(f"config file {where} is not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from e
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise MetaclError(f"config file {p} must hold a mapping of option: value, not a {type(raw).__name__}")
-    return {str(k).replace("-", "_"): v for k, v in raw.items()}

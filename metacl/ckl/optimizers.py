@@ -2,8 +2,7 @@
 
 Why a factory: the loop builds the optimizer only after the strategies' `before_task` (LoRA
 swaps the trainable parameters), so it needs a recipe, not an instance. The learned optimizer
-lives in `metacl.optim` (another part of metacl) and is imported lazily, so `adamw`/`sgd` work
-even where that module is absent.
+lives in `metacl.optim` (a lower layer) and is imported only when asked for.
 """
 
 from __future__ import annotations
@@ -34,11 +33,7 @@ def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, 
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
     if name == "learned":
-        try:
-            from metacl.optim import LearnedOptimizer
-        except ImportError as e:
-            raise MetaclError(f"--optimizer learned needs metacl.optim.LearnedOptimizer, which is not available ({e}); "
-                              "use --optimizer adamw or install a metacl with the learned optimizer") from e
+        from metacl.optim import LearnedOptimizer  # lazily: adamw/sgd runs never import the learned optimizer
         kwargs = {"lr": learned_lr}
         if total_steps:
             kwargs["total_steps"] = int(total_steps)

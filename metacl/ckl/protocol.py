@@ -39,7 +39,6 @@ their gradients; rank 0 alone evaluates and writes (see `metacl.ckl.train`).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -51,15 +50,15 @@ from typing import Any, Callable
 import torch
 
 from metacl.ckl.config import CklConfig
-from metacl.ckl.metrics import probe_accuracy
-from metacl.ckl.optimizers import build_optimizer
+from metacl.core.probes import probe_accuracy
 from metacl.ckl.report import plot_runs, read_rows, summarize, table_markdown
 from metacl.checkpoint import find_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
-from metacl.ckl.train import TooManyBadSteps, train_task
+from metacl.ckl.stream import Probe, build_strategies, run_tasks
+from metacl.ckl.train import TooManyBadSteps
 from metacl.errors import MetaclError
 from metacl.precision import autocast, peak_memory
-from metacl.strategies.base import Strategy, TrainContext, get_strategy
-from metacl.utils import seed_everything, write_json_atomic
+from metacl.strategies.base import Strategy, TrainContext, get_strategy, probe_prefix_fn
+from metacl.utils import default_device, write_json_atomic
 
 
 def carve_tl_val(tl: list, fraction: float = 0.1) -> tuple[list, list]:
@@ -70,34 +69,6 @@ def carve_tl_val(tl: list, fraction: float = 0.1) -> tuple[list, list]:
     ranked = sorted(range(len(tl)), key=lambda i: hashlib.sha1(str(tl[i].uuid).encode()).hexdigest())
     val_idx = set(ranked[:k])
     return [x for i, x in enumerate(tl) if i not in val_idx], [x for i, x in enumerate(tl) if i in val_idx]
-
-
-def build_strategies(names: list[str], options: dict[str, Any]) -> list[Strategy]:
-    ns = argparse.Namespace(**options)
-    return [get_strategy(n).from_args(ns) for n in names]
-
-
-def strategy_option_names(names: list[str]) -> list[str]:
-    """The `dest` names of every option the given strategies declare in `add_args`."""
-    dests: list[str] = []
-    for n in names:
-        p = argparse.ArgumentParser(add_help=False)
-        get_strategy(n).add_args(p)
-        dests += [a.dest for a in p._actions]
-    return dests
-
-
-def _prefix_fn(strategies: list[Strategy], ctx: TrainContext) -> Callable[[Any], str | None] | None:
-    """Join every strategy's `probe_prefix` (in-context learning); None when no strategy defines one."""
-    own = [s for s in strategies if type(s).probe_prefix is not Strategy.probe_prefix]
-    if not own:
-        return None
-
-    def fn(item):
-        parts = [p for p in (s.probe_prefix(ctx, item) for s in own) if p]
-        return "\n".join(parts) if parts else None
-
-    return fn
 
 
 def _prepare_out(cfg: CklConfig) -> Path:
@@ -112,17 +83,6 @@ def _prepare_out(cfg: CklConfig) -> Path:
 
 def _quiet(msg: str) -> None:
     """Log function of non-main ranks: rank 0 speaks for the job."""
-
-
-def _device(cfg: CklConfig, info) -> torch.device:
-    if cfg.device:
-        dev = torch.device(cfg.device)
-        if info.enabled and dev.type == "cuda" and dev.index is None:
-            return torch.device("cuda", info.local_rank)
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda", info.local_rank) if info.enabled else torch.device("cuda")
-    return torch.device("cpu")
 
 
 def _checkpoint_for(ckpt_dir: Path, cfg: CklConfig, seed: int) -> tuple[dict, dict] | None:
@@ -142,15 +102,16 @@ def _completed(rows: list[dict], seed: int, last_epoch: int) -> bool:
 
 def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the protocol for every seed in `cfg.seeds`; returns the summary (also written to disk)."""
+    from metacl.data.corpus import read_corpus
     from metacl.data.lama import load_ckl_data
-    from metacl.models.loading import check_causal_lm_path, load_model_and_tokenizer
-    from metacl.models.pretrain import read_corpus
+    from metacl.models.loading import check_causal_lm_path
 
     cfg.validate()
     for n in cfg.strategies:  # unknown names fail before anything is written
         get_strategy(n)
     check_causal_lm_path(cfg.model)  # so does a wrong --model
-    for strat in build_strategies(cfg.strategies, cfg.strategy_options):  # and a strategy's bad inputs
+    checked = build_strategies(cfg.strategies, cfg.strategy_options)  # and a strategy's bad inputs
+    for strat in checked:
         strat.preflight(cfg.model)
     data = load_ckl_data(cfg.data, tl=cfg.tl, nf=cfg.nf, tl_val=cfg.tl_val)
     tl, nf, tl_val = data.tl, data.nf, data.tl_val
@@ -182,8 +143,8 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
         raise refused or MetaclError(f"rank 0 refused --out {cfg.out} (see its error line); fix that and relaunch")
     metrics_path = out / "metrics.jsonl"
     rows = read_rows(metrics_path)
-    device = _device(cfg, info)
-    trains = any(get_strategy(n).trains for n in cfg.strategies)
+    device = default_device(cfg.device, info)
+    trains = any(s.trains for s in checked)
     last_epoch = cfg.epochs if trains else 0
     ckpt_dir = out / "checkpoint"
     log(f"ckl run {'+'.join(cfg.strategies)}: TL {len(tl_test)} scored, TL_val {len(tl_val)} ({val_source}), "
@@ -210,8 +171,8 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
             tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
             os.replace(tmp, metrics_path)
         try:
-            rows += _run_seed(cfg, seed, device, tl_test, nf, tl_val, train_docs, old_corpus, trains, metrics_path, log,
-                              load_model_and_tokenizer, resume=resume, ckpt_dir=ckpt_dir, info=info)
+            rows += _run_seed(cfg, seed, {"tl": tl_test, "nf": nf, "val": tl_val}, train_docs, old_corpus, metrics_path,
+                              device=device, log=log, resume=resume, ckpt_dir=ckpt_dir, info=info)
         except TooManyBadSteps as e:
             kept = f"the last checkpoint {ckpt_dir} is kept" if find_checkpoint(ckpt_dir) else "no checkpoint was written yet"
             raise TooManyBadSteps(f"{e}; {kept}, no summary written") from None
@@ -242,7 +203,7 @@ def overwrite_probes(items) -> tuple[list[dict], list[dict]]:
     Why: a model can learn the new object yet still answer the old one; TemporalWiki-style
     benchmarks report both. Scored as `tl_overwrite_acc` and `tl_old_object_acc` in metrics.jsonl.
     """
-    from metacl.ckl.metrics import item_field, split_probe
+    from metacl.core.probes import item_field, split_probe
 
     new, old = [], []
     for it in items:
@@ -257,40 +218,39 @@ def overwrite_probes(items) -> tuple[list[dict], list[dict]]:
     return new, old
 
 
-def _run_seed(cfg, seed, device, tl_test, nf, tl_val, train_docs, old_corpus, trains, metrics_path, log, loader,
-              resume=None, ckpt_dir=None, info=None):
+def _run_seed(cfg: CklConfig, seed: int, probes: dict[str, list], train_docs: list[str], old_corpus: list[str],
+              metrics_path: Path, *, device: torch.device, log: Callable[[str], None], resume=None, ckpt_dir=None,
+              info=None) -> list[dict]:
+    """One seed of LAMA-ckl: a one-task stream (`metacl.ckl.stream.run_tasks`) probed every epoch.
+
+    `probes`: the "tl", "nf" and "val" probe sets; each probe appends one row to `metrics_path`.
+    """
     from metacl import distributed as D
 
     info = info or D.SINGLE
-    gen = seed_everything(seed)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    model, tok = loader(cfg.model, device=device)
-    strategies = build_strategies(cfg.strategies, cfg.strategy_options)
-    ctx = TrainContext(model=model, tokenizer=tok, device=device, train_docs=train_docs, old_corpus=old_corpus,
-                       batch_size=cfg.batch_size, max_length=cfg.max_length, seed=seed, generator=gen)
     rows: list[dict] = []
     t0 = time.time()
     precision = getattr(cfg, "precision", "fp32")
 
-    over_new, over_old = overwrite_probes(tl_test)
+    over_new, over_old = overwrite_probes(probes.get("tl") or [])
 
-    def evaluate(epoch: int, stats: dict) -> None:
+    def evaluate(ctx: TrainContext, strategies: list[Strategy], at: Probe) -> None:
         if not info.is_main:  # rank 0 evaluates and writes; the others wait
             D.barrier(info)
             return
-        pf = _prefix_fn(strategies, ctx)
+        epoch, stats = at.epoch, at.stats
+        pf = probe_prefix_fn(strategies, ctx)
         row: dict[str, Any] = {"seed": seed, "epoch": epoch, **stats}
-        for key, items in (("tl", tl_test), ("nf", nf), ("val", tl_val)):
+        for key, items in probes.items():
             with autocast(precision, device):
-                r = probe_accuracy(ctx.model, tok, items, batch_size=cfg.eval_batch_size, prefix_fn=pf, device=device,
-                                   exact_match=cfg.exact_match)
+                r = probe_accuracy(ctx.model, ctx.tokenizer, items, batch_size=cfg.eval_batch_size, prefix_fn=pf,
+                                   device=device, exact_match=cfg.exact_match)
             row[f"{key}_acc"], row[f"{key}_em"] = r["acc"], r["em"]
             row[f"{key}_prompt_tokens"], row[f"{key}_seconds_per_query"] = r["prompt_tokens"], r["seconds_per_query"]
         if over_new:  # overwritten facts (world v2): the new object's accuracy, and the old one's
             for key, items in (("tl_overwrite", over_new), ("tl_old_object", over_old)):
                 with autocast(precision, device):
-                    r = probe_accuracy(ctx.model, tok, items, batch_size=cfg.eval_batch_size, prefix_fn=pf,
+                    r = probe_accuracy(ctx.model, ctx.tokenizer, items, batch_size=cfg.eval_batch_size, prefix_fn=pf,
                                        device=device, exact_match=False)
                 row[f"{key}_acc"] = r["acc"]
         row["seconds"] = round(time.time() - t0, 2)
@@ -305,36 +265,11 @@ def _run_seed(cfg, seed, device, tl_test, nf, tl_val, train_docs, old_corpus, tr
             + (f" loss {loss:.3f}" if loss is not None else "") + f" ({row['seconds']:.0f}s)")
         D.barrier(info)
 
-    if not trains:  # in-context learning and other non-training methods: one evaluation
-        for s in strategies:
-            s.before_task(ctx)
-        evaluate(0, {"train_loss": None, "skipped_steps": 0})
-        for s in strategies:
-            s.after_task(ctx)
-        return rows
-    if resume is None:
-        evaluate(0, {"train_loss": None, "skipped_steps": 0})
-
-    def make_opt(params):
-        return build_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                               path=cfg.optimizer_path, total_steps=ctx.total_steps, learned_lr=cfg.learned_lr)
-
-    # Fault-injection for tests: after writing the checkpoint of this step, wait to be killed.
-    pause_at = int(os.environ.get("METACL_DEBUG_PAUSE_AFTER_CKPT_STEP", "0") or 0)
-
     def save_state(tensors: dict, state: dict) -> None:
-        if info.is_main and ckpt_dir is not None:
-            save_checkpoint(ckpt_dir, tensors, {"seed": seed, "hash": cfg.hash(), "train": state})
-            if pause_at and state["position"]["step"] == pause_at:
-                time.sleep(600)
+        if ckpt_dir is not None:
+            save_checkpoint(ckpt_dir, tensors, {"seed": seed, "hash": cfg.hash(), **state})
 
-    ckpt_every = getattr(cfg, "ckpt_every", None)
-    if ckpt_every is None:  # default: once per epoch
-        from metacl.ckl.batching import DocBatches
-
-        ckpt_every = len(DocBatches(tok, train_docs, cfg.batch_size, cfg.max_length))
-    train_task(ctx, strategies, cfg.epochs, make_opt, on_epoch_end=evaluate, grad_clip=cfg.grad_clip or None,
-               progress=cfg.progress and info.is_main, ckpt_every=ckpt_every, save_state=save_state,
-               resume=(resume[0], resume[1]["train"]) if resume is not None else None,
-               max_bad_steps=getattr(cfg, "max_bad_steps", None), precision=precision, dist=info)
+    run_tasks(cfg, cfg.strategies, seed, [train_docs], device=device, old_corpus=old_corpus, on_probe=evaluate,
+              probe="epoch", save=save_state, ckpt_every=getattr(cfg, "ckpt_every", None), resume=resume,
+              info=info)
     return rows

@@ -46,17 +46,13 @@ import torch
 from tqdm.auto import tqdm
 
 from metacl.checkpoint import flatten_state, generator_state, set_generator_state, unflatten_state
-from metacl.ckl.batching import DocBatches
+from metacl.core.batching import DocBatches
 from metacl.engine.losses import label_mask as engine_label_mask, nll_from_logits
 from metacl.errors import MetaclError
 from metacl.precision import autocast
 from metacl.rng import all_rng_state, set_all_rng_state
-from metacl.strategies.base import Batch, Strategy, TrainContext
-
-
-def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(B, T) next-token NLL aligned with `labels` (column t scores token t); 0 where ignored."""
-    return nll_from_logits(logits, labels)
+from metacl.core.batching import Batch
+from metacl.strategies.base import Strategy, TrainContext
 
 
 def label_mask(labels: torch.Tensor) -> torch.Tensor:
@@ -88,7 +84,7 @@ def loss_terms(strategies: Sequence[Strategy], ctx: TrainContext, batch: Batch,
     with autocast(precision, ctx.device):
         logits = ctx.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logits = logits.float()  # the loss itself always in fp32 (a no-op without autocast)
-    nll = token_nll(logits, batch["labels"])
+    nll = nll_from_logits(logits, batch["labels"])
     w = combined_weights(strategies, ctx, batch, nll)
     extra = None
     for s in strategies:
@@ -168,7 +164,7 @@ def train_task(
     grad_clip: float | None = 1.0,
     progress: bool = True,
     *,
-    ckpt_every: int = 0,
+    ckpt_every: int | None = 0,
     save_state: Callable[[dict, dict], None] | None = None,
     resume: tuple[dict, dict] | None = None,
     max_bad_steps: int | None = None,
@@ -178,8 +174,8 @@ def train_task(
     """Learn `ctx.train_docs` for `epochs` epochs; `on_epoch_end(epoch, stats)` runs after each
     epoch's `after_epoch` hooks (epochs count from 1; the caller evaluates there).
 
-    `save_state(tensors, state)` is called every `ckpt_every` steps with `capture_state`'s
-    output; `resume=(tensors, state)` continues from such a state. `max_bad_steps` (None or 0 =
+    `save_state(tensors, state)` is called every `ckpt_every` steps (None: once per epoch) with
+    `capture_state`'s output; `resume=(tensors, state)` continues from such a state. `max_bad_steps` (None or 0 =
     no limit) raises `TooManyBadSteps` once that many steps were skipped as non-finite.
     `precision`: "fp32" or "bf16" (autocast around the forward). `dist`: see the module doc.
 
@@ -201,6 +197,8 @@ def train_task(
         D.broadcast_(params, dist)
     batches = DocBatches(ctx.tokenizer, ctx.train_docs, ctx.batch_size, ctx.max_length, ctx.generator)
     ctx.total_steps = epochs * len(batches)
+    if ckpt_every is None:  # once per epoch
+        ckpt_every = len(batches)
     ctx.optimizer = make_optimizer(params)  # may read ctx.total_steps (schedules, learned optimizer)
     ctx.step = 0
     skipped = 0

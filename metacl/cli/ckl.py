@@ -1,16 +1,13 @@
 """`metacl ckl run | compare | strategies | sequence`.
 
-Option precedence for `ckl run`: built-in defaults < `--config FILE` (YAML) < options typed on
-the command line. To know which options were typed, every option of the run parser is given
-the default `SUPPRESS` after it is declared (the real defaults are kept aside), so the parsed
-namespace holds only what the user wrote.
+Option precedence (every command, see `metacl.cli.config`): built-in defaults < `--config FILE`
+(YAML) < options typed on the command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 from typing import Any
 
 from metacl.errors import MetaclError
@@ -24,7 +21,6 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     from metacl.ckl.config import CklConfig
 
     d = CklConfig()
-    p.add_argument("--config", metavar="YAML", help="YAML file with the same options (command-line options win)")
     p.add_argument("--model", metavar="PATH", help="base causal LM folder (save_pretrained format)")
     p.add_argument("--data", metavar="DIR", help="folder with tl.jsonl + nf.jsonl (+ tl_val.jsonl), or the official LAMA-ckl folder")
     p.add_argument("--tl", metavar="FILE", help="To-Learn JSONL (overrides --data)")
@@ -72,12 +68,8 @@ def register(sub) -> None:
                             conflict_handler="resolve")
     _add_run_args(run)
     _add_strategy_args(run)
-    defaults = {}
-    for a in run._actions:
-        if a.dest != "help":
-            defaults[a.dest] = a.default
-            a.default = argparse.SUPPRESS
-    run.set_defaults(func=functools.partial(cmd_run, defaults=defaults))
+    # `metacl.cli.config.prepare` adds --config, suppresses the defaults and fills `defaults` in
+    run.set_defaults(func=functools.partial(cmd_run, defaults={}))
 
     cmp_ = subsub.add_parser("compare", help="merge the tables and plots of several runs")
     cmp_.add_argument("runs", nargs="+", metavar="OUT", help="--out folders of `metacl ckl run`")
@@ -87,47 +79,25 @@ def register(sub) -> None:
     st = subsub.add_parser("strategies", help="list every registered strategy")
     st.set_defaults(func=cmd_strategies)
 
-    # `ckl sequence` lives beside the task-sequence benchmark it runs.
-    importlib.import_module("metacl.benchmarks.sequence").register_cli(subsub)
+    from metacl.cli.ckl_sequence import register_cli
+
+    register_cli(subsub)
     p.set_defaults(func=lambda args: p.print_help())
 
 
-def did_you_mean(key: str, allowed) -> str:
-    """' (did you mean epochs?)' for a misspelt key, '' when nothing is close."""
-    import difflib
-
-    close = difflib.get_close_matches(key, sorted(allowed), n=3, cutoff=0.6)
-    if not close:  # same first word, e.g. `taalm_path` -> taalm_predictor
-        close = sorted(a for a in allowed if a.split("_")[0] == key.split("_")[0])[:3]
-    return f" (did you mean {' or '.join(close)}?)" if close else ""
-
-
 def merge_options(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-    """defaults < YAML (--config) < typed options; unknown YAML keys are a one-line error."""
-    from metacl.ckl.config import load_yaml_options
+    """defaults < YAML (--config) < typed options (`metacl.cli.config.merge` with the run parser's options)."""
+    from metacl.cli.config import merge
 
-    opts = dict(defaults)
-    cfg_file = given.get("config")
-    if cfg_file:
-        allowed = (set(defaults) | set(_RENAMED.values())) - {"config", "func"}
-        for k, v in load_yaml_options(cfg_file).items():
-            if k not in allowed:
-                hint = did_you_mean(k, allowed)
-                raise MetaclError(f"config file {cfg_file}: unknown key {k!r}{hint}; use the run options' names, "
-                                  "e.g. model, data, strategy, epochs, seeds, lr")
-            if k == "strategies":
-                k = "strategy"
-            if k in ("strategy", "seeds") and not isinstance(v, list):
-                v = [v]
-            opts[k] = v
-    opts.update({k: v for k, v in given.items() if k not in ("config", "func")})
-    return opts
+    spec = given.get("_config_spec")
+    actions = spec[2] if spec else {k: argparse.Action([], k) for k in defaults}
+    return merge(defaults, given, actions, "ckl run")
 
 
 def config_from_options(opts: dict[str, Any]):
     """A `CklConfig` from merged options: strategy options go into `strategy_options`."""
     from metacl.ckl.config import CklConfig
-    from metacl.ckl.protocol import strategy_option_names
+    from metacl.cli.config import strategy_option_names
 
     names = list(opts.get("strategy") or [])
     own = set(strategy_option_names(names))
@@ -160,7 +130,7 @@ def config_from_options(opts: dict[str, Any]):
 def cmd_run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     from metacl.ckl.protocol import run_ckl
 
-    cfg = config_from_options(merge_options(defaults, vars(args)))
+    cfg = config_from_options(vars(args))  # defaults and --config already merged (metacl.cli.config.resolve)
     summary = run_ckl(cfg)
     from pathlib import Path
 

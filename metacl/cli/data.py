@@ -15,10 +15,12 @@ def register(sub) -> None:
     w.add_argument("--version", type=int, choices=[1, 2], default=2,
                    help="2 (default): held-out probe phrasings, official-like TL documents; 1: the old world "
                         "(probes verbatim in training text), for reproducing old results")
-    w.add_argument("--paraphrases", type=int, default=None,
-                   help="phrasings per old fact in the corpus (v2: 1-3, default 3; v1: 1-4, default 4)")
-    w.add_argument("--distractors", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
-                   help="hard sentences (names, numbers, dates, places) around each TL fact (v2 only; default 3 5)")
+    w.add_argument("--paraphrases", type=int, default=4,
+                   help="phrasings per old fact, 1-4 (default 4); v1 puts all in the corpus, v2 holds one out "
+                        "for the probe and puts the others (so 2-4 in v2) in the corpus")
+    w.add_argument("--distractors", type=int, nargs=2, default=[3, 5], metavar=("MIN", "MAX"),
+                   help="hard sentences (names, numbers, dates, places) around each TL fact (default 3 5; "
+                        "world v2 only, v1 ignores it)")
     w.set_defaults(func=_world)
     om = subsub.add_parser("official-meta", help="official meta-training split: (document, probe) pairs from "
                            "invariant_schematic.jsonl sharing no item with NF or TL")
@@ -44,18 +46,16 @@ def _world(args) -> int:
 
     check_out_kind(args.out, "data world")  # never mix a world's files into another run's folder
     if args.version == 1:
-        if args.distractors is not None:
-            raise MetaclError("--distractors is a world v2 option; drop it or use --version 2")
         meta = write_world(args.out, args.entities, args.seed, overwrite_fraction=args.overwrite_fraction,
-                           paraphrases=4 if args.paraphrases is None else args.paraphrases)
+                           paraphrases=args.paraphrases)
     else:
         from metacl.data.world_v2 import write_world_v2
 
-        opts = {"overwrite_fraction": args.overwrite_fraction}
-        if args.paraphrases is not None:
-            opts["paraphrases"] = args.paraphrases
-        if args.distractors is not None:
-            opts["n_distractors"] = tuple(args.distractors)
+        if not 2 <= args.paraphrases <= 4:
+            raise MetaclError(f"--paraphrases {args.paraphrases} must be 2-4 in world v2 (one phrasing per fact is held "
+                              "out for its probe, the others go into the corpus); pass e.g. --paraphrases 4")
+        opts = {"overwrite_fraction": args.overwrite_fraction, "paraphrases": args.paraphrases - 1}
+        opts["n_distractors"] = tuple(args.distractors)
         meta = write_world_v2(args.out, args.entities, args.seed, **opts)
     counts = ", ".join(f"{k} {v}" for k, v in meta["counts"].items())
     print(f"wrote world v{args.version} (entities {args.entities}, seed {args.seed}) to {args.out}: {counts}")

@@ -74,7 +74,7 @@ def steps(args) -> list[Step]:
         print(f"wrote {out / 'table.md'} and {out / 'plot.png'}")
 
     def make_token_weighter() -> None:  # issue 5: meta-train the TAALM-style weighter the `taalm` run uses
-        from metacl.meta.cli import demo_meta_train
+        from metacl.cli.meta_token_weighting import demo_meta_train
 
         best = demo_meta_train(base, world, out / "token_weighter", seed=args.seed, steps=args.meta_steps)
         print(f"  token weighter: {best}")

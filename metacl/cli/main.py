@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "metacl.cli.pretrain",   # metacl pretrain
     "metacl.cli.ckl",        # metacl ckl run | compare | strategies | sequence
     "metacl.cli.meta_train", # metacl meta-train token-weighting | optimizer
+    "metacl.cli.visualize",  # metacl visualize (token weights of a document)
     "metacl.cli.demo",       # metacl demo (the README main command)
 ]
 
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    from metacl.cli.config import prepare
+
+    prepare(parser)  # --config, defaults in --help, resolved config for every command
     return parser
 
 
@@ -83,10 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from metacl.cli.config import record, resolve
     from metacl.errors import MetaclError
 
     try:
+        args = resolve(args, _deepest_parser(parser, args).command())
         rc = args.func(args)
+        if not rc:
+            record(args)
     except MetaclError as e:
         print(f"metacl: error: {' '.join(str(e).split())}", file=sys.stderr)
         return e.exit_code

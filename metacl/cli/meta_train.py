@@ -1,12 +1,12 @@
-"""`metacl meta-train token-weighting|optimizer`: each meta-learner registers its own subcommand."""
+"""`metacl meta-train token-weighting|optimizer`: one subcommand per meta-learner (modules in this folder)."""
 
 from __future__ import annotations
 
 import importlib
 
 SUBCOMMANDS = [
-    "metacl.meta.cli",   # token-weighting
-    "metacl.optim.cli",  # optimizer
+    "metacl.cli.meta_token_weighting",  # token-weighting
+    "metacl.cli.meta_optimizer",       # optimizer
 ]
 
 

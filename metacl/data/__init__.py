@@ -4,6 +4,7 @@ See docs/architecture.md. `lama` loads and validates the official schema; `world
 fictional worlds written in that same schema.
 """
 
-from metacl.data.lama import CklData, LamaItem, load_ckl_data, load_lama_jsonl, probe_split
+from metacl.core.probes import probe_split
+from metacl.data.lama import CklData, LamaItem, load_ckl_data, load_lama_jsonl
 
 __all__ = ["CklData", "LamaItem", "load_ckl_data", "load_lama_jsonl", "probe_split"]

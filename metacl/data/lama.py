@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metacl.data.corpus import read_corpus
 from metacl.errors import DataError, MetaclError
 
 # Fields every row must carry as non-empty strings: without them a row cannot be trained on or probed.
@@ -182,21 +183,6 @@ def save_lama_jsonl(path: str | os.PathLike, items: list[LamaItem | dict]) -> No
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def probe_split(item: LamaItem) -> tuple[str, str]:
-    """Split the probe sentence into (text before the object, the object).
-
-    The last occurrence is used because the subject may contain the object's words earlier in
-    the sentence. The prefix is stripped of trailing spaces; the scorer re-inserts one space
-    before the object, so tokenizers that fold the space into the first object token are handled.
-    """
-    text, obj = item.task_descriptive, item.object
-    i = text.rfind(obj)
-    if i < 0:
-        raise DataError(f"item {item.uuid}: field 'task_descriptive' does not contain the object {obj!r}; "
-                        "the probe sentence must state the object verbatim")
-    return text[:i].rstrip(), obj
-
-
 # File names of the two supported folder layouts.
 WORLD_FILES = {"tl": "tl.jsonl", "nf": "nf.jsonl", "tl_val": "tl_val.jsonl"}
 OFFICIAL_FILES = {"tl": "variant.jsonl", "nf": "invariant_descriptive.jsonl"}
@@ -206,8 +192,6 @@ def _old_corpus(folder: Path) -> list[str]:
     f = folder / "pretrain_corpus.jsonl"
     if not f.is_file():
         return []
-    from metacl.models.pretrain import read_corpus
-
     return read_corpus([f])
 
 

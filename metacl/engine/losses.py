@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from metacl.core.batching import Batch
 from metacl.errors import MetaclError
-
-Batch = dict[str, Tensor]
 
 
 def _logits(model: nn.Module, params: dict[str, Tensor], batch: Batch) -> Tensor:
@@ -57,11 +56,15 @@ def nll_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
     return F.pad(nll, (1, 0))
 
 
-def token_nll(model: nn.Module, params: dict[str, Tensor], batch: Batch) -> Tensor:
+def token_nll(model: nn.Module, params: dict[str, Tensor] | Batch, batch: Batch | None = None) -> Tensor:
     """Per-token negative log-likelihood, shape (B, T), aligned with `batch["labels"]`.
 
     Column 0 and ignored labels (-100) are 0. Computed in float32 or wider, whatever the model dtype.
+    `token_nll(model, batch)` (no params) scores the model with its own weights: the one token
+    NLL for the engine, the strategies and the tests.
     """
+    if batch is None:
+        params, batch = {}, params
     return nll_from_logits(_logits(model, params, batch), batch["labels"])
 
 

@@ -96,7 +96,7 @@ class MetaExample:
 
 def examples_from_items(items: Sequence[Any]) -> list[MetaExample]:
     """LAMA-schema items (evidence + task_descriptive) -> meta-examples."""
-    from metacl.ckl.metrics import item_field, split_probe
+    from metacl.core.probes import item_field, split_probe
 
     out = []
     for it in items:
@@ -112,7 +112,7 @@ def encode_document(tokenizer, text: str, max_length: int) -> tuple[list[int], l
 
     Every token is a label (lm_loss shifts; position 0 is never predicted).
     """
-    from metacl.ckl.batching import encode_docs
+    from metacl.core.batching import encode_docs
 
     ids = encode_docs(tokenizer, [text], max_length)[0]
     return ids, list(ids)
@@ -124,7 +124,7 @@ def encode_probe(tokenizer, prefix: str, obj: str) -> tuple[list[int], list[int]
     Tokenized exactly like the CKL metric (`prefix + " " + object` once, object tokens located by
     character offsets), so the meta-objective is the loss of the tokens the metric scores.
     """
-    from metacl.ckl.metrics import object_token_positions
+    from metacl.core.probes import object_token_positions
 
     full = f"{prefix} {obj}" if prefix else obj
     enc = tokenizer(full, return_offsets_mapping=True)
@@ -137,16 +137,10 @@ def encode_probe(tokenizer, prefix: str, obj: str) -> tuple[list[int], list[int]
 
 
 def pad(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad (ids, labels) pairs into a batch dict of (N, T) tensors."""
-    T = max(len(i) for i, _ in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    am = torch.zeros((len(rows), T), dtype=torch.long)
-    lab = torch.full((len(rows), T), -100, dtype=torch.long)
-    for r, (i, l) in enumerate(rows):
-        ids[r, :len(i)] = torch.tensor(i)
-        am[r, :len(i)] = 1
-        lab[r, :len(l)] = torch.tensor(l)
-    return {"input_ids": ids, "attention_mask": am, "labels": lab}
+    """Right-pad (ids, labels) pairs into a batch dict of (N, T) tensors (`metacl.core.batching.collate`)."""
+    from metacl.core.batching import collate
+
+    return collate([i for i, _ in rows], pad_id, labels=[l for _, l in rows])
 
 
 # --------------------------------------------------------------------------- the meta-objective
@@ -377,12 +371,13 @@ class MetaTrainer:
                        reason="non-finite meta-loss" if not math.isfinite(row["meta_loss"]) else "non-finite meta-gradient")
         return row
 
-    # ---- persistence
-    def save(self) -> None:
-        from metacl.checkpoint import save_checkpoint
+    # ---- persistence (the checkpoint format and resume path of `metacl.metalearner`)
+    name = "token-weighting"
 
-        if not self.dist.is_main:  # every rank holds the same state; rank 0 writes it
-            return
+    def setup(self) -> None:
+        """Nothing to do: `__init__` builds the weighter, the inner parameters and the outer optimizer."""
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = {f"weighter.{k}": v for k, v in self.weighter.state_dict().items()}
         opt_t, opt_meta = _opt_tensors(self.opt, self._names)
         tensors.update(opt_t)
@@ -390,15 +385,10 @@ class MetaTrainer:
 
         state = {"step": self.step, "config": asdict(self.cfg), "identity": self.cfg.identity(),
                  "best": self.best, "optimizer": opt_meta, "bad_steps": self.bad_steps, "rng": all_rng_state()}
-        save_checkpoint(self.out / CKPT_DIR, tensors, state)
+        return tensors, state
 
-    def resume(self) -> bool:
-        """Load out/checkpoint if present; True if resumed. Refuses a checkpoint of another config."""
-        from metacl.checkpoint import find_checkpoint, load_checkpoint
-
-        if find_checkpoint(self.out / CKPT_DIR) is None:  # also one left aside by a write that was killed
-            return False
-        tensors, state = load_checkpoint(self.out / CKPT_DIR)
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        """Refuses a checkpoint of another config (`CheckpointError`)."""
         if state.get("identity") != json.loads(json.dumps(self.cfg.identity())):
             diff = sorted(k for k, v in self.cfg.identity().items() if state.get("identity", {}).get(k) != v)
             raise CheckpointError(f"checkpoint {self.out / CKPT_DIR} was made with different settings ({', '.join(diff)}); "
@@ -406,20 +396,22 @@ class MetaTrainer:
         sd = {k[len("weighter."):]: v for k, v in tensors.items() if k.startswith("weighter.")}
         self.weighter.load_state_dict(sd)
         _load_opt(self.opt, self._names, tensors, state["optimizer"])
-        self.step = int(state["step"])
         self.best = state.get("best")
-        self.bad_steps = int(state.get("bad_steps", 0))
         if "rng" in state:
             from metacl.rng import set_all_rng_state
 
             set_all_rng_state(state["rng"])
-        # forget log rows written after the checkpoint (a crash between checkpoint and log)
-        log = self.out / METRICS
-        if log.exists() and self.dist.is_main:
-            from metacl.utils import truncate_jsonl
 
-            truncate_jsonl(log, self.step)
-        return True
+    def save(self) -> None:
+        from metacl import metalearner
+
+        metalearner.save(self)
+
+    def resume(self) -> bool:
+        """Load out/checkpoint if present; True if resumed. Refuses a checkpoint of another config."""
+        from metacl import metalearner
+
+        return metalearner.resume(self)
 
     def _log(self, row: dict) -> None:
         from metacl.utils import append_jsonl
@@ -455,11 +447,30 @@ class MetaTrainer:
                                                                           "meta_config": asdict(self.cfg)})
         distributed.barrier(self.dist)
 
+    def evaluate(self) -> dict[str, Any] | None:
+        """`MetaLearner.evaluate`: run the validation callback (if any) and keep the best weighter."""
+        self._validate()
+        return self.best
+
+    def deploy(self) -> dict[str, Any]:
+        """Write `OUT/last` and (without validation) `OUT/best`: the weighter `ckl run --strategy taalm` loads."""
+        from metacl.precision import peak_memory
+
+        dev = next(self.weighter.parameters()).device
+        if not self.dist.is_main:
+            return {"step": self.step, "best": self.best, "seconds": time.time() - self._t0, "rank": self.dist.rank}
+        self.weighter.eval()
+        self.weighter.save_pretrained(self.out / LAST_DIR, extra={"meta_step": self.step, "meta_config": asdict(self.cfg)})
+        if self.best is None:  # no validation: the last weighter is the one to use
+            self.weighter.save_pretrained(self.out / BEST_DIR, extra={"meta_step": self.step, "meta_config": asdict(self.cfg)})
+        return {"step": self.step, "best": self.best, "seconds": time.time() - self._t0, "bad_steps": self.bad_steps,
+                "world_size": self.dist.world_size, **peak_memory(dev)}
+
     def run(self, resume: bool = False) -> dict[str, Any]:
-        """Train to `cfg.steps`; stops with a `MetaclError` after `cfg.max_bad_steps` skipped steps."""
+        """Train to `cfg.steps` (`metacl.metalearner.meta_train`); stops with a `MetaclError` after
+        `cfg.max_bad_steps` skipped steps."""
         from metacl import distributed
         from metacl.checkpoint import find_checkpoint
-        from metacl.precision import peak_memory
 
         if resume:
             if not self.resume() and self.dist.is_main:
@@ -469,37 +480,12 @@ class MetaTrainer:
         distributed.barrier(self.dist)  # all ranks have looked at `out` before rank 0 writes there
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        t0 = time.time()
-        if self.step == 0 and self.validate is not None and self.cfg.val_every > 0 and self.cfg.val_at_start:
-            self._validate()  # step 0: the untrained weighter (~ plain fine-tuning) as the reference
-        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="meta-train token-weighting",
-                   disable=not self.progress or not self.dist.is_main)
-        ckpt_every = self.cfg.ckpt_every or max(1, min(self.cfg.val_every or 25, 25))
-        while self.step < self.cfg.steps:
-            row = self.meta_step()
-            row["seconds"] = round(time.time() - t0, 3)
-            self._log(row)
-            bar.update(1)
-            bar.set_postfix(q=f"{row['query_nll']:.3f}", w=f"{row['mean_weight']:.3f}")
-            if row.get("skipped") and self.bad_steps >= self.cfg.max_bad_steps:
-                bar.close()
-                raise MetaclError(
-                    f"meta-training stopped at step {self.step}: {self.bad_steps} meta-steps had a {row['reason']} "
-                    f"(--max-bad-steps {self.cfg.max_bad_steps}); {self.out / CKPT_DIR} holds the last good state; "
-                    "lower --outer-lr / --inner-lr or check the data, then rerun with --resume")
-            if self.cfg.val_every > 0 and (self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps):
-                self._validate()
-                self.save()
-            elif self.step % ckpt_every == 0:
-                self.save()
-        bar.close()
-        self.save()
-        dev = next(self.weighter.parameters()).device
-        if not self.dist.is_main:
-            return {"step": self.step, "best": self.best, "seconds": time.time() - t0, "rank": self.dist.rank}
-        self.weighter.eval()
-        self.weighter.save_pretrained(self.out / LAST_DIR, extra={"meta_step": self.step, "meta_config": asdict(self.cfg)})
-        if self.best is None:  # no validation: the last weighter is the one to use
-            self.weighter.save_pretrained(self.out / BEST_DIR, extra={"meta_step": self.step, "meta_config": asdict(self.cfg)})
-        return {"step": self.step, "best": self.best, "seconds": time.time() - t0, "bad_steps": self.bad_steps,
-                "world_size": self.dist.world_size, **peak_memory(dev)}
+        from metacl import metalearner
+
+        t0 = self._t0 = time.time()
+        return metalearner.meta_train(
+            self, self.cfg.steps, ckpt_every=self.cfg.ckpt_every or max(1, min(self.cfg.val_every or 25, 25)),
+            val_every=self.cfg.val_every, val_at_start=self.cfg.val_at_start,
+            max_bad_steps=self.cfg.max_bad_steps, progress=self.progress, desc="meta-train token-weighting",
+            stop_hint="lower --outer-lr / --inner-lr or check the data, then rerun with --resume",
+            before_log=lambda row: row.update(seconds=round(time.time() - t0, 3)))

@@ -4,14 +4,12 @@ Why: a token weighter is only convincing if one can *see* where it puts the weig
 should be able to look at the picture and check that the object of the fact is dark and the
 filler is pale. Darker = higher weight; the number under the PNG is the weight range.
 
-    python -m metacl.meta.visualize --predictor runs/tw/best --text "Ovar Lind was born in Kestrel ." --out doc.png
+    metacl visualize --predictor runs/tw/best --text "Ovar Lind was born in Kestrel ." --out doc.png
 """
 
 from __future__ import annotations
 
-import argparse
 import html
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -99,32 +97,3 @@ def shade_document(weighter, tokenizer, text: str, out: str | Path, title: str =
         out.write_text(render_html(toks, ws, title))
         return out
     return render_png(toks, ws, out, title)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from metacl.errors import MetaclError
-
-    ap = argparse.ArgumentParser(description="shade a document's tokens by a token weighter's weights")
-    ap.add_argument("--predictor", required=True, help="folder written by `metacl meta-train token-weighting` (or its best/)")
-    g = ap.add_mutually_exclusive_group(required=True)
-    g.add_argument("--text", help="the document")
-    g.add_argument("--file", help="a text file holding the document")
-    ap.add_argument("--out", required=True, help="output .png or .html")
-    ap.add_argument("--title", default="")
-    args = ap.parse_args(argv)
-    try:
-        from metacl.meta.token_weighting import TokenWeighter
-
-        tw = TokenWeighter.from_pretrained(args.predictor)
-        if tw.tokenizer is None:
-            raise MetaclError(f"{args.predictor} holds no tokenizer; re-save the weighter with its tokenizer")
-        text = args.text if args.text is not None else Path(args.file).read_text()
-        print(shade_document(tw, tw.tokenizer, text, args.out, args.title))
-    except MetaclError as e:
-        print(f"metacl: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from metacl.errors import MetaclError
+from metacl.utils import default_device
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -150,6 +151,6 @@ def load_model_and_tokenizer(path: str | os.PathLike, device: str | torch.device
         model.resize_token_embeddings(len(tokenizer))  # a pad token was added above
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
     model.to(device).eval()
     return model, tokenizer

@@ -29,8 +29,10 @@ from typing import Iterable
 import torch
 from tqdm.auto import tqdm
 
+from metacl.core.batching import collate
+from metacl.data.corpus import read_corpus
 from metacl.errors import DataError, MetaclError
-from metacl.utils import seed_everything, write_json_atomic
+from metacl.utils import default_device, seed_everything, write_json_atomic
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 
@@ -99,41 +101,6 @@ def corpus_hash(files) -> str:
 
 
 # --------------------------------------------------------------------------- corpus
-
-def read_corpus(files: Iterable[str | os.PathLike]) -> list[str]:
-    """Documents from plain-text or JSONL files (JSONL: the `text` field, else `evidence`)."""
-    docs: list[str] = []
-    files = list(files)
-    if not files:
-        raise MetaclError("no corpus files given; pass at least one with --corpus FILE")
-    for f in files:
-        path = Path(f)
-        if not path.is_file():
-            raise MetaclError(f"corpus file {path} does not exist; check the path given to --corpus")
-        jsonl = path.suffix.lower() in (".jsonl", ".json")
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                if not jsonl:
-                    docs.append(line)
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg}); fix the line or pass a plain-text file") from e
-                text = row.get("text") if isinstance(row, dict) else None
-                if text is None and isinstance(row, dict):
-                    text = row.get("evidence")
-                if not isinstance(text, str) or not text.strip():
-                    raise DataError(f"{path}:{lineno}: field 'text' (or 'evidence') missing or empty; "
-                                    "each JSONL corpus row needs a non-empty text or evidence string")
-                docs.append(text.strip())
-    if not docs:
-        raise MetaclError(f"corpus {', '.join(map(str, files))} holds no text; give files with at least one document")
-    return docs
-
 
 # --------------------------------------------------------------------------- tokenizer
 
@@ -288,7 +255,7 @@ def pretrain(
     check_out_kind(out, "pretrain")  # never overwrite another kind of run's files
     docs = read_corpus(corpus_files)  # a bad corpus fails before --out is created
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
 
     t0 = time.time()
     gen = seed_everything(seed)
@@ -318,8 +285,6 @@ def pretrain(
             if not queue:
                 queue, epoch = _epoch_batches(lengths, preset.batch_tokens, gen), epoch + 1
             idx = queue.pop()
-            from metacl.ckl.batching import collate
-
             batch = {k: v.to(device) for k, v in collate([seqs[i] for i in idx], tokenizer.pad_token_id).items()}
             lr_now = _lr_at(step, preset, preset.steps)
             for g in opt.param_groups:

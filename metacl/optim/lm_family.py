@@ -17,7 +17,7 @@ setting in miniature, small enough to unroll on a CPU:
 - task i = `docs_per_task` new-fact documents (`evidence`) of the world's meta people; inner
   steps = causal-LM loss on batches of those documents (cycled, as CKL epochs do);
 - held-out batch of task i = the *probe sentences* of those facts, loss on the object tokens
-  only (the tokens `metacl.ckl.metrics` scores), plus the same object-token loss on old-world
+  only (the tokens `metacl.core.probes` scores), plus the same object-token loss on old-world
   probes (`meta_nf`: facts of the same people from pre-training, i.e. what CKL calls NF).
 
 With `metacl.optim.meta_train.episode_loss` the meta-loss is therefore
@@ -40,8 +40,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metacl.ckl.batching import collate
+from metacl.core.batching import collate
 from metacl.engine import lm_loss
+from metacl.optim.episodes import Episode, digits_episode
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,10 @@ def doc_batch(tokenizer, texts: list[str], block_size: int) -> dict[str, Tensor]
 def probe_batch(tokenizer, rows: list[dict]) -> dict[str, Tensor]:
     """Probe sentences `prefix + " " + object` with labels on the object tokens only.
 
-    Same split and token positions as the CKL metric (`metacl.ckl.metrics`), so the held-out loss
+    Same split and token positions as the CKL metric (`metacl.core.probes`), so the held-out loss
     is the smooth version of what `ckl run` reports as TL / NF accuracy.
     """
-    from metacl.ckl.metrics import object_token_positions, split_probe
+    from metacl.core.probes import object_token_positions, split_probe
 
     fulls, spans = [], []
     for r in rows:
@@ -160,8 +161,6 @@ def _lm_loss(model: nn.Module, params: dict[str, Tensor], batch) -> Tensor:
 
 def lm_episode(rng: random.Random, cfg, pool: str = "meta"):
     """A pretrained tiny Llama learning `cfg.tasks_per_episode` tasks of new-fact documents."""
-    from metacl.optim.meta_train import Episode
-
     s = LM
     world = _world(s.entities, s.world_seed)
     tok = _tokenizer(s.entities, s.world_seed, s.vocab_size)
@@ -191,8 +190,6 @@ def lm_episode(rng: random.Random, cfg, pool: str = "meta"):
 
 def digits_lm_episode(rng: random.Random, cfg, pool: str = "meta"):
     """`digits+lm`: an lm episode with probability `LM.mix_lm`, else a digits episode."""
-    from metacl.optim.meta_train import digits_episode
-
     return lm_episode(rng, cfg, pool) if rng.random() < LM.mix_lm else digits_episode(rng, cfg, pool)
 
 

@@ -38,16 +38,14 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from metacl.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from metacl.engine import adamw, unroll
 from metacl.errors import CheckpointError, MetaclError
 from metacl.optim import network as nw
 from metacl.optim.functional import LearnedFunctional
 from metacl.optim.learned import save_meta
 from metacl.rng import all_rng_state, set_all_rng_state
-from metacl.utils import append_jsonl, seed_everything, truncate_jsonl, write_json_atomic
+from metacl.utils import seed_everything, write_json_atomic
 
 
 @dataclass
@@ -115,95 +113,7 @@ class MetaTrainConfig:
         return rng.randint(self.min_tasks, self.tasks_per_episode)
 
 
-DIGITS_KINDS = ("split", "class", "permuted")
-
-
-# ----------------------------------------------------------------------------- optimizee families
-@dataclass
-class Episode:
-    """A sampled optimizee: model (only its structure is used), initial params, and its tasks.
-
-    Each task is (train batches for the inner loop, held-out batch for the meta-loss).
-    `scales` (optional, one per task) is the loss of a chance-level predictor on that task, used
-    by `normalize="log_classes"` so that 2-class and 10-class tasks weigh the same in the meta-loss.
-    """
-
-    model: nn.Module
-    params: dict[str, Tensor]
-    tasks: list[tuple[list[Any], Any]]
-    loss_fn: Callable[[nn.Module, dict[str, Tensor], Any], Tensor]
-    scales: list[float] | None = None
-
-
-def _classifier_loss(model: nn.Module, params: dict[str, Tensor], batch) -> Tensor:
-    x, y, mask = batch
-    logits = torch.func.functional_call(model, params, (x,))
-    if mask is not None:
-        logits = logits.masked_fill(~mask, float("-inf"))
-    return F.cross_entropy(logits, y)
-
-
-def digits_episode(rng: random.Random, cfg: MetaTrainConfig, pool: str = "meta") -> Episode:
-    """MLP on digits; the episode's tasks are all of one kind, drawn from `cfg.kinds`:
-
-    - split: 2-class tasks with masked heads (task-incremental, as the benchmark's `split-task`);
-    - class: the same 2-class tasks on a shared 10-way head, no mask (class-incremental: the
-      retention term then punishes pushing old classes' logits down, which only an optimizer that
-      protects the old-class weights can avoid);
-    - permuted: 10-class tasks, each a fresh pixel permutation.
-    """
-    from metacl.benchmarks.split_digits import load_pool, make_model, make_task
-
-    x, y = load_pool(pool)
-    g = torch.Generator().manual_seed(rng.randrange(2**31))
-    model = make_model("mlp", seed=rng.randrange(2**31), hidden=rng.choice([32, 64]))
-    kind = rng.choice(cfg.kind_list())
-    n_tasks = cfg.n_tasks(rng)
-    classes = list(range(10))
-    rng.shuffle(classes)
-    tasks, scales = [], []
-    for i in range(n_tasks):
-        if kind in ("split", "class"):
-            c = tuple(sorted(classes[2 * (i % 5) : 2 * (i % 5) + 2]))
-            t = make_task(x, y, c, None, g, masked=kind == "split")
-        else:
-            t = make_task(x, y, None, torch.randperm(64, generator=g), g)
-        mask = t.mask()
-        scales.append(math.log(2.0 if mask is not None else 10.0))
-        bs = []
-        for _ in range(cfg.inner_steps):
-            idx = torch.randint(0, len(t.y_train), (cfg.batch_size,), generator=g)
-            bs.append((t.x_train[idx], t.y_train[idx], mask))
-        tasks.append((bs, (t.x_test, t.y_test, mask)))
-    params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    return Episode(model, params, tasks, _classifier_loss, scales)
-
-
-def _mse_loss(model: nn.Module, params: dict[str, Tensor], batch) -> Tensor:
-    x, y = batch
-    return (torch.func.functional_call(model, params, (x,)) - y).pow(2).mean()
-
-
-def toy_episode(rng: random.Random, cfg: MetaTrainConfig, pool: str = "meta") -> Episode:
-    """Linear regression (8 -> 1), one random teacher per episode; task i only excites inputs
-    2i, 2i+1 (mod 8), so tasks are compatible and both learning and retention reward good steps.
-    Cheap: used by the tests."""
-    g = torch.Generator().manual_seed(rng.randrange(2**31))
-    torch.manual_seed(rng.randrange(2**31))
-    model = nn.Linear(8, 1)
-    w = torch.randn(8, 1, generator=g)
-    tasks = []
-    for i in range(cfg.tasks_per_episode):
-        support = torch.zeros(8)
-        support[[(2 * i) % 8, (2 * i + 1) % 8]] = 1.0
-        def data(n, support=support):
-            xx = torch.randn(n, 8, generator=g) * support
-            return xx, xx @ w + 0.1 * torch.randn(n, 1, generator=g)
-        tasks.append(([data(cfg.batch_size) for _ in range(cfg.inner_steps)], data(64)))
-    params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    return Episode(model, params, tasks, _mse_loss)
-
-
+from metacl.optim.episodes import DIGITS_KINDS, Episode, digits_episode, toy_episode  # noqa: E402,F401
 from metacl.optim.lm_family import FAMILIES as LM_FAMILIES  # noqa: E402  (`lm`, `digits+lm`: tiny LMs on a generated world)
 
 FAMILIES: dict[str, Callable[[random.Random, MetaTrainConfig, str], Episode]] = {
@@ -299,9 +209,8 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def meta_train(cfg: MetaTrainConfig, out: str | Path, resume: bool = False, net: nw.NetConfig | None = None,
-               progress: bool = True, command: str | None = None) -> dict:
-    """Meta-train; write checkpoints, metrics.jsonl, optimizer.{safetensors,json} and summary.json to `out`.
+class OptimizerMetaLearner:
+    """The learned optimizer as a `metacl.metalearner.MetaLearner`: meta-parameters, their Adam, the ES noise.
 
     Under torchrun every rank samples the same `meta_batch` episodes, runs its equal share,
     and the meta-gradients are averaged (`metacl.distributed`), so N processes take the same
@@ -309,51 +218,45 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, resume: bool = False, net:
 
     A meta-step with a non-finite meta-loss or meta-gradient (a non-finite inner loss reaches
     both) is skipped: no outer update, Adam moments untouched, a `skipped` row in
-    metrics.jsonl. After `max_bad_steps` skips the run stops with a `MetaclError`; the last
-    checkpoint, written before any of that, stays as it was.
+    metrics.jsonl.
     """
-    from metacl import distributed as dist
-    from metacl.precision import autocast, peak_memory
 
-    cfg.check()
-    info = dist.init()
-    out = Path(out)
-    ckpt_dir = out / "checkpoint"
-    if out.exists() and any(out.iterdir()) and not resume and (ckpt_dir.exists() or (out / "metrics.jsonl").exists()):
-        raise MetaclError(f"{out} already holds a meta-training run; pass --resume to continue it or choose a new --out")
-    dist.shard(range(cfg.meta_batch), info)  # fail early (one line) when the batch does not split over the ranks
-    dist.barrier(info)  # every rank has checked `out` before rank 0 writes into it
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
-    net = net or nw.NetConfig(init_lr=cfg.init_lr)
-    meta = {k: v.requires_grad_(True) for k, v in nw.init_meta(net, cfg.seed).items()}
-    mopt = torch.optim.Adam(list(meta.values()), lr=cfg.meta_lr)
-    start, bad_steps = 0, 0
-    es_gen = torch.Generator().manual_seed(cfg.seed + 7)
-    if resume:
-        start, bad_steps = _load(ckpt_dir, cfg, meta, mopt, es_gen)
-        if info.is_main:
-            truncate_jsonl(out / "metrics.jsonl", start)  # rows logged after the checkpoint, a partial line
-    dist.broadcast_(meta.values(), info)  # identical start on every rank, whatever happened before
-    command = command or " ".join(["metacl"] + sys.argv[1:])
-    t0 = time.time()
-    bar = tqdm(range(start, cfg.steps), desc="meta-train optimizer", disable=not progress or not info.is_main or None,
-               initial=start, total=cfg.steps)
-    for step in bar:
+    name = "optimizer"
+
+    def __init__(self, cfg: MetaTrainConfig, out: str | Path, info, net: nw.NetConfig | None = None,
+                 command: str | None = None):
+        self.cfg, self.out, self.dist = cfg, Path(out), info
+        self.net = net or nw.NetConfig(init_lr=cfg.init_lr)
+        self.command = command or " ".join(["metacl"] + sys.argv[1:])
+        self.step, self.bad_steps = 0, 0
+        self.setup()
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        self.meta = {k: v.requires_grad_(True) for k, v in nw.init_meta(self.net, cfg.seed).items()}
+        self.mopt = torch.optim.Adam(list(self.meta.values()), lr=cfg.meta_lr)
+        self.es_gen = torch.Generator().manual_seed(cfg.seed + 7)
+        self.t0 = time.time()
+
+    def meta_step(self) -> dict[str, Any]:
+        from metacl import distributed as dist
+        from metacl.precision import autocast
+
+        cfg, meta, info, step = self.cfg, self.meta, self.dist, self.step
         rng = random.Random(cfg.seed * 1_000_003 + step)  # the global batch: same on every rank, resume-safe
         episodes = [FAMILIES[cfg.family](rng, cfg, "meta") for _ in range(cfg.meta_batch)]
         mine = dist.shard(range(cfg.meta_batch), info)
-        mopt.zero_grad()
+        self.mopt.zero_grad()
         sums = torch.zeros(3, dtype=torch.float64)  # meta_loss, learn, retain summed over my episodes
         bad = False
         for i in mine:
             if cfg.estimator == "es":
                 # one episode: the run-long generator (today's behaviour); a batch: one stream per
                 # (step, episode) so the noise does not depend on which rank runs the episode
-                gen = es_gen if cfg.meta_batch == 1 else torch.Generator().manual_seed(
+                gen = self.es_gen if cfg.meta_batch == 1 else torch.Generator().manual_seed(
                     cfg.seed * 1_000_003 + step * 1_009 + i + 7)
-                grads, L = es_gradient(meta, episodes[i], cfg, net, gen)
+                grads, L = es_gradient(meta, episodes[i], cfg, self.net, gen)
                 parts = {"learn": float("nan"), "retain": float("nan")}
                 if math.isfinite(L):
                     for k, v in meta.items():
@@ -362,7 +265,7 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, resume: bool = False, net:
                     bad = True
             else:
                 with autocast(cfg.precision):
-                    loss, parts = episode_loss(episodes[i], LearnedFunctional(meta, net, total_steps=cfg.inner_steps), cfg)
+                    loss, parts = episode_loss(episodes[i], LearnedFunctional(meta, self.net, total_steps=cfg.inner_steps), cfg)
                 L = float(loss.detach())
                 if _safe(loss):
                     (loss / len(mine)).backward()
@@ -379,78 +282,105 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, resume: bool = False, net:
         bad = dist.all_reduce_flag(bad, info)  # every rank skips, or none does
         if not bad:
             torch.nn.utils.clip_grad_norm_(list(meta.values()), cfg.clip)
-            mopt.step()
+            self.mopt.step()
         L, learn, retain = (float(x) for x in stats)
-        row = {"step": step + 1, "meta_loss": L, "learn": learn, "retain": retain, "skipped": bad,
-               "lr": float(meta["log_scale"].detach().exp()), "time_s": round(time.time() - t0, 2)}
+        self.step += 1
+        row = {"step": self.step, "meta_loss": L, "learn": learn, "retain": retain, "skipped": bad,
+               "lr": float(meta["log_scale"].detach().exp()), "time_s": round(time.time() - self.t0, 2)}
         if bad:
-            bad_steps += 1
+            self.bad_steps += 1
             row["reason"] = "non-finite meta-loss" if not math.isfinite(L) else "non-finite meta-gradient"
-            row["bad_steps"] = bad_steps
-        if info.is_main:
-            append_jsonl(out / "metrics.jsonl", [row])
-        bar.set_postfix(loss=f"{L:.3f}", lr=f"{row['lr']:.2e}")
-        if bad and bad_steps >= cfg.max_bad_steps:
-            bar.close()
-            raise MetaclError(
-                f"meta-training stopped at step {step + 1}: {bad_steps} meta-steps had a {row['reason']} "
-                f"(--max-bad-steps {cfg.max_bad_steps}); {ckpt_dir} holds the last good state; "
-                "lower --meta-lr / --init-lr or check the optimizee data, then rerun with --resume")
-        if info.is_main and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps):
-            _save(ckpt_dir, cfg, meta, mopt, es_gen, step + 1, bad_steps)
-    if not info.is_main:  # rank 0 evaluates and writes; the others are done
-        return {"config": asdict(cfg), "rank": info.rank}
-    ev = evaluate(meta, net, cfg, cfg.eval_episodes, cfg.seed) if cfg.eval_episodes > 0 else {}
-    summary = {"config": asdict(cfg), "net": net.to_dict(), "eval_heldout": ev, "command": command,
-               "git_commit": _git_commit(), "meta_params": nw.meta_numel(meta), "world_size": info.world_size,
-               "bad_steps": bad_steps, **peak_memory("cpu")}
-    save_meta(out, meta, net, info={k: summary[k] for k in ("command", "git_commit", "eval_heldout")} | {"seed": cfg.seed})
-    write_json_atomic(out / "summary.json", summary)
-    return summary
+            row["bad_steps"] = self.bad_steps
+        return row
+
+    def evaluate(self) -> None:
+        """No periodic validation: the held-out evaluation runs once, in `deploy`."""
+        return None
+
+    def state_dict(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Everything a resumed run needs: meta-params, Adam moments and step counts, all RNG streams, counters."""
+        tensors = {f"meta.{k}": v.detach() for k, v in self.meta.items()}
+        st = self.mopt.state_dict()
+        names = list(self.meta)
+        for i, s in st["state"].items():
+            for key in ("exp_avg", "exp_avg_sq"):
+                tensors[f"adam.{key}.{names[i]}"] = s[key]
+        adam_steps = {names[i]: float(s["step"]) for i, s in st["state"].items()}
+        return tensors, {"step": self.step, "config": asdict(self.cfg), "adam_steps": adam_steps,
+                         "rng": all_rng_state(), "es_gen": self.es_gen.get_state().tolist(), "bad_steps": self.bad_steps}
+
+    def load_state_dict(self, tensors: dict[str, Tensor], st: dict[str, Any]) -> None:
+        """Restore a checkpoint in place; refuses one made with other settings."""
+        ckpt_dir = self.out / "checkpoint"
+        saved = {k: v for k, v in st["config"].items() if k not in _RESUMABLE}
+        now = {k: v for k, v in asdict(self.cfg).items() if k in saved}
+        if saved != now:
+            diff = sorted(k for k in saved if saved[k] != now.get(k))
+            raise CheckpointError(f"--resume: {ckpt_dir} was made with different settings ({', '.join(diff)}); use the same options or a new --out")
+        with torch.no_grad():
+            for k, v in self.meta.items():
+                v.copy_(tensors[f"meta.{k}"])
+        names = list(self.meta)
+        if st["adam_steps"]:
+            sd = self.mopt.state_dict()
+            sd["state"] = {
+                i: {"step": torch.tensor(st["adam_steps"][n]), "exp_avg": tensors[f"adam.exp_avg.{n}"],
+                    "exp_avg_sq": tensors[f"adam.exp_avg_sq.{n}"]}
+                for i, n in enumerate(names) if n in st["adam_steps"]
+            }
+            self.mopt.load_state_dict(sd)
+        set_all_rng_state(st["rng"])
+        self.es_gen.set_state(torch.tensor(st["es_gen"], dtype=torch.uint8))
+
+    def deploy(self) -> dict[str, Any]:
+        """Evaluate on held-out episodes and write `optimizer.{safetensors,json}` (what `--optimizer-path` loads)
+        and `summary.json` (rank 0)."""
+        from metacl.precision import peak_memory
+
+        cfg = self.cfg
+        if not self.dist.is_main:  # rank 0 evaluates and writes; the others are done
+            return {"config": asdict(cfg), "rank": self.dist.rank}
+        ev = evaluate(self.meta, self.net, cfg, cfg.eval_episodes, cfg.seed) if cfg.eval_episodes > 0 else {}
+        summary = {"config": asdict(cfg), "net": self.net.to_dict(), "eval_heldout": ev, "command": self.command,
+                   "git_commit": _git_commit(), "meta_params": nw.meta_numel(self.meta), "world_size": self.dist.world_size,
+                   "bad_steps": self.bad_steps, **peak_memory("cpu")}
+        save_meta(self.out, self.meta, self.net,
+                  info={k: summary[k] for k in ("command", "git_commit", "eval_heldout")} | {"seed": cfg.seed})
+        write_json_atomic(self.out / "summary.json", summary)
+        return summary
 
 
-def _save(ckpt_dir: Path, cfg: MetaTrainConfig, meta, mopt: torch.optim.Optimizer, es_gen: torch.Generator, step: int,
-          bad_steps: int = 0) -> None:
-    """Everything a resumed run needs: meta-params, Adam moments and step counts, all RNG streams, counters."""
-    tensors = {f"meta.{k}": v.detach() for k, v in meta.items()}
-    st = mopt.state_dict()
-    names = list(meta)
-    for i, s in st["state"].items():
-        for key in ("exp_avg", "exp_avg_sq"):
-            tensors[f"adam.{key}.{names[i]}"] = s[key]
-    adam_steps = {names[i]: float(s["step"]) for i, s in st["state"].items()}
-    save_checkpoint(ckpt_dir, tensors, {"step": step, "config": asdict(cfg), "adam_steps": adam_steps,
-                                        "rng": all_rng_state(), "es_gen": es_gen.get_state().tolist(),
-                                        "bad_steps": bad_steps})
+def meta_train(cfg: MetaTrainConfig, out: str | Path, resume: bool = False, net: nw.NetConfig | None = None,
+               progress: bool = True, command: str | None = None) -> dict:
+    """Meta-train; write checkpoints, metrics.jsonl, optimizer.{safetensors,json} and summary.json to `out`.
+
+    The loop, checkpoint format and resume path are `metacl.metalearner`'s (shared with the
+    token weighter); `OptimizerMetaLearner` is what is specific to the learned optimizer. After
+    `max_bad_steps` skipped steps the run stops with a `MetaclError`; the last checkpoint,
+    written before any of that, stays as it was.
+    """
+    from metacl import distributed as dist
+    from metacl import metalearner
+
+    cfg.check()
+    info = dist.init()
+    out = Path(out)
+    ckpt_dir = out / "checkpoint"
+    if out.exists() and any(out.iterdir()) and not resume and (ckpt_dir.exists() or (out / "metrics.jsonl").exists()):
+        raise MetaclError(f"{out} already holds a meta-training run; pass --resume to continue it or choose a new --out")
+    dist.shard(range(cfg.meta_batch), info)  # fail early (one line) when the batch does not split over the ranks
+    dist.barrier(info)  # every rank has checked `out` before rank 0 writes into it
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    learner = OptimizerMetaLearner(cfg, out, info, net=net, command=command)
+    if resume and not metalearner.resume(learner):  # also finds one left aside by a write that was killed
+        raise CheckpointError(f"--resume: no checkpoint at {ckpt_dir}; start without --resume or point --out at the run")
+    dist.broadcast_(learner.meta.values(), info)  # identical start on every rank, whatever happened before
+    learner.t0 = time.time()
+    return metalearner.meta_train(learner, cfg.steps, ckpt_every=cfg.ckpt_every, max_bad_steps=cfg.max_bad_steps,
+                                  progress=progress, desc="meta-train optimizer",
+                                  stop_hint="lower --meta-lr / --init-lr or check the optimizee data, then rerun with --resume")
 
 
 # settings that may change on --resume without changing the computation done so far
 _RESUMABLE = ("steps", "ckpt_every", "eval_episodes", "max_bad_steps")
-
-
-def _load(ckpt_dir: Path, cfg: MetaTrainConfig, meta, mopt: torch.optim.Optimizer,
-          es_gen: torch.Generator) -> tuple[int, int]:
-    """Restore a checkpoint in place; returns (step, skipped steps so far)."""
-    if find_checkpoint(ckpt_dir) is None:  # also finds one left aside by a write that was killed
-        raise CheckpointError(f"--resume: no checkpoint at {ckpt_dir}; start without --resume or point --out at the run")
-    tensors, st = load_checkpoint(ckpt_dir)
-    saved = {k: v for k, v in st["config"].items() if k not in _RESUMABLE}
-    now = {k: v for k, v in asdict(cfg).items() if k in saved}
-    if saved != now:
-        diff = sorted(k for k in saved if saved[k] != now.get(k))
-        raise CheckpointError(f"--resume: {ckpt_dir} was made with different settings ({', '.join(diff)}); use the same options or a new --out")
-    with torch.no_grad():
-        for k, v in meta.items():
-            v.copy_(tensors[f"meta.{k}"])
-    names = list(meta)
-    if st["adam_steps"]:
-        sd = mopt.state_dict()
-        sd["state"] = {
-            i: {"step": torch.tensor(st["adam_steps"][n]), "exp_avg": tensors[f"adam.exp_avg.{n}"],
-                "exp_avg_sq": tensors[f"adam.exp_avg_sq.{n}"]}
-            for i, n in enumerate(names) if n in st["adam_steps"]
-        }
-        mopt.load_state_dict(sd)
-    set_all_rng_state(st["rng"])
-    es_gen.set_state(torch.tensor(st["es_gen"], dtype=torch.uint8))
-    return int(st["step"]), int(st.get("bad_steps", 0))

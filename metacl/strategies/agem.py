@@ -14,12 +14,13 @@ a reservoir over `ctx.old_corpus` then `ctx.seen_docs`).
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from metacl.strategies._importance import Reservoir, flat_dot, mean_nll, sample_indices, tokenize_docs
-from metacl.strategies.base import Strategy, TrainContext, register
+from metacl.core.batching import tokenize_docs
+from metacl.strategies.anchor import flat_dot
+from metacl.strategies.base import Option, Strategy, TrainContext, register
+from metacl.strategies.importance import mean_nll
+from metacl.strategies.memory import Reservoir, sample_indices
 
 
 def project_agem(g: dict[str, torch.Tensor], g_ref: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
@@ -47,11 +48,11 @@ class AGEM(Strategy):
         self.projections = 0
         self.steps = 0
 
-    @classmethod
-    def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--agem-mem-batch", type=int, default=4, help="memory documents per reference gradient")
-        parser.add_argument("--agem-capacity", type=int, default=256, help="episodic memory size (documents)")
-        parser.add_argument("--agem-old-max", type=int, default=5000, help="max pre-training docs offered to the memory")
+    options = {
+        "agem_mem_batch": Option('memory documents per reference gradient'),
+        "agem_capacity": Option('episodic memory size (documents)'),
+        "agem_old_max": Option('max pre-training docs offered to the memory'),
+    }
 
     def before_task(self, ctx: TrainContext) -> None:
         if self.memory is None:

@@ -34,7 +34,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-Batch = dict[str, torch.Tensor]  # input_ids, attention_mask, labels (-100 = ignored), all (B, T)
+from metacl.core.batching import Batch  # noqa: E402,F401  (input_ids, attention_mask, labels; strategies import it from here)
 
 
 @dataclass
@@ -80,22 +80,57 @@ class TrainContext:
         self._reference = None
 
 
+@dataclass(frozen=True)
+class Option:
+    """One strategy option: its help line (and, when the default does not say it, its type).
+
+    The default is declared once, in the strategy's `__init__` signature; `Strategy.add_args`
+    turns `name -> Option` into the flag `--name-with-dashes` with that default, and
+    `metacl.cli.config` shows it in `--help`.
+    """
+
+    help: str
+    type: Callable[[str], Any] | None = None      # default: the type of the default value (str when None)
+    choices: tuple[Any, ...] | None = None
+    nargs: str | None = None
+    metavar: str | None = None
+
+
 class Strategy:
     """Base class with no-op hooks. Subclasses override what they need.
 
     Class attributes: `name` (CLI name), `description` (one line for `metacl ckl strategies`),
-    `trains` (False for methods that never update weights). `add_args` declares CLI options;
-    the constructor receives the parsed options as keyword arguments (unknown ones ignored by
-    `from_args`).
+    `trains` (False for methods that never update weights), `options` (`{init keyword: Option}`,
+    prefixed with the strategy name, e.g. `ewc_lambda` -> `--ewc-lambda`). The constructor
+    receives the parsed options as keyword arguments (unknown ones ignored by `from_args`).
     """
 
     name: ClassVar[str] = "base"
     description: ClassVar[str] = ""
     trains: ClassVar[bool] = True
+    options: ClassVar[dict[str, Option]] = {}
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        """Add this strategy's options (prefix them with the strategy name, e.g. --ewc-lambda)."""
+        """Add this strategy's options: one flag per entry of `options`, its default read from `__init__`."""
+        import inspect
+
+        params = inspect.signature(cls.__init__).parameters
+        for key, opt in cls.options.items():
+            if key not in params or params[key].default is inspect.Parameter.empty:
+                raise TypeError(f"strategy {cls.name}: option {key!r} needs a keyword with a default in __init__")
+            default = params[key].default
+            kw: dict[str, Any] = {"default": default, "help": opt.help}
+            if opt.choices is not None:
+                kw["choices"] = list(opt.choices)
+            if opt.nargs is not None:
+                kw["nargs"] = opt.nargs
+            if opt.metavar is not None:
+                kw["metavar"] = opt.metavar
+            typ = opt.type or (type(default) if default is not None and opt.nargs is None else None)
+            if typ is not None and typ is not str:
+                kw["type"] = typ
+            parser.add_argument("--" + key.replace("_", "-"), **kw)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Strategy":
@@ -104,6 +139,11 @@ class Strategy:
         params = inspect.signature(cls.__init__).parameters
         kwargs = {k: v for k, v in vars(args).items() if k in params and v is not None}
         return cls(**kwargs)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> "Strategy":
+        """The strategy built from an options mapping (a run's `strategy_options`, a YAML file)."""
+        return cls.from_args(argparse.Namespace(**options))
 
     # --- hooks, in the order the loop calls them -------------------------------------
     def before_task(self, ctx: TrainContext) -> None: ...
@@ -140,6 +180,19 @@ class Strategy:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Put back what `state_dict` returned (after `before_task` ran again)."""
+
+
+def probe_prefix_fn(strategies: list[Strategy], ctx: TrainContext) -> Callable[[Any], str | None] | None:
+    """Every strategy's `probe_prefix` joined by newlines (in-context learning); None when no strategy defines one."""
+    own = [s for s in strategies if type(s).probe_prefix is not Strategy.probe_prefix]
+    if not own:
+        return None
+
+    def fn(item):
+        parts = [p for p in (s.probe_prefix(ctx, item) for s in own) if p]
+        return "\n".join(parts) if parts else None
+
+    return fn
 
 
 REGISTRY: dict[str, type[Strategy]] = {}

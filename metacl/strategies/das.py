@@ -42,9 +42,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metacl.core.batching import doc_batches
+from metacl.engine.losses import label_mask
 from metacl.errors import MetaclError
-from metacl.strategies._importance import doc_batches, label_mask, mean_nll, sample_indices
 from metacl.strategies.base import Strategy, TrainContext, register
+from metacl.strategies.importance import mean_nll
+from metacl.strategies.memory import sample_indices
 
 
 @dataclass

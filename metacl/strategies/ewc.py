@@ -15,12 +15,13 @@ Hyperparameters: --ewc-lambda (penalty strength), --ewc-gamma (decay of old Fish
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from metacl.strategies._importance import QuadraticAnchor, check_positive, fisher_on_docs, prior_texts
-from metacl.strategies.base import Batch, Strategy, TrainContext, register
+from metacl.strategies.anchor import QuadraticAnchor
+from metacl.strategies.base import Batch, Option, Strategy, TrainContext, register
+from metacl.strategies.importance import fisher_on_docs
+from metacl.strategies.memory import prior_texts
+from metacl.strategies.options import check_positive
 
 
 @register
@@ -34,11 +35,11 @@ class EWC(Strategy):
         self.fisher_docs = int(ewc_fisher_docs)
         self.prior = QuadraticAnchor(self.gamma)
 
-    @classmethod
-    def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--ewc-lambda", type=float, default=1000.0, help="EWC penalty strength lambda")
-        parser.add_argument("--ewc-gamma", type=float, default=1.0, help="online EWC decay of the old Fisher")
-        parser.add_argument("--ewc-fisher-docs", type=int, default=64, help="documents per Fisher estimate")
+    options = {
+        "ewc_lambda": Option('EWC penalty strength lambda'),
+        "ewc_gamma": Option('online EWC decay of the old Fisher'),
+        "ewc_fisher_docs": Option('documents per Fisher estimate'),
+    }
 
     def before_task(self, ctx: TrainContext) -> None:
         if self.prior.empty:

@@ -12,12 +12,10 @@ Built with PEFT; the loop then trains exactly the adapter parameters (the only o
 
 from __future__ import annotations
 
-import argparse
-
 from torch import nn
 
 from metacl.errors import MetaclError
-from metacl.strategies.base import Strategy, TrainContext, register
+from metacl.strategies.base import Option, Strategy, TrainContext, register
 
 # Output heads and embeddings are not projections inside a block: they stay frozen.
 _SKIP = ("lm_head", "embed_out", "score", "wte", "wpe", "embed_tokens", "embed_positions")
@@ -55,11 +53,11 @@ class LoRA(Strategy):
             raise MetaclError(f"--lora-dropout must be in [0, 1), got {lora_dropout}")
         self.r, self.alpha, self.dropout = int(lora_r), float(lora_alpha), float(lora_dropout)
 
-    @classmethod
-    def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank r (default 8)")
-        parser.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scale alpha; the update is alpha/r * BA (default 16)")
-        parser.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the LoRA input (default 0)")
+    options = {
+        "lora_r": Option('LoRA rank r'),
+        "lora_alpha": Option('LoRA scale alpha; the update is alpha/r * BA'),
+        "lora_dropout": Option('dropout on the LoRA input'),
+    }
 
     def before_task(self, ctx: TrainContext) -> None:
         from peft import LoraConfig, PeftModel, get_peft_model

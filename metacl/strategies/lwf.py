@@ -12,13 +12,12 @@ Hyperparameters: --lwf-alpha (weight of the distillation term), --lwf-temperatur
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 
-from metacl.strategies._importance import check_positive, label_mask
-from metacl.strategies.base import Batch, Strategy, TrainContext, register
+from metacl.engine.losses import label_mask
+from metacl.strategies.base import Batch, Option, Strategy, TrainContext, register
+from metacl.strategies.options import check_positive
 
 
 def next_token_kl(old_logits: torch.Tensor, new_logits: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -48,10 +47,10 @@ class LwF(Strategy):
 
             raise MetaclError("--lwf-temperature must be > 0; pass e.g. --lwf-temperature 2")
 
-    @classmethod
-    def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--lwf-alpha", type=float, default=1.0, help="weight of the distillation KL")
-        parser.add_argument("--lwf-temperature", type=float, default=2.0, help="softmax temperature T")
+    options = {
+        "lwf_alpha": Option('weight of the distillation KL'),
+        "lwf_temperature": Option('softmax temperature T'),
+    }
 
     def before_task(self, ctx: TrainContext) -> None:
         ctx.reference_model()  # snapshot now, before any step of this task

@@ -13,10 +13,10 @@ Hyperparameters: --mix-review-ratio (mix ratio at epoch 0), --mix-review-decay (
 
 from __future__ import annotations
 
-import argparse
-
-from metacl.strategies._importance import check_positive, concat_batches, pad_id, sample_indices, tokenize_docs
-from metacl.strategies.base import Batch, Strategy, TrainContext, register
+from metacl.core.batching import concat_batches, pad_id_of as pad_id, tokenize_docs
+from metacl.strategies.base import Batch, Option, Strategy, TrainContext, register
+from metacl.strategies.memory import sample_indices
+from metacl.strategies.options import check_positive
 
 
 @register
@@ -28,10 +28,10 @@ class MixReview(Strategy):
         self.ratio = check_positive(mix_review_ratio, "--mix-review-ratio")
         self.decay = check_positive(mix_review_decay, "--mix-review-decay")
 
-    @classmethod
-    def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--mix-review-ratio", type=float, default=1.0, help="pre-training docs per task doc at epoch 0")
-        parser.add_argument("--mix-review-decay", type=float, default=0.7, help="multiplicative decay of the ratio per epoch")
+    options = {
+        "mix_review_ratio": Option('pre-training docs per task doc at epoch 0'),
+        "mix_review_decay": Option('multiplicative decay of the ratio per epoch'),
+    }
 
     def n_mix(self, epoch: int, batch_rows: int) -> int:
         """Documents to add in `epoch` (counted from 1, as the loop does) to a batch of `batch_rows`."""

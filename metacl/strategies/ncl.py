@@ -33,13 +33,15 @@ experiments/baselines1_calibrate.py; numbers in docs/results/baselines1.md).
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
 
-from metacl.strategies._importance import QuadraticAnchor, check_positive, fisher_on_docs, prior_texts
-from metacl.strategies.base import Batch, Strategy, TrainContext, register
+from metacl.strategies.anchor import QuadraticAnchor
+from metacl.strategies.base import Batch, Option, Strategy, TrainContext, register
+from metacl.strategies.importance import fisher_on_docs
+from metacl.strategies.memory import prior_texts
+from metacl.strategies.options import check_positive
 
 
 def trust_region_step(grads: dict[str, torch.Tensor], precision: dict[str, torch.Tensor], lr: float, radius: float):
@@ -68,14 +70,14 @@ class NCL(Strategy):
         self.fisher_docs = int(ncl_fisher_docs)
         self.prior = QuadraticAnchor(check_positive(ncl_gamma, "--ncl-gamma"))
 
-    @classmethod
-    def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--ncl-lambda", type=float, default=1000.0, help="Fisher scale lambda in the prior precision")
-        parser.add_argument("--ncl-gamma", type=float, default=1.0, help="online decay of the old Fisher")
-        parser.add_argument("--ncl-prior-precision", type=float, default=0.01, help="isotropic prior precision eta0 (> 0)")
-        parser.add_argument("--ncl-lr", type=float, default=1e-3, help="NCL learning rate (its own step, not the loop's)")
-        parser.add_argument("--ncl-trust-radius", type=float, default=1.0, help="trust-region radius rho in the prior metric")
-        parser.add_argument("--ncl-fisher-docs", type=int, default=64, help="documents per Fisher estimate")
+    options = {
+        "ncl_lambda": Option('Fisher scale lambda in the prior precision'),
+        "ncl_gamma": Option('online decay of the old Fisher'),
+        "ncl_prior_precision": Option('isotropic prior precision eta0 (> 0)'),
+        "ncl_lr": Option("NCL learning rate (its own step, not the loop's)"),
+        "ncl_trust_radius": Option('trust-region radius rho in the prior metric'),
+        "ncl_fisher_docs": Option('documents per Fisher estimate'),
+    }
 
     def precision(self, named) -> dict[str, torch.Tensor]:
         out = {}

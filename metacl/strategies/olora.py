@@ -19,14 +19,13 @@ Hyperparameters: --olora-rank, --olora-alpha, --olora-lambda (lambda1), --olora-
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
 from torch import nn
 
 from metacl.errors import MetaclError
-from metacl.strategies.base import Batch, Strategy, TrainContext, register
+from metacl.strategies.base import Batch, Option, Strategy, TrainContext, register
 
 
 class MultiLoRALinear(nn.Module):
@@ -93,12 +92,12 @@ class OLoRA(Strategy):
         self.targets = list(olora_targets or ["q_proj", "v_proj"])
         self.layers: list[MultiLoRALinear] = []
 
-    @classmethod
-    def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--olora-rank", type=int, default=8, help="rank r of each task's LoRA")
-        parser.add_argument("--olora-alpha", type=float, default=16.0, help="LoRA scale alpha (update = alpha/r B A)")
-        parser.add_argument("--olora-lambda", type=float, default=0.5, help="weight lambda1 of the orthogonality loss")
-        parser.add_argument("--olora-targets", nargs="+", default=None, help="linear layers to adapt (default q_proj v_proj)")
+    options = {
+        "olora_rank": Option("rank r of each task's LoRA"),
+        "olora_alpha": Option('LoRA scale alpha (update = alpha/r B A)'),
+        "olora_lambda": Option('weight lambda1 of the orthogonality loss'),
+        "olora_targets": Option('linear layers to adapt', nargs='+'),
+    }
 
     def before_task(self, ctx: TrainContext) -> None:
         self.layers = wrap_targets(ctx.model, self.targets, self.rank, self.alpha)

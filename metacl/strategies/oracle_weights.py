@@ -13,7 +13,6 @@ beats `random` the gain comes from placement, not from a smaller effective step 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from metacl.errors import DataError, MetaclError
-from metacl.strategies.base import Batch, Strategy, TrainContext, register
+from metacl.strategies.base import Batch, Option, Strategy, TrainContext, register
 
 
 def read_objects(path: str) -> dict[str, str]:
@@ -89,10 +88,9 @@ class Oracle(Strategy):
         self._cache: dict[tuple, list[int]] = {}
         self.missed = 0
 
-    @classmethod
-    def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--oracle-data", metavar="FILE", nargs="+", default=None,
-                            help="LAMA-schema JSONL file(s) giving each training document's object (e.g. tl.jsonl tl_val.jsonl)")
+    options = {
+        "oracle_data": Option("LAMA-schema JSONL file(s) giving each training document's object (e.g. tl.jsonl tl_val.jsonl)", nargs='+', metavar='FILE'),
+    }
 
     def _object_for(self, text: str) -> str | None:
         text = text.strip()
@@ -250,12 +248,10 @@ class RandomWeights(Strategy):
         self.seed = int(seed)
         self.predictor = None
 
-    @classmethod
-    def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--random-predictor", metavar="PATH", default=None,
-                            help="shuffle this token weighter's weights within each document (same mean and spread)")
-        parser.add_argument("--random-mean", type=float, default=None,
-                            help="without --random-predictor: uniform random weights with this mean (default 0.5)")
+    options = {
+        "random_predictor": Option("shuffle this token weighter's weights within each document (same mean and spread)", metavar='PATH'),
+        "random_mean": Option('without --random-predictor: uniform random weights with this mean', type=float),
+    }
 
     def before_task(self, ctx: TrainContext) -> None:
         if self.path and self.predictor is None:

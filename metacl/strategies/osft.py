@@ -34,9 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metacl.core.batching import doc_batches
+from metacl.engine.losses import label_mask
 from metacl.errors import MetaclError
-from metacl.strategies._importance import doc_batches, label_mask, sample_indices
 from metacl.strategies.base import Strategy, TrainContext, register
+from metacl.strategies.memory import sample_indices
 
 MATRICES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

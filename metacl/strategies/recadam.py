@@ -26,8 +26,9 @@ import math
 
 import torch
 
-from metacl.strategies._importance import check_positive, snapshot
+from metacl.strategies.anchor import snapshot
 from metacl.strategies.base import Strategy, TrainContext, register
+from metacl.strategies.options import check_positive
 
 
 def anneal_lambda(t: float, k: float, t0: float) -> float:

@@ -14,10 +14,9 @@ pre-training documents are offered to the buffer at most).
 
 from __future__ import annotations
 
-import argparse
-
-from metacl.strategies._importance import Reservoir, concat_batches, pad_id, sample_indices, tokenize_docs
-from metacl.strategies.base import Batch, Strategy, TrainContext, register
+from metacl.core.batching import concat_batches, pad_id_of as pad_id, tokenize_docs
+from metacl.strategies.base import Batch, Option, Strategy, TrainContext, register
+from metacl.strategies.memory import Reservoir, sample_indices
 
 
 @register
@@ -33,11 +32,11 @@ class Replay(Strategy):
         self._offered_old = False
         self._offered_seen = 0
 
-    @classmethod
-    def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--replay-capacity", type=int, default=256, help="reservoir size K (documents)")
-        parser.add_argument("--replay-per-batch", type=int, default=4, help="replayed documents added to each batch")
-        parser.add_argument("--replay-old-max", type=int, default=5000, help="max pre-training docs offered to the buffer")
+    options = {
+        "replay_capacity": Option('reservoir size K (documents)'),
+        "replay_per_batch": Option('replayed documents added to each batch'),
+        "replay_old_max": Option('max pre-training docs offered to the buffer'),
+    }
 
     def before_task(self, ctx: TrainContext) -> None:
         if self.buffer is None:

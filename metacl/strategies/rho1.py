@@ -21,8 +21,8 @@ import math
 
 import torch
 
+from metacl.engine.losses import label_mask, token_nll
 from metacl.errors import MetaclError
-from metacl.strategies._importance import label_mask, token_nll
 from metacl.strategies.base import Batch, Strategy, TrainContext, register
 
 

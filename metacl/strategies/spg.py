@@ -25,13 +25,13 @@ Hyperparameters: --spg-docs (documents per importance estimate, default 64), --s
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
+from metacl.core.batching import doc_batches
 from metacl.errors import MetaclError
-from metacl.strategies._importance import doc_batches, gradient_importance, prior_texts, sample_indices
-from metacl.strategies.base import Strategy, TrainContext, register
+from metacl.strategies.base import Option, Strategy, TrainContext, register
+from metacl.strategies.importance import gradient_importance
+from metacl.strategies.memory import prior_texts, sample_indices
 
 NamedTensors = dict[str, torch.Tensor]
 
@@ -72,11 +72,10 @@ class SPG(Strategy):
         self.n_docs = int(spg_docs)
         self.importance: NamedTensors = {}
 
-    @classmethod
-    def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--spg-docs", type=int, default=64, help="documents per SPG importance estimate")
-        parser.add_argument("--spg-mask", choices=["step", "grad"], default="step",
-                            help="scale the optimizer step (default; works with Adam) or the gradient (paper, SGD)")
+    options = {
+        "spg_docs": Option('documents per SPG importance estimate'),
+        "spg_mask": Option('scale the optimizer step (default; works with Adam) or the gradient (paper, SGD)', choices=('step', 'grad')),
+    }
 
     def accumulate(self, new: NamedTensors) -> None:
         """imp <- max(imp, new), elementwise (the SPG accumulation rule)."""

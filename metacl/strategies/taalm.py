@@ -10,12 +10,10 @@ optimizer does (AdamW, SGD, the learned optimizer): nothing here touches gradien
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
 from metacl.errors import MetaclError
-from metacl.strategies.base import Batch, Strategy, TrainContext, register
+from metacl.strategies.base import Batch, Option, Strategy, TrainContext, register
 
 
 def load_predictor(path: str, tokenizer, device) -> "torch.nn.Module":
@@ -49,10 +47,9 @@ class TAALM(Strategy):
         self.path = taalm_predictor
         self.predictor = None
 
-    @classmethod
-    def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--taalm-predictor", metavar="PATH", default=None,
-                            help="token weighter saved by `metacl meta-train token-weighting` (its best/ folder or --out)")
+    options = {
+        "taalm_predictor": Option('token weighter saved by `metacl meta-train token-weighting` (its best/ folder or --out)', metavar='PATH'),
+    }
 
     def preflight(self, model_path: str) -> None:
         """Refuse a predictor that is missing or built for another tokenizer, before a run writes anything.

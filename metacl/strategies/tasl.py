@@ -34,14 +34,14 @@ Hyperparameters: --tasl-top (fraction of units called task-specific per side), -
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from torch import nn
 
+from metacl.core.batching import doc_batches
 from metacl.errors import MetaclError
-from metacl.strategies._importance import doc_batches, gradient_importance, sample_indices
-from metacl.strategies.base import Strategy, TrainContext, register
+from metacl.strategies.base import Option, Strategy, TrainContext, register
+from metacl.strategies.importance import gradient_importance
+from metacl.strategies.memory import sample_indices
 
 REST = "rest"
 
@@ -127,12 +127,11 @@ class TaSL(Strategy):
         self.old_params: dict[str, torch.Tensor] = {}
         self.last_decision: dict[str, str] = {}
 
-    @classmethod
-    def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--tasl-top", type=float, default=0.25, help="fraction of units that are task-specific per side")
-        parser.add_argument("--tasl-docs", type=int, default=32, help="documents per importance estimate")
-        parser.add_argument("--tasl-consolidate", choices=["task", "epoch"], default="task",
-                            help="merge after the task (paper) or after every epoch (so LAMA-ckl probes see it)")
+    options = {
+        "tasl_top": Option('fraction of units that are task-specific per side'),
+        "tasl_docs": Option('documents per importance estimate'),
+        "tasl_consolidate": Option('merge after the task (paper) or after every epoch (so LAMA-ckl probes see it)', choices=('task', 'epoch')),
+    }
 
     def _batches(self, ctx: TrainContext, texts: list[str]):
         idx = sample_indices(len(texts), min(self.n_docs, len(texts)), ctx.generator)

@@ -27,9 +27,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from metacl.ckl.batching import collate
+from metacl.core.batching import collate, pad_id_of
+from metacl.errors import DataError
 
-__all__ = ["probe_accuracy", "split_probe", "item_field", "object_token_positions"]
+__all__ = ["probe_accuracy", "probe_split", "split_probe", "item_field", "object_token_positions"]
 
 
 def item_field(item: Any, name: str, default: Any = None) -> Any:
@@ -39,18 +40,29 @@ def item_field(item: Any, name: str, default: Any = None) -> Any:
     return getattr(item, name, default)
 
 
+def probe_split(item: Any) -> tuple[str, str]:
+    """Split a `LamaItem`'s probe sentence into (text before the object, the object).
+
+    The last occurrence is used because the subject may contain the object's words earlier in
+    the sentence. The prefix is stripped of trailing spaces; the scorer re-inserts one space
+    before the object, so tokenizers that fold the space into the first object token are handled.
+    """
+    text, obj = item.task_descriptive, item.object
+    i = text.rfind(obj)
+    if i < 0:
+        raise DataError(f"item {item.uuid}: field 'task_descriptive' does not contain the object {obj!r}; "
+                        "the probe sentence must state the object verbatim")
+    return text[:i].rstrip(), obj
+
+
 def split_probe(item: Any) -> tuple[str, str]:
     """(prefix, object) of a probe: the text of `task_descriptive` before the object.
 
-    Uses the data package's `probe_split` when it exists so the whole project agrees on one
-    definition; the fallback below follows the same rule (last occurrence of the object, prefix
-    stripped of trailing space; no occurrence → the whole sentence is the prefix).
+    A `LamaItem` goes through `probe_split` (which refuses a sentence without its object); a
+    plain dict (tests, JSON rows) follows the same rule leniently (object stripped; no
+    occurrence -> the whole sentence is the prefix).
     """
-    try:
-        from metacl.data.lama import probe_split  # part A of issue 4
-    except ImportError:
-        probe_split = None
-    if probe_split is not None and not isinstance(item, dict):
+    if not isinstance(item, dict):
         return probe_split(item)
     text = str(item_field(item, "task_descriptive", "") or "")
     obj = str(item_field(item, "object", "") or "").strip()
@@ -93,9 +105,7 @@ def probe_accuracy(
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        pad_id = 0
+    pad_id = pad_id_of(tokenizer)
     t0 = time.perf_counter()
 
     per_item: list[dict[str, Any]] = []

@@ -14,7 +14,7 @@ import torch
 
 from metacl.errors import MetaclError
 
-Batch = dict[str, torch.Tensor]
+Batch = dict[str, torch.Tensor]  # input_ids, attention_mask, labels (-100 = ignored), all (B, T)
 
 
 def encode_docs(tokenizer, docs: Sequence[str], max_length: int) -> list[list[int]]:
@@ -32,22 +32,63 @@ def encode_docs(tokenizer, docs: Sequence[str], max_length: int) -> list[list[in
     return out
 
 
-def collate(seqs: Sequence[Sequence[int]], pad_id: int) -> Batch:
-    """Right-padded `input_ids`, `attention_mask` and `labels` (-100 on padding)."""
+def collate(seqs: Sequence[Sequence[int]], pad_id: int, labels: Sequence[Sequence[int]] | None = None) -> Batch:
+    """Right-padded `input_ids`, `attention_mask` and `labels` (-100 on padding).
+
+    The one right-padding in metacl. `labels` (one list per row, e.g. -100 outside a probe's
+    object tokens) replaces the default labels = inputs.
+    """
     T = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
         mask[i, : len(s)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+    if labels is None:
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+    lab = torch.full((len(seqs), T), -100, dtype=torch.long)
+    for i, l in enumerate(labels):
+        lab[i, : len(l)] = torch.as_tensor(list(l), dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": mask, "labels": lab}
 
 
 def pad_id_of(tokenizer) -> int:
-    for t in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+    """The id used for padding: pad, else eos, else 0 (the mask makes the choice irrelevant)."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        t = getattr(tokenizer, attr, None)
         if t is not None:
             return int(t)
     return 0
+
+
+def tokenize_docs(tokenizer, texts: Sequence[str], max_length: int, device: torch.device | str = "cpu") -> Batch:
+    """Tokenize documents (each truncated to `max_length`) into one right-padded causal-LM batch."""
+    pid = pad_id_of(tokenizer)
+    rows = []
+    for t in texts:
+        ids = tokenizer(t, truncation=True, max_length=max_length)["input_ids"]
+        rows.append(list(ids)[:max_length] or [pid])
+    return {k: v.to(device) for k, v in collate(rows, pid).items()}
+
+
+def concat_batches(a: Batch, b: Batch, pad: int) -> Batch:
+    """Stack two batches row-wise, right-padding the shorter one (mask 0, label -100)."""
+    import torch.nn.functional as F
+
+    T = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
+    fill = {"input_ids": pad, "attention_mask": 0, "labels": -100}
+    out = dict(a)
+    for k, v in fill.items():
+        x, y = a[k], b[k].to(a[k].device)
+        x = x if x.shape[1] >= T else F.pad(x, (0, T - x.shape[1]), value=v)
+        y = y if y.shape[1] >= T else F.pad(y, (0, T - y.shape[1]), value=v)
+        out[k] = torch.cat([x, y], dim=0)
+    return out
+
+
+def doc_batches(tokenizer, texts: Sequence[str], batch_size: int, max_length: int, device) -> list[Batch]:
+    """`tokenize_docs` over consecutive groups of `batch_size` documents."""
+    return [tokenize_docs(tokenizer, texts[i : i + batch_size], max_length, device) for i in range(0, len(texts), batch_size)]
 
 
 class DocBatches:

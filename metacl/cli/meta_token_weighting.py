@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from metacl.utils import check_out_kind
 
     check_out_kind(args.out, "meta-train token-weighting")
-    device = torch.device(args.device) if args.device else default_device()
+    device = default_device(args.device)
     from metacl import distributed
 
     dist_info = distributed.init(str(device))  # under torchrun: one GPU per process
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     train_items = load_lama_jsonl(files["meta_train"])
     nf_items = load_lama_jsonl(files["meta_nf"])
     val_items = load_lama_jsonl(files["meta_val"]) if files["meta_val"].is_file() else []
-    from metacl.ckl.metrics import split_probe
+    from metacl.core.probes import split_probe
 
     nf_probes = [split_probe(it) for it in nf_items]
     weighter = None
@@ -175,7 +175,7 @@ def demo_meta_train(model_path, world_dir, out_dir, seed: int = 0, steps: int = 
     """
     import torch
 
-    from metacl.ckl.metrics import split_probe
+    from metacl.core.probes import split_probe
     from metacl.data.lama import load_lama_jsonl
     from metacl.meta.train_token_weighting import MetaConfig, MetaTrainer, examples_from_items
     from metacl.models.loading import load_model_and_tokenizer
