@@ -114,3 +114,27 @@ def test_tiny_model_for_tests_is_fast(tmp_path):
     assert time.perf_counter() - t < 5
     assert sum(p.numel() for p in model.parameters()) < 100_000
     assert model(**tok("Extra words", return_tensors="pt")).logits.shape[-1] == len(tok)
+
+
+def test_same_command_twice_gives_the_same_weights_hash(corpus, tmp_path):
+    """pretrain.json records what rebuilds the model; the same command twice gives the same weights."""
+    from metacl.models.loading import load_model_and_tokenizer
+    from metacl.models.pretrain import corpus_hash, weights_hash
+
+    args = ["pretrain", "--corpus", str(corpus / "plain.txt"), "--size", "tiny", "--steps", "4", "--seed", "2",
+            "--device", "cpu"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / d / "pretrain.json").read_text()) for d in ("a", "b"))
+    assert a["weights_sha256"] == b["weights_sha256"] and len(a["weights_sha256"]) == 64
+    assert a["corpus_sha256"] == corpus_hash([corpus / "plain.txt"]) and a["seed"] == 2
+    assert a["config"]["hidden_size"] == PRESETS["tiny"].hidden_size and a["parameters"] > 0
+    assert a["command"].startswith("metacl pretrain --corpus") and "--size tiny --seed 2 --steps 4" in a["command"]
+    model, _ = load_model_and_tokenizer(tmp_path / "a")
+    assert weights_hash(model) == a["weights_sha256"]  # the hash is of the saved weights
+    assert main(args + ["--seed", "3", "--out", str(tmp_path / "c")]) == 0
+    assert json.loads((tmp_path / "c" / "pretrain.json").read_text())["weights_sha256"] != a["weights_sha256"]
+
+
+def test_every_preset_has_a_512_token_context():
+    assert all(p.block_size >= 512 for p in PRESETS.values())

@@ -199,6 +199,28 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
     return summary
 
 
+def overwrite_probes(items) -> tuple[list[dict], list[dict]]:
+    """For TL facts that overwrite an old one (rows with `old_object`, as world v2 writes them):
+    the probes asking for the new object and the same probes completed with the old object.
+
+    Why: a model can learn the new object yet still answer the old one; TemporalWiki-style
+    benchmarks report both. Scored as `tl_overwrite_acc` and `tl_old_object_acc` in metrics.jsonl.
+    """
+    from metacl.core.probes import item_field, split_probe
+
+    new, old = [], []
+    for it in items:
+        extra = item_field(it, "extra", None) or {}
+        old_obj = extra.get("old_object") if isinstance(extra, dict) else None
+        old_obj = old_obj or (it.get("old_object") if isinstance(it, dict) else None)
+        if not old_obj:
+            continue
+        prefix, obj = split_probe(it)
+        new.append({"task_descriptive": f"{prefix} {obj}", "object": obj})
+        old.append({"task_descriptive": f"{prefix} {old_obj}", "object": old_obj})
+    return new, old
+
+
 def _run_seed(cfg: CklConfig, seed: int, probes: dict[str, list], train_docs: list[str], old_corpus: list[str],
               metrics_path: Path, *, device: torch.device, log: Callable[[str], None], resume=None, ckpt_dir=None,
               info=None) -> list[dict]:
@@ -213,6 +235,8 @@ def _run_seed(cfg: CklConfig, seed: int, probes: dict[str, list], train_docs: li
     t0 = time.time()
     precision = getattr(cfg, "precision", "fp32")
 
+    over_new, over_old = overwrite_probes(probes.get("tl") or [])
+
     def evaluate(ctx: TrainContext, strategies: list[Strategy], at: Probe) -> None:
         if not info.is_main:  # rank 0 evaluates and writes; the others wait
             D.barrier(info)
@@ -226,6 +250,12 @@ def _run_seed(cfg: CklConfig, seed: int, probes: dict[str, list], train_docs: li
                                    device=device, exact_match=cfg.exact_match)
             row[f"{key}_acc"], row[f"{key}_em"] = r["acc"], r["em"]
             row[f"{key}_prompt_tokens"], row[f"{key}_seconds_per_query"] = r["prompt_tokens"], r["seconds_per_query"]
+        if over_new:  # overwritten facts (world v2): the new object's accuracy, and the old one's
+            for key, items in (("tl_overwrite", over_new), ("tl_old_object", over_old)):
+                with autocast(precision, device):
+                    r = probe_accuracy(ctx.model, ctx.tokenizer, items, batch_size=cfg.eval_batch_size, prefix_fn=pf,
+                                       device=device, exact_match=False)
+                row[f"{key}_acc"] = r["acc"]
         row["seconds"] = round(time.time() - t0, 2)
         row["precision"] = precision
         row.update(peak_memory(device))  # peak_mem_mib, and peak_mem_kind saying how it was measured

@@ -12,8 +12,22 @@ def register(sub) -> None:
     w.add_argument("--out", required=True, help="output folder")
     w.add_argument("--overwrite-fraction", type=float, default=0.4,
                    help="share of new facts that replace an old employer or city (default 0.4)")
-    w.add_argument("--paraphrases", type=int, default=4, help="templates per old fact in the corpus (1-4)")
+    w.add_argument("--version", type=int, choices=[1, 2], default=2,
+                   help="2 (default): held-out probe phrasings, official-like TL documents; 1: the old world "
+                        "(probes verbatim in training text), for reproducing old results")
+    w.add_argument("--paraphrases", type=int, default=4,
+                   help="phrasings per old fact, 1-4 (default 4); v1 puts all in the corpus, v2 holds one out "
+                        "for the probe and puts the others (so 2-4 in v2) in the corpus")
+    w.add_argument("--distractors", type=int, nargs=2, default=[3, 5], metavar=("MIN", "MAX"),
+                   help="hard sentences (names, numbers, dates, places) around each TL fact (default 3 5; "
+                        "world v2 only, v1 ignores it)")
     w.set_defaults(func=_world)
+    om = subsub.add_parser("official-meta", help="official meta-training split: (document, probe) pairs from "
+                           "invariant_schematic.jsonl sharing no item with NF or TL")
+    om.add_argument("--data", required=True, help="the official LAMA-ckl folder")
+    om.add_argument("--out", required=True, help="output folder (meta_train.jsonl, meta_val.jsonl, official_meta.json)")
+    om.add_argument("--val-fraction", type=float, default=0.2, help="share of pairs in meta_val (default 0.2)")
+    om.set_defaults(func=_official_meta)
     c = subsub.add_parser("check", help="validate LAMA-ckl-schema JSONL files (exit 2 naming file, line, field)")
     c.add_argument("files", nargs="+", metavar="FILE",
                    help="JSONL files, or folders (a world or the LAMA-ckl folder: every split file in it is checked)")
@@ -32,10 +46,28 @@ def _world(args) -> int:
     from metacl.utils import check_out_kind
 
     check_out_kind(args.out, "data world")  # never mix a world's files into another run's folder
-    meta = write_world(args.out, args.entities, args.seed, overwrite_fraction=args.overwrite_fraction,
-                       paraphrases=args.paraphrases)
+    if args.version == 1:
+        meta = write_world(args.out, args.entities, args.seed, overwrite_fraction=args.overwrite_fraction,
+                           paraphrases=args.paraphrases)
+    else:
+        from metacl.data.world_v2 import write_world_v2
+
+        if not 2 <= args.paraphrases <= 4:
+            raise MetaclError(f"--paraphrases {args.paraphrases} must be 2-4 in world v2 (one phrasing per fact is held "
+                              "out for its probe, the others go into the corpus); pass e.g. --paraphrases 4")
+        opts = {"overwrite_fraction": args.overwrite_fraction, "paraphrases": args.paraphrases - 1}
+        opts["n_distractors"] = tuple(args.distractors)
+        meta = write_world_v2(args.out, args.entities, args.seed, **opts)
     counts = ", ".join(f"{k} {v}" for k, v in meta["counts"].items())
-    print(f"wrote world (entities {args.entities}, seed {args.seed}) to {args.out}: {counts}")
+    print(f"wrote world v{args.version} (entities {args.entities}, seed {args.seed}) to {args.out}: {counts}")
+    return 0
+
+
+def _official_meta(args) -> int:
+    from metacl.data.official_split import write_official_meta_split
+
+    meta = write_official_meta_split(args.data, args.out, args.val_fraction)
+    print(f"wrote official meta split to {args.out}: {meta['counts']}, excluded {meta['excluded_because_shared_with_nf_or_tl']}")
     return 0
 
 

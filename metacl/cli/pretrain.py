@@ -8,7 +8,7 @@ def register(sub) -> None:
     p.add_argument("--corpus", nargs="+", required=True, metavar="FILE",
                    help="plain-text files (one document per line) or JSONL with a 'text' or 'evidence' field")
     p.add_argument("--size", choices=["tiny", "small", "base"], default="small",
-                   help="tiny: tests; small: CPU demo; base: GPU (default small)")
+                   help="tiny: tests; small: CPU research (2.2M params); base: GPU; all 512-token context (default small)")
     p.add_argument("--out", required=True, help="output folder (loadable with AutoModelForCausalLM)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")
@@ -20,10 +20,17 @@ def register(sub) -> None:
 
 
 def _pretrain(args) -> int:
+    import shlex
+
     from metacl.models.pretrain import pretrain
 
+    # the command in canonical form (every option spelled out), so pretrain.json says how to rebuild
+    opts = [("--size", args.size), ("--seed", args.seed), ("--steps", args.steps), ("--epochs", args.epochs),
+            ("--batch-tokens", args.batch_tokens), ("--lr", args.lr)]
+    command = " ".join(["metacl pretrain --corpus"] + [shlex.quote(str(c)) for c in args.corpus]
+                       + [f"{k} {v}" for k, v in opts if v is not None] + ["--out", shlex.quote(str(args.out))])
     s = pretrain(args.corpus, args.size, args.out, seed=args.seed, steps=args.steps,
-                 batch_tokens=args.batch_tokens, lr=args.lr, epochs=args.epochs, device=args.device)
+                 batch_tokens=args.batch_tokens, lr=args.lr, epochs=args.epochs, device=args.device, command=command)
     print(f"pretrained {s['size']} LM ({s['parameters'] / 1e6:.2f}M params, vocab {s['vocab_size']}) on "
           f"{s['documents']} documents / {s['tokens']} tokens: {s['preset']['steps']} steps ({s['epochs']} epochs), "
           f"final loss {s['final_loss']:.3f}, {s['seconds']:.0f}s -> {s['out_dir']}")

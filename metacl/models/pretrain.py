@@ -9,7 +9,9 @@ rest of the pipeline is unchanged.
 
     pretrain(["world/pretrain_corpus.jsonl"], "small", "runs/base_lm", seed=0)
 
-Presets: `tiny` (tests, seconds), `small` (the CPU demo), `base` (a GPU). The corpus is plain text
+Presets: `tiny` (tests, seconds), `small` (CPU research, 2.2M parameters), `base` (a GPU); every
+preset has a 512-token context. `pretrain.json` records config, parameter count, corpus and
+weights sha256, seed and final loss, so a committed base LM can be rebuilt and checked. The corpus is plain text
 (one document per non-empty line) or JSONL whose `text` (else `evidence`) field is a document.
 Documents longer than the context window are cut into consecutive windows so no text is wasted.
 """
@@ -55,15 +57,47 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # Seconds on a CPU: enough for tests that check the plumbing, not the knowledge.
     "tiny": Preset(vocab_size=512, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                   block_size=64, steps=30, batch_tokens=512, lr=3e-3, warmup=5),
-    # The CPU demo: ~1M parameters; memorises a generated world (NF >= 0.9) in minutes on a CPU
-    # (see docs/results/base_lm.md for the measured time and accuracy).
-    "small": Preset(vocab_size=2048, hidden_size=128, num_layers=3, num_heads=4, intermediate_size=384,
-                    block_size=128, steps=600, batch_tokens=2048, lr=3e-3, warmup=30),
+                   block_size=512, steps=30, batch_tokens=1024, lr=3e-3, warmup=5),
+    # CPU research runs: 2,155,392 parameters at vocab 2048 (4 layers, hidden 192); pretrains on a
+    # 200-entity world in well under 30 min on 2 cores. Context 512 like every preset, so an ICL
+    # prompt and a TL document at the TAALM paper's 512 tokens both fit (docs/results/world_v2.md).
+    # Before issue 20 this preset was 3 layers, hidden 128, context 128 (0.9M parameters).
+    "small": Preset(vocab_size=2048, hidden_size=192, num_layers=4, num_heads=4, intermediate_size=512,
+                    block_size=512, steps=1500, batch_tokens=2048, lr=3e-3, warmup=50),
     # For a GPU: ~100M parameters.
     "base": Preset(vocab_size=8192, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=2048,
                    block_size=512, steps=20000, batch_tokens=16384, lr=6e-4, warmup=500, weight_decay=0.1),
 }
+
+
+def weights_hash(model) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order.
+
+    Why tensors and not the file: the same weights must give the same hash whatever the
+    safetensors writer puts in its header; two runs of the same command on the same machine type
+    must agree (tests/test_pretrain.py checks it at the tiny size).
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def corpus_hash(files) -> str:
+    """sha256 over the bytes of the corpus files, in the order given (names not included)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- corpus
@@ -196,6 +230,7 @@ def pretrain(
     epochs: float | None = None,
     device: str | torch.device | None = None,
     log_every: int = 10,
+    command: str | None = None,
 ) -> dict:
     """Train tokenizer + LM on `corpus_files` and save both to `out_dir`; returns a summary dict.
 
@@ -275,6 +310,8 @@ def pretrain(
         "documents": len(docs), "windows": len(seqs), "tokens": n_tokens, "epochs": epoch, "parameters": n_params,
         "vocab_size": len(tokenizer), "final_loss": loss_val, "seconds": round(time.time() - t0, 2),
         "device": str(device), "out_dir": str(out),
+        "config": model.config.to_dict(), "corpus_sha256": corpus_hash(corpus_files),
+        "weights_sha256": weights_hash(model), "torch": torch.__version__, "command": command,
     }
     write_json_atomic(out / "pretrain.json", summary)
     return summary

@@ -1,8 +1,11 @@
-"""Two controls for the token-weighting predictor: `oracle` (an upper reference) and `random`.
+"""Controls for the token-weighting predictor: two oracles (upper references) and `random`.
 
 Why they exist: a TAALM number alone does not say whether the predictor learned *where* the
-knowledge is. `oracle` puts weight 1 on the object tokens of each document's fact and 0
-elsewhere: what a perfect "this is the new fact" detector would do. `random` keeps how much
+knowledge is. `oracle` (the object oracle, TAALM's) puts weight 1 on the object tokens of each
+document's fact and 0 elsewhere: what a perfect "this is the new fact's answer" detector would
+do. `oracle_sentence` puts weight 1 on every token of the sentence that states the fact (the
+row's `fact_sentence` / `fact_span`, as world v2 writes them): a detector of *where* the fact is
+that still trains on its whole wording, subject and relation included. `random` keeps how much
 weight the predictor spends but not where: it shuffles the predictor's own weights across each
 document's tokens (same mean, same spread), or draws uniform weights with a given mean. If TAALM
 beats `random` the gain comes from placement, not from a smaller effective step size.
@@ -125,6 +128,111 @@ class Oracle(Strategy):
 
     def load_state_dict(self, state: dict) -> None:
         self.missed = int(state.get("missed", 0))
+
+
+def read_fact_sentences(path: str) -> dict[str, tuple[str, str]]:
+    """Map document text (`evidence`) -> (fact sentence, object) from a LAMA-schema JSONL file.
+
+    The fact sentence is `fact_span` (character offsets into `evidence`) or `fact_sentence` when
+    the row has one (world v2); else the probe sentence if the document contains it verbatim (world
+    v1); else the document's sentence holding the object's last occurrence (official evidence).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise MetaclError(f"--oracle-data {p} does not exist; pass the To-Learn JSONL (e.g. WORLD/tl.jsonl)")
+    out: dict[str, tuple[str, str]] = {}
+    with open(p, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                ev, obj = row["evidence"], row["object"]
+                span = row.get("fact_span")
+                if span is not None:
+                    a, b = int(span[0]), int(span[1])
+                    if not 0 <= a < b <= len(ev):
+                        raise ValueError(f"fact_span {span} outside the evidence")
+                    sent = ev[a:b]
+                elif row.get("fact_sentence"):
+                    sent = row["fact_sentence"]
+                elif row.get("task_descriptive") and row["task_descriptive"] in ev:
+                    sent = row["task_descriptive"]
+                else:
+                    k = ev.rfind(obj)
+                    if k < 0:
+                        raise ValueError("the object is not in the evidence")
+                    a = max(ev.rfind(". ", 0, k) + 2, 0) if ev.rfind(". ", 0, k) >= 0 else 0
+                    b = ev.find(". ", k + len(obj))
+                    sent = ev[a:(b + 1 if b >= 0 else len(ev))]
+                if sent not in ev:
+                    raise ValueError("fact_sentence is not part of the evidence")
+                out[ev.strip()] = (sent, obj)
+            except (json.JSONDecodeError, KeyError, AttributeError, TypeError, ValueError) as e:
+                raise DataError(f"{p}:{i}: needs string fields 'evidence' and 'object' and a fact sentence inside the "
+                                f"evidence ({type(e).__name__}: {e}); fix the line") from e
+    return out
+
+
+def span_token_mask(ids: list[int], text: str, part: str, tokenizer) -> list[int]:
+    """1 at the tokens of `ids` whose characters overlap any occurrence of `part` in `text`.
+
+    `ids` must be `text` tokenized with special tokens (what a training window of a whole document
+    is); otherwise nothing is marked and the caller falls back to plain weights.
+    """
+    mask = [0] * len(ids)
+    enc = tokenizer(text, return_offsets_mapping=True)
+    if enc["input_ids"] != ids[:len(enc["input_ids"])] or not part:
+        return mask
+    start = 0
+    while (k := text.find(part, start)) >= 0:
+        for t, (a, b) in enumerate(enc["offset_mapping"]):
+            if b > a and a < k + len(part) and b > k:
+                mask[t] = 1
+        start = k + len(part)
+    return mask
+
+
+@register
+class OracleSentence(Oracle):
+    name = "oracle_sentence"
+    description = "control: weight 1 on every token of each document's fact sentence, 0 elsewhere (needs --oracle-data)"
+
+    def __init__(self, oracle_data: str | list[str] | None = None, **_):
+        if not oracle_data:
+            raise MetaclError("strategy oracle_sentence needs --oracle-data FILE (the To-Learn JSONL whose fact "
+                              "sentences it marks, e.g. WORLD/tl.jsonl)")
+        files = [oracle_data] if isinstance(oracle_data, str) else list(oracle_data)
+        self.facts: dict[str, tuple[str, str]] = {}
+        for f in files:
+            self.facts.update(read_fact_sentences(f))
+        self.objects = {doc: obj for doc, (_, obj) in self.facts.items()}
+        self._cache = {}
+        self.missed = 0
+
+    def token_weights(self, ctx: TrainContext, batch: Batch, nll: torch.Tensor) -> torch.Tensor:
+        ids_all, am = batch["input_ids"].tolist(), batch["attention_mask"].tolist()
+        rows = []
+        for ids, m in zip(ids_all, am):
+            ids = [i for i, k in zip(ids, m) if k]
+            key = tuple(ids)
+            if key not in self._cache:
+                text = ctx.tokenizer.decode(ids, skip_special_tokens=True)
+                doc = text.strip()
+                fact = self.facts.get(doc)
+                if fact is None:  # a truncated window: the prefix of a known document
+                    fact = next((v for d, v in self.facts.items() if doc and d.startswith(doc) and v[0] in doc), None)
+                mask = span_token_mask(ids, text, fact[0], ctx.tokenizer) if fact else [0] * len(ids)
+                if not any(mask):
+                    self.missed += 1
+                self._cache[key] = mask
+            rows.append(self._cache[key] + [0] * (len(m) - len(ids)))
+        w = torch.tensor(rows, dtype=nll.dtype, device=nll.device)
+        w = w * (batch["labels"] != -100).to(nll.dtype).to(nll.device)
+        empty = w.sum(1) == 0  # replayed or unknown text keeps the plain label mask, as in `oracle`
+        if empty.any():
+            w[empty] = (batch["labels"][empty] != -100).to(nll.dtype).to(nll.device)
+        return w
 
 
 @register
