@@ -38,6 +38,10 @@ CARDS: dict[str, Card] = {
     "random": Card(
         "w = the predictor's weights shuffled within each document (or uniform with a given mean)",
         "A control, not a published method: same weight budget as the predictor, random placement."),
+    "oracle_sentence": Card(
+        "w_t = 1 on every token of the document's fact sentence, 0 elsewhere",
+        "A control, not a published method: a wider upper reference than `oracle` (the whole sentence that states "
+        "the fact, as world v2 rows record it in fact_span)."),
     "salient_span": Card(
         "w_t = 1 if the label token belongs to a capitalised word or a number, 0 elsewhere",
         "A control, not a published method: salient-span masking (the hand-made weighting CaMeLS compares against), "
