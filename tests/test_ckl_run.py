@@ -83,6 +83,46 @@ def test_finetune_run_learns_and_writes_everything_then_lora_and_compare(setup, 
     assert (cmp_dir / "plot.png").stat().st_size > 0 and (cmp_dir / "table.md").is_file()
 
 
+def test_first_seed_reuses_the_preflight_strategies_with_the_same_result(setup, monkeypatch, tmp_path):
+    """One seed builds its strategies once (the pre-flight instances); later seeds build fresh ones.
+
+    Seed 0 runs on the pre-flight instances in `--seeds 0 1` and on freshly built ones in
+    `--seeds 1 0`; its rows must be the same (ewc: state built in before_task).
+    """
+    import metacl.ckl.protocol as protocol
+    import metacl.ckl.stream as stream
+
+    root, model = setup
+    builds = []
+
+    def counting(real):
+        def build(names, options):
+            builds.append(list(names))
+            return real(names, options)
+        return build
+
+    monkeypatch.setattr(protocol, "build_strategies", counting(protocol.build_strategies))
+    monkeypatch.setattr(stream, "build_strategies", counting(stream.build_strategies))
+    measured = ("seconds", "peak_mem")  # wall time and memory differ run to run
+
+
+    def seed0_rows(out, seeds):
+        args = run_args(root, model, out, "--strategy", "ewc", "--ewc-fisher-docs", "4", "--epochs", "1")
+        i = args.index("--seeds")
+        args[i + 1: i + 2] = seeds
+        assert main(args) == 0
+        rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if not any(m in k for m in measured)} for r in rows if r["seed"] == 0]
+
+    one = seed0_rows(tmp_path / "one", ["0"])
+    assert builds == [["ewc"]]  # the pre-flight build only
+    builds.clear()
+    reused = seed0_rows(tmp_path / "a", ["0", "1"])
+    assert builds == [["ewc"], ["ewc"]]  # pre-flight (used by seed 0), then seed 1's own
+    fresh = seed0_rows(tmp_path / "b", ["1", "0"])
+    assert reused == fresh == one and len(one) == 2
+
+
 def test_out_folder_of_a_different_run_is_refused(setup, capsys, tmp_path):
     root, model = setup
     out = tmp_path / "run"

@@ -109,6 +109,28 @@ def test_next_token_kl_ignores_masked_positions():
     assert float(next_token_kl(old, new, mask, 1.0)) > 0
 
 
+def test_distill_kl_is_the_batchmean_kl_times_t_squared_and_next_token_kl_its_shifted_form():
+    """The one distillation KL: Split-Digits' (B, C) form and the LM's next-token form share it."""
+    import torch.nn.functional as F
+
+    from metacl.engine.losses import distill_kl
+
+    g = torch.Generator().manual_seed(0)
+    old, new, T = 3 * torch.randn(8, 10, generator=g), 3 * torch.randn(8, 10, generator=g), 2.0
+    ref = T * T * F.kl_div(F.log_softmax(new / T, -1), F.log_softmax(old / T, -1), log_target=True, reduction="batchmean")
+    assert float(distill_kl(old, new, T)) == pytest.approx(float(ref), rel=1e-5)
+    assert float(distill_kl(old, old, T)) == pytest.approx(0.0, abs=1e-6)
+    old3, new3 = torch.randn(2, 6, 7, generator=g), torch.randn(2, 6, 7, generator=g)
+    mask = torch.ones(2, 6)
+    mask[1, 3:] = 0
+    shifted = distill_kl(old3[:, :-1], new3[:, :-1], T, mask[:, 1:])
+    assert torch.equal(next_token_kl(old3, new3, mask, T), shifted)
+    kept = mask[:, 1:].bool()
+    manual = T * T * F.kl_div(F.log_softmax(new3[:, :-1][kept] / T, -1), F.log_softmax(old3[:, :-1][kept] / T, -1),
+                              log_target=True, reduction="batchmean")
+    assert float(shifted) == pytest.approx(float(manual), rel=1e-5)
+
+
 # -------------------------------------------------------------------------------- RecAdam
 
 def test_recadam_annealing_schedule():

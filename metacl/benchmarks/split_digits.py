@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from metacl.core.cl_metrics import cl_summary
 from metacl.data.digits import (ARCHS, POOL_SEED, SPLIT_PAIRS, DigitsCNN, Task, accuracy, batches,  # noqa: F401
                                 load_pool, make_benchmark, make_model, make_task, masked_logits)
+from metacl.engine.losses import distill_kl
 from metacl.errors import MetaclError
 from metacl.strategies.anchor import QuadraticAnchor
 from metacl.strategies.memory import Reservoir
@@ -101,15 +102,11 @@ def run_sequence(tasks: list[Task], method: str, arch: str = "mlp", seed: int = 
             loss = F.cross_entropy(masked_logits(logits, bmask), y)
             total = loss
             if method == "ewc" and not prior.empty:
-                total = total + cfg.ewc_lambda / 2 * sum(
-                    (prior.fisher[n] * (p - prior.anchor[n]).pow(2)).sum() for n, p in model.named_parameters()
-                )
+                total = total + cfg.ewc_lambda * prior.penalty(model.named_parameters())  # as the LM strategy `ewc`
             if method == "lwf" and old_model is not None:
-                Tt = cfg.lwf_temperature
                 with torch.no_grad():
-                    old = F.log_softmax(old_model(x) / Tt, -1)
-                new = F.log_softmax(logits / Tt, -1)
-                total = total + cfg.lwf_alpha * Tt * Tt * F.kl_div(new, old, log_target=True, reduction="batchmean")
+                    old = old_model(x)
+                total = total + cfg.lwf_alpha * distill_kl(old, logits, cfg.lwf_temperature)  # as the LM strategy `lwf`
             opt.zero_grad()
             total.backward()
             opt.step()

@@ -173,9 +173,10 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
             tmp = metrics_path.with_name(f".{metrics_path.name}.tmp-{os.getpid()}")
             tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
             os.replace(tmp, metrics_path)
+        fresh, checked = checked, None  # the first seed run uses the pre-flight instances (nothing ran on them)
         try:
             rows += _run_seed(cfg, seed, {"tl": tl_test, "nf": nf, "val": tl_val}, train_docs, old_corpus, metrics_path,
-                              device=device, log=log, resume=resume, ckpt_dir=ckpt_dir, info=info)
+                              device=device, log=log, resume=resume, ckpt_dir=ckpt_dir, info=info, strategies=fresh)
         except TooManyBadSteps as e:
             kept = f"the last checkpoint {ckpt_dir} is kept" if find_checkpoint(ckpt_dir) else "no checkpoint was written yet"
             raise TooManyBadSteps(f"{e}; {kept}, no summary written") from None
@@ -223,10 +224,11 @@ def overwrite_probes(items) -> tuple[list[dict], list[dict]]:
 
 def _run_seed(cfg: CklConfig, seed: int, probes: dict[str, list], train_docs: list[str], old_corpus: list[str],
               metrics_path: Path, *, device: torch.device, log: Callable[[str], None], resume=None, ckpt_dir=None,
-              info=None) -> list[dict]:
+              info=None, strategies: list[Strategy] | None = None) -> list[dict]:
     """One seed of LAMA-ckl: a one-task stream (`metacl.ckl.stream.run_tasks`) probed every epoch.
 
     `probes`: the "tl", "nf" and "val" probe sets; each probe appends one row to `metrics_path`.
+    `strategies`: fresh instances to use instead of building them (see `run_tasks`).
     """
     from metacl import distributed as D
 
@@ -276,5 +278,5 @@ def _run_seed(cfg: CklConfig, seed: int, probes: dict[str, list], train_docs: li
 
     run_tasks(cfg, cfg.strategies, seed, [train_docs], device=device, old_corpus=old_corpus, on_probe=evaluate,
               probe="epoch", save=save_state, ckpt_every=getattr(cfg, "ckpt_every", None), resume=resume,
-              info=info)
+              info=info, strategies=strategies)
     return rows

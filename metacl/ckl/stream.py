@@ -85,6 +85,7 @@ def run_tasks(
     resume: tuple[dict, dict] | None = None,
     info=D.SINGLE,
     loader: Callable | None = None,
+    strategies: list[Strategy] | None = None,
 ) -> dict[str, Any]:
     """Learn `tasks` (each a list of documents) in order for one seed.
 
@@ -99,6 +100,10 @@ def run_tasks(
     0 = never) with `state = {"task": i, "train": <train_task's state>}`. `resume`: see the
     module doc. Returns `{"losses": [per task: mean loss per epoch], "skipped_steps",
     "trains", "seconds"}`.
+
+    `strategies`: fresh instances of `names` built by the caller (e.g. for its pre-flight
+    checks; no hook may have run on them), used instead of building new ones. Safe because no
+    strategy's constructor draws random numbers, so skipping it after seeding changes nothing.
     """
     if probe not in ("epoch", "task"):
         raise ValueError(f"probe must be 'epoch' or 'task', got {probe!r}")
@@ -108,7 +113,10 @@ def run_tasks(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model, tok = loader(cfg.model, device=device)
-    strategies = build_strategies(names, cfg.strategy_options)
+    if strategies is None:
+        strategies = build_strategies(names, cfg.strategy_options)
+    elif [s.name for s in strategies] != list(names):
+        raise ValueError(f"strategies {[s.name for s in strategies]} do not match names {list(names)}")
     trains = any(s.trains for s in strategies)
     ctx = TrainContext(model=model, tokenizer=tok, device=device, train_docs=[], old_corpus=list(old_corpus),
                        batch_size=cfg.batch_size, max_length=cfg.max_length, seed=seed, generator=gen)

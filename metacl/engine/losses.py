@@ -113,3 +113,22 @@ def functional_loss(
         return criterion(out, batch[targets] if targets is not None else batch)
 
     return loss_fn
+
+
+def distill_kl(old_logits: Tensor, new_logits: Tensor, temperature: float, mask: Tensor | None = None) -> Tensor:
+    """T^2 * mean over positions of KL(softmax(old/T) || softmax(new/T)), the KL over the last dim.
+
+    The one distillation loss of metacl: LwF on LMs (`metacl.strategies.lwf.next_token_kl`, on
+    shifted logits) and LwF on Split-Digits (`metacl.benchmarks.split_digits`, on (B, C) logits).
+    `mask` has the logits' leading shape; positions where it is 0 do not count, and the mean is
+    over the counted ones. Why T^2: it keeps the gradient scale independent of the temperature
+    (Hinton et al. 2015). Computed in float32 so bf16 logits do not lose the small KL terms.
+    """
+    T = float(temperature)
+    old = F.log_softmax(old_logits.float() / T, dim=-1)
+    new = F.log_softmax(new_logits.float() / T, dim=-1)
+    kl = (old.exp() * (old - new)).sum(-1)
+    if mask is None:
+        return kl.mean() * T * T
+    m = mask.to(kl.dtype)
+    return (kl * m).sum() / m.sum().clamp_min(1.0) * T * T

@@ -13,9 +13,8 @@ Hyperparameters: --lwf-alpha (weight of the distillation term), --lwf-temperatur
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from metacl.engine.losses import label_mask
+from metacl.engine.losses import distill_kl, label_mask
 from metacl.strategies.base import Batch, Option, Strategy, TrainContext, register
 from metacl.strategies.options import check_positive
 
@@ -24,14 +23,9 @@ def next_token_kl(old_logits: torch.Tensor, new_logits: torch.Tensor, mask: torc
     """Masked mean over positions of KL(softmax(old/T) || softmax(new/T)), times T^2.
 
     `mask` is (B, T) aligned with labels (column t = the target at t, predicted at t-1), so the
-    logits at positions :-1 are compared where mask[:, 1:] is set.
+    logits at positions :-1 are compared where mask[:, 1:] is set (`distill_kl` does the math).
     """
-    T = float(temperature)
-    old = F.log_softmax(old_logits[:, :-1].float() / T, dim=-1)
-    new = F.log_softmax(new_logits[:, :-1].float() / T, dim=-1)
-    kl = (old.exp() * (old - new)).sum(-1)  # (B, T-1)
-    m = mask[:, 1:].to(kl.dtype)
-    return (kl * m).sum() / m.sum().clamp_min(1.0) * T * T
+    return distill_kl(old_logits[:, :-1], new_logits[:, :-1], temperature, mask[:, 1:])
 
 
 @register
