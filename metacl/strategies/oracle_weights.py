@@ -61,16 +61,7 @@ def object_token_mask(ids: list[int], text: str, obj: str, tokenizer) -> list[in
                 mask[j] = 1
     if any(mask) or obj not in text:
         return mask
-    enc = tokenizer(text, return_offsets_mapping=True)
-    if enc["input_ids"] != ids[:len(enc["input_ids"])]:
-        return mask
-    start = 0
-    while (k := text.find(obj, start)) >= 0:
-        for t, (a, b) in enumerate(enc["offset_mapping"]):
-            if a < k + len(obj) and b > k and b > a:
-                mask[t] = 1
-        start = k + len(obj)
-    return mask
+    return span_token_mask(ids, text, obj, tokenizer)  # by character offsets
 
 
 @register
@@ -101,6 +92,11 @@ class Oracle(Strategy):
                 return obj
         return None
 
+    def _mask(self, ids: list[int], text: str, tokenizer) -> list[int]:
+        """The 0/1 weights of one document window (`ids`, decoded as `text`)."""
+        obj = self._object_for(text)
+        return object_token_mask(ids, text, obj, tokenizer) if obj else [0] * len(ids)
+
     def token_weights(self, ctx: TrainContext, batch: Batch, nll: torch.Tensor) -> torch.Tensor:
         ids_all, am = batch["input_ids"].tolist(), batch["attention_mask"].tolist()
         rows = []
@@ -108,9 +104,7 @@ class Oracle(Strategy):
             ids = [i for i, k in zip(ids, m) if k]
             key = tuple(ids)
             if key not in self._cache:
-                text = ctx.tokenizer.decode(ids, skip_special_tokens=True)
-                obj = self._object_for(text)
-                mask = object_token_mask(ids, text, obj, ctx.tokenizer) if obj else [0] * len(ids)
+                mask = self._mask(ids, ctx.tokenizer.decode(ids, skip_special_tokens=True), ctx.tokenizer)
                 if not any(mask):
                     self.missed += 1
                 self._cache[key] = mask
@@ -210,29 +204,12 @@ class OracleSentence(Oracle):
         self._cache = {}
         self.missed = 0
 
-    def token_weights(self, ctx: TrainContext, batch: Batch, nll: torch.Tensor) -> torch.Tensor:
-        ids_all, am = batch["input_ids"].tolist(), batch["attention_mask"].tolist()
-        rows = []
-        for ids, m in zip(ids_all, am):
-            ids = [i for i, k in zip(ids, m) if k]
-            key = tuple(ids)
-            if key not in self._cache:
-                text = ctx.tokenizer.decode(ids, skip_special_tokens=True)
-                doc = text.strip()
-                fact = self.facts.get(doc)
-                if fact is None:  # a truncated window: the prefix of a known document
-                    fact = next((v for d, v in self.facts.items() if doc and d.startswith(doc) and v[0] in doc), None)
-                mask = span_token_mask(ids, text, fact[0], ctx.tokenizer) if fact else [0] * len(ids)
-                if not any(mask):
-                    self.missed += 1
-                self._cache[key] = mask
-            rows.append(self._cache[key] + [0] * (len(m) - len(ids)))
-        w = torch.tensor(rows, dtype=nll.dtype, device=nll.device)
-        w = w * (batch["labels"] != -100).to(nll.dtype).to(nll.device)
-        empty = w.sum(1) == 0  # replayed or unknown text keeps the plain label mask, as in `oracle`
-        if empty.any():
-            w[empty] = (batch["labels"][empty] != -100).to(nll.dtype).to(nll.device)
-        return w
+    def _mask(self, ids: list[int], text: str, tokenizer) -> list[int]:
+        doc = text.strip()
+        fact = self.facts.get(doc)
+        if fact is None:  # a truncated window: the prefix of a known document
+            fact = next((v for d, v in self.facts.items() if doc and d.startswith(doc) and v[0] in doc), None)
+        return span_token_mask(ids, text, fact[0], tokenizer) if fact else [0] * len(ids)
 
 
 @register
