@@ -13,6 +13,8 @@ def test_demo_tiny_runs_end_to_end_and_resumes(tmp_path, capsys):
               "runs/taalm/summary.json", "table.md", "plot.png"):
         assert (out / f).is_file(), f
     assert "| finetune |" in first and "| lora |" in first and "| taalm |" in first
+    import json
+    assert json.loads((out / "world" / "world.json").read_text())["world_version"] == 2  # the default world, as `data world`
     assert main(argv) == 0
     second = capsys.readouterr().out
     # world, base_lm, token_weighter, finetune, lora, taalm; compare always reruns

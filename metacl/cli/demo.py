@@ -1,6 +1,6 @@
 """`metacl demo`: the whole pipeline on a CPU in minutes, as a list of resumable steps.
 
-    world    → generate a fictional world (old facts, new facts, probes)       out/world/
+    world    → generate a fictional world v2 (old facts, new facts, held-out probes) out/world/
     base_lm  → pretrain the `small` LM on the old world's corpus               out/base_lm/
     finetune → `ckl run --strategy finetune` on the new facts                  out/runs/finetune/
     lora     → `ckl run --strategy lora`                                       out/runs/lora/
@@ -40,9 +40,16 @@ def steps(args) -> list[Step]:
     world, base = out / "world", out / "base_lm"
 
     def make_world() -> None:
-        from metacl.data.world import write_world
+        # the same world `metacl data world` writes by default (v2: no probe verbatim in any training
+        # text); --world-version 1 reproduces demos made before issue 20
+        if args.world_version == 1:
+            from metacl.data.world import write_world
 
-        meta = write_world(world, args.entities, args.seed)
+            meta = write_world(world, args.entities, args.seed)
+        else:
+            from metacl.data.world_v2 import write_world_v2
+
+            meta = write_world_v2(world, args.entities, args.seed)
         print("  " + ", ".join(f"{k} {v}" for k, v in meta["counts"].items()))
 
     def make_base() -> None:
@@ -98,6 +105,8 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=5, help="training epochs on the new facts (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the world and of pretraining (default 0)")
     p.add_argument("--size", default="small", help="base LM preset (default small)")
+    p.add_argument("--world-version", type=int, choices=[1, 2], default=2,
+                   help="generated world: 2 (default, as `metacl data world`) or 1 (demos made before issue 20)")
     p.add_argument("--pretrain-steps", type=int, default=None, help="override the preset's pretraining steps")
     p.add_argument("--strategies", nargs="+", default=["finetune", "lora", "taalm"],
                    help="strategies to compare (default finetune lora taalm; taalm meta-trains a token weighter first)")
