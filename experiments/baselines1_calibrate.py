@@ -6,6 +6,10 @@ a base LM and a generated world, plus the length s = sqrt(g . Lambda^-1 g) of NC
 preconditioned step for a few (lambda, eta0).
 
     OMP_NUM_THREADS=1 python experiments/baselines1_calibrate.py runs/baselines1/base_lm runs/baselines1/world
+    OMP_NUM_THREADS=1 python experiments/baselines1_calibrate.py runs/w2/lm_small_s0 runs/w2/world_e200_s0 \
+        --json docs/results/baselines1_calibrate_v2/calibrate.json
+
+`--json` also writes the printed figures to a file, so a doc can cite them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ def main() -> None:
     ap.add_argument("world")
     ap.add_argument("--fisher-docs", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="also write the figures here")
     a = ap.parse_args()
     m, tok = load_model_and_tokenizer(a.model, device="cpu")
     old = [json.loads(l)["text"] for l in open(f"{a.world}/pretrain_corpus.jsonl")]
@@ -41,11 +46,20 @@ def main() -> None:
     g = torch.autograd.grad(mean_nll(m, b), [p for _, p in ctx.trainable()])
     g = torch.cat([x.flatten() for x in g])
     print(f"gradient on 8 TL documents: norm {g.norm():.3e}, mean |g| {g.abs().mean():.3e}")
+    out = {"model": a.model, "world": a.world, "fisher_docs": a.fisher_docs, "seed": a.seed, "weights": f.numel(),
+           "fisher": {"mean": float(f.mean()), "median": float(f.median()), "max": float(f.max()), "sum": float(f.sum())},
+           "grad_8_tl_docs": {"norm": float(g.norm()), "mean_abs": float(g.abs().mean())}, "ncl_step": []}
     for lam in (1e2, 1e3, 1e4):
         for eta in (1e-2, 1e-1, 1.0):
             P = lam * f + eta
-            print(f"lambda {lam:g} eta0 {eta:g}: s = {float((g * g / P).sum().sqrt()):.3e}, "
-                  f"mean |g / Lambda| = {float((g / P).abs().mean()):.3e}")
+            s, r = float((g * g / P).sum().sqrt()), float((g / P).abs().mean())
+            out["ncl_step"].append({"lambda": lam, "eta0": eta, "s": s, "mean_abs_g_over_Lambda": r})
+            print(f"lambda {lam:g} eta0 {eta:g}: s = {s:.3e}, mean |g / Lambda| = {r:.3e}")
+    if a.json:
+        from pathlib import Path
+
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def stalled_message(rows: Sequence[dict], epoch: int, epochs: int, optimizer: st
     elif n_params is not None and n_params < SMALL_MODEL and lr <= 3e-4:
         size = f"{n_params / 1e6:.1f}M" if n_params >= 1e6 else f"{n_params / 1e3:.0f}k"
         fix = (f"for a {size}-parameter model try --lr 1e-3 (what `metacl demo` uses for its "
-               "~1M-parameter base LM), or train more epochs")
+               "small base LM), or train more epochs")
     else:
         fix = "raise --lr (e.g. x3) or train more epochs"
     return (f"TL accuracy moved {now - start:+.3f} in {epoch} epoch(s) ({start:.3f} -> {now:.3f}{loss}) with "

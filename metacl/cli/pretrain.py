@@ -8,7 +8,7 @@ def register(sub) -> None:
     p.add_argument("--corpus", nargs="+", required=True, metavar="FILE",
                    help="plain-text files (one document per line) or JSONL with a 'text' or 'evidence' field")
     p.add_argument("--size", choices=["tiny", "small", "base"], default="small",
-                   help="tiny: tests; small: CPU research (2.2M params); base: GPU; all 512-token context (default small)")
+                   help="tiny: tests; small: CPU research (2.16M params); base: GPU; all 512-token context (default small)")
     p.add_argument("--out", required=True, help="output folder (loadable with AutoModelForCausalLM)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")

@@ -9,7 +9,7 @@ rest of the pipeline is unchanged.
 
     pretrain(["world/pretrain_corpus.jsonl"], "small", "runs/base_lm", seed=0)
 
-Presets: `tiny` (tests, seconds), `small` (CPU research, 2.2M parameters), `base` (a GPU); every
+Presets: `tiny` (tests, seconds), `small` (CPU research, 2.16M parameters), `base` (a GPU); every
 preset has a 512-token context. `pretrain.json` records config, parameter count, corpus and
 weights sha256, seed and final loss, so a committed base LM can be rebuilt and checked. The corpus is plain text
 (one document per non-empty line) or JSONL whose `text` (else `evidence`) field is a document.
@@ -58,10 +58,14 @@ PRESETS: dict[str, Preset] = {
     # Seconds on a CPU: enough for tests that check the plumbing, not the knowledge.
     "tiny": Preset(vocab_size=512, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
                    block_size=512, steps=30, batch_tokens=1024, lr=3e-3, warmup=5),
-    # CPU research runs: 2,155,392 parameters at vocab 2048 (4 layers, hidden 192); pretrains on a
+    # CPU research runs (4 layers, hidden 192, MLP 512, tied embeddings): 1,771,200 + 192 x vocab
+    # parameters, i.e. 2,163,456 at the BPE vocab of 2043 that the world-v2 corpus gives
+    # (docs/results/world_v2_base_lm/pretrain.json) and 2,164,416 at the full 2048 (the tokenizer
+    # may stop below vocab_size on a small corpus; `pretrain.json` records the count). Pretrains on a
     # 200-entity world in well under 30 min on 2 cores. Context 512 like every preset, so an ICL
     # prompt and a TL document at the TAALM paper's 512 tokens both fit (docs/results/world_v2.md).
-    # Before issue 20 this preset was 3 layers, hidden 128, context 128 (0.9M parameters).
+    # Before issue 20 this preset was 3 layers, hidden 128, MLP 384, context 128, 600 steps
+    # (896,000 parameters at the world-v1 vocab of 2001: "the 0.9M `small`" of older docs).
     "small": Preset(vocab_size=2048, hidden_size=192, num_layers=4, num_heads=4, intermediate_size=512,
                     block_size=512, steps=1500, batch_tokens=2048, lr=3e-3, warmup=50),
     # For a GPU: ~100M parameters.

@@ -24,11 +24,12 @@ gradient-editing strategies *before* ncl when composing.
 
 Hyperparameters: --ncl-lambda, --ncl-gamma, --ncl-prior-precision (eta0), --ncl-lr,
 --ncl-trust-radius (rho), --ncl-fisher-docs. Why these defaults (lambda 1000, eta0 0.01, lr 1e-3,
-rho 1): on the 2.2M-parameter world LM (runs/baselines1/base_lm) the gradient on new documents
-has mean |g| ~ 1e-2 per weight, so g / eta0 ~ 1 and a low-Fisher weight moves ~lr per step, like
+rho 1): on the 2,155,392-parameter world-v1 LM (runs/baselines1/base_lm) the gradient on new documents
+was ~1e-2 per weight, so g / eta0 ~ 1 and a low-Fisher weight moved ~lr per step, like
 AdamW at lr 1e-3, while weights with lambda F >> eta0 move proportionally less; rho = 1 caps
-steps only when the gradient is unusually large (measured with
-experiments/baselines1_calibrate.py; numbers in docs/results/baselines1.md).
+steps only when the gradient is unusually large (measured with experiments/baselines1_calibrate.py;
+those figures were not kept; on the world-v2 LM mean |g / Lambda| is 0.43,
+docs/results/baselines1_calibrate_v2/calibrate.json).
 """
 
 from __future__ import annotations
