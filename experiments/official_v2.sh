@@ -5,7 +5,7 @@
 # Usage: experiments/official_v2.sh RUNS_DIR [ROW...]
 #   ROW: meta_split | base_lm | finetune | oracle | oracle_sentence | random | lora | replay | lwf | ewc | mix_review
 #        (default: all, in that order). Reruns resume: finished seeds are skipped.
-# Knobs (environment): DATA (../shared/data/lama_ckl), EPOCHS (8), LR (1e-3), SEEDS ("0 1 2"), MAXLEN (512:
+# Knobs (environment): DATA (../shared/data/lama_ckl), EPOCHS (4: 8 epochs of 9 rows x 3 seeds at ~65 s per epoch do not fit one 2-core session; each row's metrics.jsonl shows whether tl_val was still rising), LR (1e-3), SEEDS ("0 1 2"), MAXLEN (512:
 #   official evidence is often longer than 256 tokens, and the oracles recognise whole documents),
 #   LM_EPOCHS (60), TAG (official_v2: where results go under docs/results/).
 # Every run: AdamW, batch 8, teacher-forced probes of TL / NF / tl_val (10% of TL carved by uuid hash)
@@ -15,7 +15,7 @@
 set -euo pipefail
 RUNS=${1:?runs dir}; shift
 ROWS=${*:-"meta_split base_lm finetune oracle oracle_sentence random lora replay lwf ewc mix_review"}
-DATA=${DATA:-../shared/data/lama_ckl}; EPOCHS=${EPOCHS:-8}; LR=${LR:-1e-3}; SEEDS=${SEEDS:-"0 1 2"}
+DATA=${DATA:-../shared/data/lama_ckl}; EPOCHS=${EPOCHS:-4}; LR=${LR:-1e-3}; SEEDS=${SEEDS:-"0 1 2"}
 MAXLEN=${MAXLEN:-512}; LM_EPOCHS=${LM_EPOCHS:-60}; TAG=${TAG:-official_v2}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TQDM_DISABLE=1
 M="nice -n 5 python -m metacl"

@@ -9,4 +9,4 @@ for row in finetune oracle oracle_sentence random lora replay lwf ewc mix_review
 done
 python -m metacl ckl compare "${runs[@]}" --out docs/results/${TAG}_table
 python experiments/world_v2_headroom.py "${runs[@]}" --baseline finetune --json docs/results/${TAG}_summary.json \
-  --extra "{\"data\": \"../shared/data/lama_ckl (official LAMA-ckl: TL variant.jsonl, NF invariant_descriptive.jsonl)\", \"base_lm\": \"docs/results/${TAG}_base_lm/pretrain.json\", \"knobs\": {\"lr\": ${LR:-1e-3}, \"epochs\": ${EPOCHS:-8}, \"batch_size\": 8, \"max_length\": ${MAXLEN:-512}}}"
+  --extra "{\"data\": \"../shared/data/lama_ckl (official LAMA-ckl: TL variant.jsonl, NF invariant_descriptive.jsonl)\", \"base_lm\": \"docs/results/${TAG}_base_lm/pretrain.json\", \"knobs\": {\"lr\": ${LR:-1e-3}, \"epochs\": ${EPOCHS:-4}, \"batch_size\": 8, \"max_length\": ${MAXLEN:-512}}}"
