@@ -22,7 +22,7 @@ from metacl.errors import MetaclError
 _NOT_HASHED = {"out", "device", "progress", "eval_batch_size", "seeds", "ckpt_every", "max_bad_steps", "plot_full_axis"}
 # Options added later that do change results: hashed only when not at their default, so the
 # folders of runs made before they existed keep their hash and still resume.
-_HASHED_IF_NOT_DEFAULT = {"precision": "fp32"}
+_HASHED_IF_NOT_DEFAULT = {"precision": "fp32", "patience": None}
 
 
 @dataclass
@@ -56,6 +56,7 @@ class CklConfig:
     max_bad_steps: int = 10              # stop after this many skipped (non-finite) steps; 0 = never stop
     precision: str = "fp32"              # fp32 | bf16 (autocast around forward passes, fp32 weights)
     plot_full_axis: bool = False         # plot.png accuracy panels on [0, 1] instead of zoomed to the data
+    patience: int | None = None          # stop a seed when tl_val has not improved for this many epochs; None = off
 
     def validate(self) -> "CklConfig":
         if not self.model:
@@ -94,6 +95,8 @@ class CklConfig:
             raise MetaclError(f"--ckpt-every must be >= 0 training steps (0 = no checkpoints), got {self.ckpt_every}")
         if int(self.max_bad_steps) < 0:
             raise MetaclError(f"--max-bad-steps must be >= 0 (0 = never stop), got {self.max_bad_steps}")
+        if self.patience is not None and (isinstance(self.patience, bool) or int(self.patience) < 1):
+            raise MetaclError(f"--patience must be >= 1 epochs (or left out: no early stop), got {self.patience}")
         from metacl.precision import check_precision
 
         check_precision(self.precision)

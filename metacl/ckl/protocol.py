@@ -26,6 +26,13 @@ checkpoint for the seed it is rerun from scratch. A finished seed's checkpoint i
 seed list is not part of the run's identity, so `--seeds 0 1 2` in the folder of a `--seeds 0`
 run only adds seeds 1 and 2; the summary covers exactly the seeds asked for.
 
+Early stop (`--patience N`, off by default): a seed stops training after the epoch at which
+its honest pick (best tl_val accuracy among epochs >= 1, ties -> earliest; see
+`metacl.ckl.report`) lies N epochs back. That epoch's row carries `"stopped": "stopped: tl_val
+did not improve for N epochs"`, `summary.json` lists it under `stopped`, and both protocols pick
+from the shorter curve (the honest epoch is always on it). A stopped seed counts as complete
+when the run is resumed.
+
 Faults: steps with a non-finite loss or gradient are skipped and counted (`skipped_steps`);
 after `--max-bad-steps` of them the run stops with one line naming seed, epoch and step, the
 last checkpoint intact and no summary written. `--precision bf16` runs forward passes (training
@@ -98,7 +105,37 @@ def _checkpoint_for(ckpt_dir: Path, cfg: CklConfig, seed: int) -> tuple[dict, di
     return (tensors, state) if state.get("seed") == seed else None
 
 
+def stop_reason(patience: int) -> str:
+    """What a row of the epoch a seed stopped at says (`--patience`)."""
+    return f"stopped: tl_val did not improve for {patience} epochs"
+
+
+def early_stop(history: list[dict], epoch: int, patience: int | None, epochs: int) -> str | None:
+    """The stop reason when training should end after `epoch`, else None.
+
+    `history`: this seed's rows up to and including `epoch`. The rule follows the honest pick of
+    `metacl.ckl.report` exactly (best `val_acc` among epochs >= 1, ties -> the earliest), so the
+    epoch the honest protocol will choose is always on the shortened curve: stop when that epoch
+    lies `patience` or more epochs back. Never after the last epoch (nothing left to skip).
+    """
+    if not patience or epoch < 1 or epoch >= epochs:
+        return None
+    trained = [r for r in history if 1 <= r["epoch"] <= epoch and r.get("val_acc") is not None]
+    if not trained:
+        return None
+    best = max(trained, key=lambda r: (r["val_acc"], -r["epoch"]))
+    return stop_reason(patience) if epoch - best["epoch"] >= patience else None
+
+
+def _stopped_at(rows: list[dict], seed: int) -> int | None:
+    """The epoch at which `seed` was stopped early (its row says so), or None."""
+    return min((r["epoch"] for r in rows if r["seed"] == seed and r.get("stopped")), default=None)
+
+
 def _completed(rows: list[dict], seed: int, last_epoch: int) -> bool:
+    stopped = _stopped_at(rows, seed)  # an early-stopped seed is complete at its stopping epoch
+    if stopped is not None:
+        last_epoch = min(last_epoch, stopped)
     return {r["epoch"] for r in rows if r["seed"] == seed} >= set(range(last_epoch + 1))
 
 
@@ -192,12 +229,24 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
     summary = {"name": name, "hash": cfg.hash(), "strategies": cfg.strategies, "model": cfg.model,
                "data": cfg.data or {"tl": cfg.tl, "nf": cfg.nf, "tl_val": cfg.tl_val},
                "n_tl": len(tl_test), "n_nf": len(nf), "n_tl_val": len(tl_val), "tl_val_source": val_source,
-               "epochs": cfg.epochs, "optimizer": cfg.optimizer, "lr": cfg.lr, "device": str(device), **summ}
+               "epochs": cfg.epochs, "optimizer": cfg.optimizer, "lr": cfg.lr, "device": str(device),
+               "patience": getattr(cfg, "patience", None), "stopped": stopped_seeds(rows, cfg.seeds), **summ}
     write_json_atomic(out / "summary.json", summary)
     table = table_markdown([(name, summ)])
     (out / "table.md").write_text(table)
     plot_runs([(name, summ)], out / "plot.png", full_axis=getattr(cfg, "plot_full_axis", False))
     return summary
+
+
+def stopped_seeds(rows: list[dict], seeds) -> dict[str, dict]:
+    """{seed: {"epoch", "reason"}} for the seeds among `seeds` that stopped early (`--patience`)."""
+    out = {}
+    for s in seeds:
+        at = _stopped_at(rows, s)
+        if at is not None:
+            row = next(r for r in rows if r["seed"] == s and r["epoch"] == at)
+            out[str(s)] = {"epoch": at, "reason": row["stopped"]}
+    return out
 
 
 def overwrite_probes(items) -> tuple[list[dict], list[dict]]:
@@ -239,10 +288,10 @@ def _run_seed(cfg: CklConfig, seed: int, probes: dict[str, list], train_docs: li
 
     over_new, over_old = overwrite_probes(probes.get("tl") or [])
 
-    def evaluate(ctx: TrainContext, strategies: list[Strategy], at: Probe) -> None:
-        if not info.is_main:  # rank 0 evaluates and writes; the others wait
+    def evaluate(ctx: TrainContext, strategies: list[Strategy], at: Probe) -> bool:
+        if not info.is_main:  # rank 0 evaluates and writes; the others wait, then learn whether to stop
             D.barrier(info)
-            return
+            return D.all_reduce_flag(False, info)
         epoch, stats = at.epoch, at.stats
         pf = probe_prefix_fn(strategies, ctx)
         row: dict[str, Any] = {"seed": seed, "epoch": epoch, **stats}
@@ -258,6 +307,11 @@ def _run_seed(cfg: CklConfig, seed: int, probes: dict[str, list], train_docs: li
                     r = probe_accuracy(ctx.model, ctx.tokenizer, items, batch_size=cfg.eval_batch_size, prefix_fn=pf,
                                        device=device, exact_match=False)
                 row[f"{key}_acc"] = r["acc"]
+        patience = getattr(cfg, "patience", None)
+        stop = early_stop([r for r in read_rows(metrics_path) if r["seed"] == seed and r["epoch"] < epoch] + [row],
+                          epoch, patience, cfg.epochs) if patience else None  # the file: a resumed seed's earlier rows
+        if stop:
+            row["stopped"] = stop
         row["seconds"] = round(time.time() - t0, 2)
         row["precision"] = precision
         row.update(peak_memory(device))  # peak_mem_mib, and peak_mem_kind saying how it was measured
@@ -270,7 +324,10 @@ def _run_seed(cfg: CklConfig, seed: int, probes: dict[str, list], train_docs: li
             + (f" loss {loss:.3f}" if loss is not None else "") + f" ({row['seconds']:.0f}s)")
         if cfg.progress:  # TL not moving after the first epochs: say what to change (silent in meta-validations)
             warn_if_stalled(read_rows(metrics_path), epoch, cfg, ctx.model, seed)  # the file: a resumed seed has epoch 0
+        if stop:
+            log(f"seed {seed}: {stop} (--patience {patience}); training ends after epoch {epoch} of {cfg.epochs}")
         D.barrier(info)
+        return D.all_reduce_flag(bool(stop), info)  # every rank stops, or none
 
     def save_state(tensors: dict, state: dict) -> None:
         if ckpt_dir is not None:

@@ -94,7 +94,9 @@ def run_tasks(
     progress). `on_probe(ctx, strategies, Probe)` scores the model: with `probe="epoch"` at
     epoch 0 and after every epoch (inside the task, before `after_task`; a non-training stream
     is probed once, between `before_task` and `after_task`), with `probe="task"` after each
-    whole task. Every rank calls it; rank 0 alone should score and write.
+    whole task. Every rank calls it; rank 0 alone should score and write. An epoch probe that
+    returns True ends the task after that epoch (early stopping; every rank must return the
+    same answer, see `metacl.ckl.protocol`).
 
     `save(tensors, state)` is called every `ckpt_every` training steps (None = once per epoch,
     0 = never) with `state = {"task": i, "train": <train_task's state>}`. `resume`: see the
@@ -163,8 +165,8 @@ def run_tasks(
                 if pause_at and done_steps + state["position"]["step"] == pause_at:
                     time.sleep(600)
 
-        def epoch_probe(epoch: int, stats: dict, i=i) -> None:
-            on_probe(ctx, strategies, Probe(i, epoch, stats))
+        def epoch_probe(epoch: int, stats: dict, i=i) -> bool | None:
+            return on_probe(ctx, strategies, Probe(i, epoch, stats))
 
         stats = train_task(
             ctx, strategies, cfg.epochs, optimizer_factory(cfg, ctx),

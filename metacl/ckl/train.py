@@ -176,14 +176,16 @@ def train_task(
     dist=None,
 ) -> dict:
     """Learn `ctx.train_docs` for `epochs` epochs; `on_epoch_end(epoch, stats)` runs after each
-    epoch's `after_epoch` hooks (epochs count from 1; the caller evaluates there).
+    epoch's `after_epoch` hooks (epochs count from 1; the caller evaluates there). When it returns
+    True the task ends after that epoch (early stopping: `after_task` still runs, and the
+    returned `stopped_epoch` says where; None when every epoch ran).
 
     `save_state(tensors, state)` is called every `ckpt_every` steps (None: once per epoch) with
     `capture_state`'s output; `resume=(tensors, state)` continues from such a state. `max_bad_steps` (None or 0 =
     no limit) raises `TooManyBadSteps` once that many steps were skipped as non-finite.
     `precision`: "fp32" or "bf16" (autocast around the forward). `dist`: see the module doc.
 
-    Returns `{"steps", "skipped_steps", "losses" (mean per epoch)}`.
+    Returns `{"steps", "skipped_steps", "losses" (mean per epoch), "stopped_epoch"}`.
     """
     if epochs < 1:
         raise MetaclError(f"epochs must be >= 1, got {epochs}; pass e.g. --epochs 30")
@@ -224,6 +226,7 @@ def train_task(
                 "data, or raise --max-bad-steps")
 
     ctx.model.train()
+    stopped_epoch = None
     for epoch in range(start_epoch, epochs + 1):
         ctx.epoch = epoch
         if epoch != start_epoch or order is None:
@@ -270,13 +273,16 @@ def train_task(
             s.after_epoch(ctx)
         epoch_losses.append(total / count if count else float("nan"))
         if on_epoch_end is not None:
-            on_epoch_end(epoch, {"train_loss": epoch_losses[-1], "skipped_steps": skipped})
+            stop = on_epoch_end(epoch, {"train_loss": epoch_losses[-1], "skipped_steps": skipped})
             ctx.model.train()
+            if stop is True:  # the caller's early stop (`ckl run --patience`): no more epochs
+                stopped_epoch = epoch
+                break
     bar.close()
     for s in strategies:
         s.after_task(ctx)
     ctx.model.eval()
-    return {"steps": ctx.step, "skipped_steps": skipped, "losses": epoch_losses}
+    return {"steps": ctx.step, "skipped_steps": skipped, "losses": epoch_losses, "stopped_epoch": stopped_epoch}
 
 
 def _forward_backward(strategies, ctx, batch, params, precision, dist) -> tuple[float, bool]:

@@ -54,6 +54,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help=f"stop after N steps skipped for NaN/inf loss or gradients (default {d.max_bad_steps}; 0 = never)")
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="bf16: autocast forward passes (fp32 weights); default fp32")
+    p.add_argument("--patience", type=int, default=d.patience, metavar="N",
+                   help="early stop: end a seed's training once tl_val accuracy (the honest protocol's pick) has not "
+                   "improved for N epochs (default: off, train every epoch)")
     p.add_argument("--plot-full-axis", action="store_true", default=d.plot_full_axis,
                    help="plot.png: accuracy panels on a fixed [0, 1] axis (default: zoom to the data)")
 
@@ -128,7 +131,7 @@ def config_from_options(opts: dict[str, Any]):
     except TypeError as e:  # pragma: no cover - guarded by merge_options
         raise MetaclError(f"bad ckl run options ({e}); see `metacl ckl run --help`") from e
     for k in ("epochs", "batch_size", "max_length", "eval_batch_size", "max_bad_steps") + (
-            ("ckpt_every",) if cfg.ckpt_every is not None else ()):
+            ("ckpt_every",) if cfg.ckpt_every is not None else ()) + (("patience",) if cfg.patience is not None else ()):
         try:
             setattr(cfg, k, int(getattr(cfg, k)))
         except (TypeError, ValueError) as e:
@@ -151,6 +154,8 @@ def cmd_run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     if summary.get("rank", 0) != 0:  # data-parallel ranks other than 0 write and print nothing
         return 0
     print((Path(cfg.out) / "table.md").read_text(), end="")
+    for seed, st in (summary.get("stopped") or {}).items():
+        print(f"seed {seed}: {st['reason']} (trained {st['epoch']} of {cfg.epochs} epochs)")
     print(f"wrote {cfg.out}/metrics.jsonl, summary.json, table.md, plot.png")
     return 0
 
