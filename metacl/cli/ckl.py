@@ -1,4 +1,4 @@
-"""`metacl ckl run | compare | strategies | sequence`.
+"""`metacl ckl run | tune | compare | show | strategies | sequence`.
 
 Option precedence (every command, see `metacl.cli.config`): built-in defaults < `--config FILE`
 (YAML) < options typed on the command line.
@@ -79,6 +79,20 @@ def register(sub) -> None:
     # `metacl.cli.config.prepare` adds --config, suppresses the defaults and fills `defaults` in
     run.set_defaults(func=functools.partial(cmd_run, defaults={}))
 
+    tn = subsub.add_parser("tune", help="grid over --lr and strategy options, chosen on tl_val only; optionally "
+                           "rerun the choice on more seeds", conflict_handler="resolve")
+    _add_run_args(tn)
+    _add_strategy_args(tn)
+    tn.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                    help="one grid axis (repeat for more; the grid is their product): lr, weight_decay, learned_lr, "
+                    "grad_clip, batch_size or an option of the chosen strategies, e.g. --grid lr=3e-4,1e-3 "
+                    "--grid ewc_lambda=10,100")
+    tn.add_argument("--nf-floor", type=float, default=None, metavar="X",
+                    help="choose only among points whose NF accuracy at their honest epoch is >= X")
+    tn.add_argument("--then-seeds", type=int, nargs="+", default=None, metavar="N",
+                    help="run the chosen point on these seeds into OUT/final (a normal ckl run folder)")
+    tn.set_defaults(func=cmd_tune)
+
     cmp_ = subsub.add_parser("compare", help="merge the tables and plots of several runs")
     cmp_.add_argument("runs", nargs="+", metavar="OUT", help="--out folders of `metacl ckl run`")
     cmp_.add_argument("--out", metavar="DIR", default=None, help="write table.md and plot.png here")
@@ -157,6 +171,25 @@ def cmd_run(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     for seed, st in (summary.get("stopped") or {}).items():
         print(f"seed {seed}: {st['reason']} (trained {st['epoch']} of {cfg.epochs} epochs)")
     print(f"wrote {cfg.out}/metrics.jsonl, summary.json, table.md, plot.png")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """`ckl tune`: `--seeds` are the tuning seeds, `--out` the tune folder (points under OUT/configs/)."""
+    from pathlib import Path
+
+    from metacl.ckl.tune import tune
+
+    opts = vars(args)
+    cfg = config_from_options({**opts, "out": opts.get("out") or ""})
+    result = tune(cfg, list(opts.get("grid") or []), cfg.out, nf_floor=opts.get("nf_floor"),
+                  then_seeds=opts.get("then_seeds"))
+    print((Path(cfg.out) / "tune.md").read_text(), end="")
+    print(f"chosen flags: {result['chosen_flags'] or '(the base options)'}")
+    if result.get("final"):
+        print((Path(cfg.out) / "final" / "table.md").read_text(), end="")
+    print(f"wrote {cfg.out}/tune.json, tune.md" + (f", final/ (seeds {' '.join(map(str, result['final_seeds']))})"
+                                                   if result.get("final") else ""))
     return 0
 
 

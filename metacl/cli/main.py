@@ -105,7 +105,7 @@ def resume_hint(args: argparse.Namespace) -> str:
     cmd = getattr(args, "command", None)
     if cmd == "meta-train":
         return "rerun the same command with --resume to continue from OUT/checkpoint"
-    if cmd == "demo" or (cmd == "ckl" and getattr(args, "ckl_command", None) in ("run", "sequence")):
+    if cmd == "demo" or (cmd == "ckl" and getattr(args, "ckl_command", None) in ("run", "sequence", "tune")):
         return "rerun the same command to resume (finished seeds and steps are kept)"
     if cmd == "pretrain":
         return "pretraining does not resume: rerun the same command to start it again"
