@@ -231,17 +231,18 @@ def tune(base: CklConfig, grid: list[str], out: str | Path, nf_floor: float | No
     configs = [point_config(base, p, out / "configs" / point_name(p)) for p in points]
     for c in configs:
         c.validate()
-    for p in points:
+    for i, p in enumerate(points):
         for name in base.strategies:  # a strategy's constructor checks its values (e.g. a negative lambda)
-            get_strategy(name).from_options({**base.strategy_options, **p})
+            strat = get_strategy(name).from_options({**base.strategy_options, **p})
+            if i == 0:
+                strat.preflight(base.model)  # files a strategy needs, once
     if nf_floor is not None and not 0 <= float(nf_floor) <= 1:
         raise MetaclError(f"--nf-floor must be an accuracy in [0, 1], got {nf_floor}")
     if then_seeds is not None and not then_seeds:
         raise MetaclError("--then-seeds needs at least one seed, e.g. --then-seeds 0 1 2")
     check_causal_lm_path(base.model)
     load_ckl_data(base.data, tl=base.tl, nf=base.nf, tl_val=base.tl_val)
-    _check_out(out)
-    (out / "configs").mkdir(parents=True, exist_ok=True)
+    _check_out(out)  # each point's folder is made by its run_ckl, after that run's own checks
 
     records = []
     for i, (p, cfg) in enumerate(zip(points, configs), 1):
