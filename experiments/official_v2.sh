@@ -8,6 +8,11 @@
 # Knobs (environment): DATA (../shared/data/lama_ckl), EPOCHS (4: 8 epochs of 9 rows x 3 seeds at ~65 s per epoch do not fit one 2-core session; each row's metrics.jsonl shows whether tl_val was still rising), LR (1e-3), SEEDS ("0 1 2"), MAXLEN (512:
 #   official evidence is often longer than 256 tokens, and the oracles recognise whole documents),
 #   LM_EPOCHS (60), TAG (official_v2: where results go under docs/results/).
+# Old text (--old-corpus, for every row): the base LM's own pre-training corpus
+# ($LM/official_nf_corpus.jsonl: NF evidence + NF fact sentences). The official folder has none, and
+# without it replay would rehearse only the TL documents it has seen, mix_review would do nothing and
+# ewc would estimate its Fisher without old data. Rows that never read it (finetune, oracle*, random,
+# lora, lwf) give the same numbers with or without it (finetune, oracle and random ran without it).
 # Every run: AdamW, batch 8, teacher-forced probes of TL / NF / tl_val (10% of TL carved by uuid hash)
 # before training and after every epoch (no exact match), on the CPU, one thread, nice 5.
 # Results: docs/results/${TAG}_<row>/{summary.json,table.md,plot.png,metrics.jsonl}; the base LM's
@@ -41,8 +46,8 @@ for row in $ROWS; do
     *) echo "unknown row $row" >&2; exit 2 ;;
   esac
   out=$RUNS/${TAG}_$row
-  $M ckl run --model "$BASE" --data "$DATA" --strategy "${strat[@]}" --epochs "$EPOCHS" --seeds $SEEDS \
-    --lr "$LR" --batch-size 8 --max-length "$MAXLEN" --no-exact-match --device cpu --out "$out" > "$out.log" 2>&1
+  $M ckl run --model "$BASE" --data "$DATA" --old-corpus "$LM/official_nf_corpus.jsonl" --strategy "${strat[@]}" \
+    --epochs "$EPOCHS" --seeds $SEEDS --lr "$LR" --batch-size 8 --max-length "$MAXLEN" --no-exact-match --device cpu --out "$out" > "$out.log" 2>&1
   mkdir -p docs/results/${TAG}_$row
   cp "$out/summary.json" "$out/table.md" "$out/plot.png" "$out/metrics.jsonl" docs/results/${TAG}_$row/
 done

@@ -12,7 +12,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "baselines_v2.sh"
 
 
 def test_script_tunes_each_strategy_runs_the_choice_on_seeds_and_compares(tmp_path):
-    root, model = make_tiny_ckl_world(tmp_path)
+    root, model = make_tiny_ckl_world(tmp_path, old_corpus=True)  # ewc estimates its Fisher on old text
     docs = tmp_path / "docs"
     env = dict(os.environ, METACL=f"{sys.executable} -m metacl", LRS="6e-2", EPOCHS="2", PATIENCE="1", SEEDS="0 1",
                DOCS=str(docs), OMP_NUM_THREADS="1",

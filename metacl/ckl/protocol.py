@@ -165,6 +165,12 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
     train_docs = [it.evidence for it in train_items]
     fit_run_to_model(cfg, model_config, {"TL": tl_test, "NF": nf, "TL_val": tl_val})  # --max-length vs the model's context
     old_corpus = read_corpus([cfg.old_corpus]) if cfg.old_corpus else list(data.old_corpus)
+    needy = [s.name for s in checked if getattr(s, "needs_old_corpus", False)]
+    if needy and not old_corpus:
+        where = cfg.old_corpus or (f"{cfg.data}/pretrain_corpus.jsonl" if cfg.data else "no --data folder")
+        raise MetaclError(f"strategy {', '.join(needy)} needs old text (rehearsal or an importance estimate on old data) "
+                          f"but the run has none ({where} missing or empty); pass --old-corpus FILE with the base LM's "
+                          "pre-training text (JSONL with `text`)")
 
     from metacl import distributed as D
 

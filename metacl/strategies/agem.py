@@ -36,6 +36,7 @@ def project_agem(g: dict[str, torch.Tensor], g_ref: dict[str, torch.Tensor]) -> 
 @register
 class AGEM(Strategy):
     name = "agem"
+    needs_old_corpus = True
     description = "A-GEM: project the gradient so it does not increase the loss on a memory of old text"
 
     def __init__(self, agem_mem_batch: int = 4, agem_capacity: int = 256, agem_old_max: int = 5000):

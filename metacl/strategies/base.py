@@ -101,7 +101,7 @@ class Strategy:
     """Base class with no-op hooks. Subclasses override what they need.
 
     Class attributes: `name` (CLI name), `description` (one line for `metacl ckl strategies`),
-    `trains` (False for methods that never update weights), `options` (`{init keyword: Option}`,
+    `trains` (False for methods that never update weights), `needs_old_corpus`, `options` (`{init keyword: Option}`,
     prefixed with the strategy name, e.g. `ewc_lambda` -> `--ewc-lambda`). The constructor
     receives the parsed options as keyword arguments (unknown ones ignored by `from_args`).
     """
@@ -110,6 +110,10 @@ class Strategy:
     description: ClassVar[str] = ""
     trains: ClassVar[bool] = True
     options: ClassVar[dict[str, Option]] = {}
+    # True for methods whose first task needs `ctx.old_corpus` (rehearsal, an importance estimate
+    # on old data): a single-task `ckl run` without old text refuses them instead of silently
+    # rehearsing only the new documents (or doing nothing)
+    needs_old_corpus: ClassVar[bool] = False
     # how the loop normalises the token-weighted NLL: "weights" = sum(w*nll)/sum(w); "tokens" =
     # sum(w*nll)/n_tokens (weights used unnormalised; taalm sets it for a weighter meta-trained so)
     token_weight_norm: str = "weights"

@@ -27,6 +27,7 @@ from metacl.strategies.options import check_positive
 @register
 class EWC(Strategy):
     name = "ewc"
+    needs_old_corpus = True
     description = "online EWC: Fisher-weighted quadratic pull to the previous task's weights (pre-training first)"
 
     def __init__(self, ewc_lambda: float = 1000.0, ewc_gamma: float = 1.0, ewc_fisher_docs: int = 64):

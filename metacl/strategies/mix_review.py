@@ -22,6 +22,7 @@ from metacl.strategies.options import check_positive
 @register
 class MixReview(Strategy):
     name = "mix_review"
+    needs_old_corpus = True
     description = "mix-review: add pre-training documents to each batch at a ratio decaying per epoch"
 
     def __init__(self, mix_review_ratio: float = 1.0, mix_review_decay: float = 0.7):

@@ -56,6 +56,7 @@ def trust_region_step(grads: dict[str, torch.Tensor], precision: dict[str, torch
 @register
 class NCL(Strategy):
     name = "ncl"
+    needs_old_corpus = True
     description = "NCL (diagonal): diagonal Fisher prior + trust-region step preconditioned by the diagonal prior precision"
 
     def __init__(self, ncl_lambda: float = 1000.0, ncl_gamma: float = 1.0, ncl_prior_precision: float = 0.01,

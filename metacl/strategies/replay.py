@@ -22,6 +22,7 @@ from metacl.strategies.memory import Reservoir, sample_indices
 @register
 class Replay(Strategy):
     name = "replay"
+    needs_old_corpus = True
     description = "replay: reservoir buffer of pre-training and earlier-task documents mixed into each batch"
 
     def __init__(self, replay_capacity: int = 256, replay_per_batch: int = 4, replay_old_max: int = 5000):

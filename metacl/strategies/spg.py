@@ -60,6 +60,7 @@ def signed_gradient(ctx: TrainContext, texts: list[str], n_docs: int, desc: str)
 @register
 class SPG(Strategy):
     name = "spg"
+    needs_old_corpus = True
     description = "SPG: soft-mask each parameter's gradient by 1 - |tanh(standardised grad)| of earlier tasks"
 
     def __init__(self, spg_docs: int = 64, spg_mask: str = "step"):
