@@ -1,0 +1,112 @@
+"""The differentiable AdamW step's forward and backward as single compiled loops (CPU, large tensors).
+
+Why: in a token-weighting meta-step the inner AdamW updates of every per-example copy of the
+base LM, and their hand-written backward, were ~45% of the time (profile in
+docs/results/meta_throughput_issue18/profile_before.md): each update is ~8 elementwise kernels
+and its backward ~15, each a full pass over memory of a tensor with millions of entries.
+`torch.compile` turns each into one loop that reads every input once and writes every output
+once. The formulas are those of `optimizers._AdamWStep` (same ops in the same order, written
+out-of-place), so the values agree with the eager kernels to rounding (tests/test_engine_speed.py).
+
+Used only where it pays and is safe: CPU tensors with at least `MIN_NUMEL` entries (small
+tensors keep the eager kernels, so tiny test models never compile), contiguous, one float
+dtype, outside `torch.func` transforms and outside a recorded (create_graph) backward. The
+first use compiles (seconds; it needs a C++ compiler, and the result is cached on disk by
+torch); if compiling or running fails for any reason, a warning is given once and the eager
+kernels are used from then on (`disable()` does the same on purpose).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor
+
+MIN_NUMEL = 1 << 16  # below this a compiled call's overhead outweighs the passes it saves
+_state: dict[str, Any] = {"fwd": None, "bwd": None, "failed": None, "enabled": True}
+
+
+def adamw_forward(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step_size: float, b1: float, b2: float, eps: float,
+                  bc2_sqrt: float, decay: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(p', m', v') of one AdamW update; `_AdamWStep.forward`'s formula, out of place."""
+    m_new = torch.lerp(m, g, 1.0 - b1)
+    v_new = v * b2 + (1.0 - b2) * (g * g)
+    d = v_new.clamp_min(torch.finfo(v_new.dtype).tiny).sqrt() / bc2_sqrt + eps
+    return p * decay - step_size * (m_new / d), m_new, v_new
+
+
+def adamw_backward(gp: Tensor | None, gm: Tensor | None, gv: Tensor | None, g: Tensor, m_new: Tensor, v_new: Tensor,
+                   step_size: float, b1: float, b2: float, eps: float, bc2_sqrt: float,
+                   need_g: bool, need_m: bool, need_v: bool) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """(dg, dm, dv) of one AdamW update; the derivative written in `_AdamWStep` (see its docstring)."""
+    tiny = torch.finfo(v_new.dtype).tiny
+    dm_new, dv_new = gm, gv
+    if gp is not None:
+        s = v_new.clamp_min(tiny).sqrt()
+        d = s / bc2_sqrt + eps
+        q = gp / d
+        dm_new = -step_size * q if gm is None else gm - step_size * q
+        r = torch.where(v_new < tiny, 0.0, q * m_new / d / s * (step_size / (2.0 * bc2_sqrt)))
+        dv_new = r if gv is None else gv + r
+    dg = None
+    if need_g:
+        if dm_new is not None and dv_new is not None:
+            dg = dm_new * (1.0 - b1) + 2.0 * (1.0 - b2) * g * dv_new
+        elif dm_new is not None:
+            dg = dm_new * (1.0 - b1)
+        elif dv_new is not None:
+            dg = 2.0 * (1.0 - b2) * g * dv_new
+    dm = b1 * dm_new if need_m and dm_new is not None else None
+    dv = b2 * dv_new if need_v and dv_new is not None else None
+    return dg, dm, dv
+
+
+def usable(*tensors: Tensor | None) -> bool:
+    """May the compiled kernels run on these tensors (see the module docstring)?"""
+    if not _state["enabled"] or _state["failed"] is not None or torch._C._are_functorch_transforms_active():
+        return False
+    ts = [t for t in tensors if t is not None]
+    first = ts[0]
+    if first.device.type != "cpu" or first.numel() < MIN_NUMEL or first.dtype not in (torch.float32, torch.float64):
+        return False
+    return all(t.dtype == first.dtype and t.shape == first.shape and t.is_contiguous() and t.device == first.device
+               and not torch._C._functorch.is_functorch_wrapped_tensor(t) for t in ts)
+
+
+def _run(kind: str, fn: Any, tensors: tuple, rest: tuple) -> tuple | None:
+    """Call the compiled `fn` on flat views of `tensors`; None (and off from now on) if anything fails."""
+    try:
+        if _state[kind] is None:
+            _state[kind] = torch.compile(fn, dynamic=True, fullgraph=True)
+        shape = next(t.shape for t in tensors if t is not None)
+        flat = [None if t is None else t.view(-1) for t in tensors]
+        with torch.no_grad():
+            out = _state[kind](*flat, *rest)
+        return tuple(None if o is None else o.view(shape) for o in out)
+    except Exception as e:  # no compiler, unsupported backend, ...: the eager kernels are always right
+        _state["failed"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        warnings.warn(f"metacl.engine.adamw: compiling the AdamW step failed ({_state['failed']}); "
+                      "using the eager kernels", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def forward(p: Tensor, g: Tensor, m: Tensor, v: Tensor, *hyper: float) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Compiled `adamw_forward`, or None when the eager kernels must be used."""
+    return _run("fwd", adamw_forward, (p, g, m, v), hyper)  # type: ignore[return-value]
+
+
+def backward(gp: Tensor | None, gm: Tensor | None, gv: Tensor | None, g: Tensor, m_new: Tensor, v_new: Tensor,
+             *rest: Any) -> tuple | None:
+    """Compiled `adamw_backward`, or None when the eager kernels must be used."""
+    return _run("bwd", adamw_backward, (gp, gm, gv, g, m_new, v_new), rest)
+
+
+def disable() -> None:
+    """Use the eager kernels from now on (a reference for tests, or a machine without a C++ compiler)."""
+    _state["enabled"] = False
+
+
+def enable() -> None:
+    _state["enabled"] = True
