@@ -18,6 +18,7 @@ kernels are used from then on (`disable()` does the same on purpose).
 
 from __future__ import annotations
 
+import types
 import warnings
 from typing import Any
 
@@ -25,7 +26,8 @@ import torch
 from torch import Tensor
 
 MIN_NUMEL = 1 << 16  # below this a compiled call's overhead outweighs the passes it saves
-_state: dict[str, Any] = {"fwd": None, "bwd": None, "failed": None, "enabled": True}
+_state: dict[str, Any] = {"failed": None, "enabled": True}
+_compiled: dict[tuple, Any] = {}  # variant key -> compiled function
 
 
 def adamw_forward(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step_size: float, b1: float, b2: float, eps: float,
@@ -75,16 +77,31 @@ def usable(*tensors: Tensor | None) -> bool:
                and not torch._C._functorch.is_functorch_wrapped_tensor(t) for t in ts)
 
 
-def _run(kind: str, fn: Any, tensors: tuple, rest: tuple) -> tuple | None:
+def _variant(fn: Any, key: tuple) -> Any:
+    """A compiled copy of `fn` with its own code object, so its cache holds only the graphs of `key`.
+
+    Why: torch keeps compiled graphs per code object, with a small recompile limit; the
+    backward has several variants (which incoming gradients exist, which inputs need one, the
+    dtype) that would together exceed it. One copy per variant keeps each cache at one graph.
+    """
+    if key not in _compiled:
+        code = fn.__code__.replace(co_name=f"{fn.__name__}_{len(_compiled)}")
+        copy = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+        _compiled[key] = torch.compile(copy, dynamic=True, fullgraph=True)
+    return _compiled[key]
+
+
+def _run(fn: Any, tensors: tuple, rest: tuple) -> tuple | None:
     """Call the compiled `fn` on flat views of `tensors`; None (and off from now on) if anything fails."""
     try:
-        if _state[kind] is None:
-            _state[kind] = torch.compile(fn, dynamic=True, fullgraph=True)
-        shape = next(t.shape for t in tensors if t is not None)
-        flat = [None if t is None else t.view(-1) for t in tensors]
+        first = next(t for t in tensors if t is not None)
+        key = (fn.__name__, first.dtype, tuple(t is None for t in tensors),
+               tuple(r for r in rest if isinstance(r, bool)))
+        # flat, detached aliases: no view bases or requires_grad flags for the compiled graph to guard on
+        flat = [None if t is None else t.view(-1).detach() for t in tensors]
         with torch.no_grad():
-            out = _state[kind](*flat, *rest)
-        return tuple(None if o is None else o.view(shape) for o in out)
+            out = _variant(fn, key)(*flat, *rest)
+        return tuple(None if o is None else o.view(first.shape) for o in out)
     except Exception as e:  # no compiler, unsupported backend, ...: the eager kernels are always right
         _state["failed"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         warnings.warn(f"metacl.engine.adamw: compiling the AdamW step failed ({_state['failed']}); "
@@ -94,13 +111,13 @@ def _run(kind: str, fn: Any, tensors: tuple, rest: tuple) -> tuple | None:
 
 def forward(p: Tensor, g: Tensor, m: Tensor, v: Tensor, *hyper: float) -> tuple[Tensor, Tensor, Tensor] | None:
     """Compiled `adamw_forward`, or None when the eager kernels must be used."""
-    return _run("fwd", adamw_forward, (p, g, m, v), hyper)  # type: ignore[return-value]
+    return _run(adamw_forward, (p, g, m, v), hyper)  # type: ignore[return-value]
 
 
 def backward(gp: Tensor | None, gm: Tensor | None, gv: Tensor | None, g: Tensor, m_new: Tensor, v_new: Tensor,
              *rest: Any) -> tuple | None:
     """Compiled `adamw_backward`, or None when the eager kernels must be used."""
-    return _run("bwd", adamw_backward, (gp, gm, gv, g, m_new, v_new), rest)
+    return _run(adamw_backward, (gp, gm, gv, g, m_new, v_new), rest)
 
 
 def disable() -> None:
