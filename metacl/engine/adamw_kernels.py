@@ -65,13 +65,17 @@ def adamw_backward(gp: Tensor | None, gm: Tensor | None, gv: Tensor | None, g: T
     return dg, dm, dv
 
 
+def runs_on(dtype: torch.dtype, device: torch.device, numel: int) -> bool:
+    """Would the compiled kernels run on a contiguous tensor of this dtype, device and size here?"""
+    return (_state["enabled"] and _state["failed"] is None and not torch._C._are_functorch_transforms_active()
+            and device.type == "cpu" and numel >= MIN_NUMEL and dtype in (torch.float32, torch.float64))
+
+
 def usable(*tensors: Tensor | None) -> bool:
     """May the compiled kernels run on these tensors (see the module docstring)?"""
-    if not _state["enabled"] or _state["failed"] is not None or torch._C._are_functorch_transforms_active():
-        return False
     ts = [t for t in tensors if t is not None]
     first = ts[0]
-    if first.device.type != "cpu" or first.numel() < MIN_NUMEL or first.dtype not in (torch.float32, torch.float64):
+    if not runs_on(first.dtype, first.device, first.numel()):
         return False
     return all(t.dtype == first.dtype and t.shape == first.shape and t.is_contiguous() and t.device == first.device
                and not torch._C._functorch.is_functorch_wrapped_tensor(t) for t in ts)

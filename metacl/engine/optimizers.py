@@ -22,7 +22,7 @@ from typing import Any, Protocol, Union, runtime_checkable
 import torch
 from torch import Tensor
 
-from metacl.engine import adamw_kernels
+from metacl.engine import adamw_kernels, flat_params
 from metacl.errors import MetaclError
 
 Params = dict[str, Tensor]
@@ -260,15 +260,33 @@ class adamw:  # noqa: N801
         self.lr, self.betas, self.eps, self.weight_decay = lr, (b1, b2), eps, weight_decay
 
     def init(self, params: Params) -> dict[str, Any]:
+        if self._grouped(params):  # views of one flat zero tensor each: `update` then needs no concatenation
+            return {"exp_avg": flat_params.zeros_like_all(params), "exp_avg_sq": flat_params.zeros_like_all(params)}
         return {
             "exp_avg": {k: torch.zeros_like(v) for k, v in params.items()},
             "exp_avg_sq": {k: torch.zeros_like(v) for k, v in params.items()},
         }
 
+    def _grouped(self, params: Params, *more: Params) -> bool:
+        """Update all tensors as one flat tensor (`flat_params`)? Where the compiled kernels run and lr is a float."""
+        if isinstance(self.lr, (Tensor, dict)) or not params or torch._C._are_functorch_transforms_active():
+            return False
+        if not flat_params.groupable(params, *more):
+            return False
+        first = next(iter(params.values()))
+        return adamw_kernels.runs_on(first.dtype, first.device, sum(p.numel() for p in params.values()))
+
     def update(self, params: Params, grads: Params, state: dict[str, Any], step: int) -> tuple[Params, dict[str, Any]]:
         b1, b2 = self.betas
         t = step + 1
         bc1, bc2 = 1.0 - b1**t, 1.0 - b2**t
+        if self._grouped(params, grads, state["exp_avg"], state["exp_avg_sq"]):
+            names = list(params)
+            shapes = [params[k].shape for k in names]
+            flat = [flat_params.as_flat([d[k] for k in names]) for d in (params, grads, state["exp_avg"], state["exp_avg_sq"])]
+            p2, m2, v2 = _apply_adamw_step(*flat, self.lr / bc1, b1, b2, self.eps, bc2**0.5, 1.0 - self.lr * self.weight_decay)
+            return flat_params.split(p2, names, shapes), {"exp_avg": flat_params.split(m2, names, shapes),
+                                                          "exp_avg_sq": flat_params.split(v2, names, shapes)}
         new_params, m_new, v_new = {}, {}, {}
         for k, p in params.items():
             g, lr = grads[k], _lr_for(self.lr, k)
