@@ -8,7 +8,8 @@ Each speed-up is compared with the straightforward computation, in float64, so a
 - `unroll(active_rows=...)` (embedding rows no document reads left out of the inner loop)
   against the full inner loop: inner losses, returned params and states, meta-gradients
   w.r.t. token weights and initial params, per example (loop and vmap) and not;
-- `unroll(stack=False)` against the stacked result;
+- `unroll(stack=False)` against the stacked result; `adamw`'s flat grouped update where a caller
+  asks for gradients w.r.t. params between two unrolls or two `update` calls;
 - `meta_objective` end to end against a reference written as it was before these changes.
 """
 
@@ -133,6 +134,33 @@ def test_failing_compile_warns_once_and_falls_back_to_eager(monkeypatch):
     finally:
         adamw_kernels.enable()
     assert rel_err(ours, ref) < 1e-14
+
+
+def test_flat_grouped_update_gives_gradients_wrt_params_handed_out(compiled_everywhere):
+    """`adamw` updates all tensors as one flat tensor; params a caller holds (between two unrolls, or
+    between two direct `update` calls) still get their full gradient (the flat shortcut stays inside one unroll)."""
+    model, batches, query, w = setup_lm(2)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+    opt = lambda: adamw(lr=0.01, eps=1e-3)  # noqa: E731
+
+    def chained():
+        p1, s1 = unroll(model, params, lm_loss, batches[:1], optimizer=opt())
+        p2, _ = unroll(model, p1, lm_loss, batches[1:], optimizer=opt(), state=s1, start_step=1)
+        return torch.autograd.grad(lm_loss(model, p2, query), [w, *p1.values(), *s1["exp_avg"].values()])
+
+    def direct():
+        o = opt()
+        p1, s1 = o.update(params, {k: torch.sin(v) * w.sum() for k, v in params.items()}, o.init(params), 0)
+        p2, _ = o.update(p1, {k: torch.cos(v) for k, v in p1.items()}, s1, 1)
+        return torch.autograd.grad(lm_loss(model, p2, query), [w, *p1.values()])
+
+    ours = chained(), direct()
+    assert compiled_everywhere["fwd"] > 0
+    adamw_kernels.disable()
+    ref = chained(), direct()
+    for a, b in zip(ours, ref):
+        assert float(sum(g.abs().sum() for g in b)) > 0
+        assert rel_err(a, b) < 1e-12
 
 
 # --------------------------------------------------------------------------- active rows

@@ -8,28 +8,44 @@ therefore concatenates the tensors once, updates the flat vector with one `_Adam
 hands back per-tensor views of the result (`torch.split`, whose backward is one `cat`).
 
 The views remember the flat tensor they came from (`_FLAT` attribute: the flat tensor, the
-view's index, the number of views). When the next step gets exactly those views back (same
-objects, same order) it uses the flat tensor directly instead of concatenating again; the
-gradient that reaches the views through the model (split backward) and the one the next
-update sends to the flat tensor are summed by autograd as usual. The values are the same as
-per-tensor updates (AdamW is elementwise); only the grouping of the work changes.
+view's index, the number of views, the `scope` that made them). When the next step of the
+same `unroll` gets exactly those views back (same objects, same order) it uses the flat tensor
+directly instead of concatenating again; the gradient that reaches the views through the model
+(split backward) and the one the next update sends to the flat tensor are summed by autograd
+as usual. Only inside one `scope` (one `unroll` call): there the intermediate views never
+reach the caller, who therefore cannot ask for a gradient w.r.t. a view, which would miss the
+part that went to the flat tensor directly. Views from anywhere else are concatenated. The
+values are the same as per-tensor updates (AdamW is elementwise); only the grouping changes.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import contextvars
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 _FLAT = "_metacl_flat"
+_SCOPE: contextvars.ContextVar[object | None] = contextvars.ContextVar("metacl_flat_scope", default=None)
+
+
+@contextlib.contextmanager
+def scope() -> Iterator[None]:
+    """Views tagged inside may be recognised by `as_flat` inside the same scope only (see the module docstring)."""
+    token = _SCOPE.set(object())
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
 
 
 def as_flat(tensors: Sequence[Tensor]) -> Tensor:
     """The flat concatenation of `tensors`: the flat tensor they are views of, or a new `cat`."""
-    n = len(tensors)
+    n, here = len(tensors), _SCOPE.get()
     tag = getattr(tensors[0], _FLAT, None)
-    if tag is not None and tag[2] == n:
+    if here is not None and tag is not None and tag[2] == n and tag[3] is here:
         flat = tag[0]
         if all(getattr(t, _FLAT, None) is not None and getattr(t, _FLAT)[0] is flat and getattr(t, _FLAT)[1] == i
                for i, t in enumerate(tensors)):
@@ -40,10 +56,11 @@ def as_flat(tensors: Sequence[Tensor]) -> Tensor:
 def split(flat: Tensor, names: Sequence[str], shapes: Sequence[torch.Size]) -> dict[str, Tensor]:
     """Per-tensor views of `flat` (in `names` order), tagged so `as_flat` can find `flat` again."""
     parts = torch.split(flat, [int(torch.Size(s).numel()) for s in shapes])
-    out = {}
+    here, out = _SCOPE.get(), {}
     for i, (name, part, shape) in enumerate(zip(names, parts, shapes)):
         view = part.view(shape)
-        setattr(view, _FLAT, (flat, i, len(names)))
+        if here is not None:
+            setattr(view, _FLAT, (flat, i, len(names), here))
         out[name] = view
     return out
 

@@ -34,6 +34,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from tqdm.auto import tqdm
 
 from metacl.engine import active_rows as _rows
+from metacl.engine import flat_params
 from metacl.engine.checkpointing import checkpoint_step
 from metacl.engine.vmap_fixes import ElementaryLayerNorm
 from metacl.engine.attention import raise_if_not_double_differentiable, second_order_attention
@@ -157,6 +158,13 @@ def unroll(
     of tensors with a leading M dim, saving the copy into, and in backward out of, the stack.
     See the module docstring for the meaning of each mode.
     """
+    with flat_params.scope():
+        return _unroll(model, params, loss_fn, batches, optimizer, first_order, truncate, checkpoint, per_example,
+                       state, start_step, progress, return_state, active_rows, stack)
+
+
+def _unroll(model, params, loss_fn, batches, optimizer, first_order, truncate, checkpoint, per_example, state,
+            start_step, progress, return_state, active_rows, stack) -> tuple[Any, Any]:
     optimizer = adamw(lr=1e-3) if optimizer is None else optimizer
     K = _validate(params, batches, optimizer, truncate)
     if active_rows:
