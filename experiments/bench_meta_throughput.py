@@ -9,7 +9,10 @@ document tokens per second for
                  inner AdamW steps on the M documents (per example, batched), query NLL,
                  backward into the weighter through all K steps, outer AdamW step. This is the
                  computation of `metacl.meta.train_token_weighting.meta_objective`, on random
-                 token ids so any size can be built without a tokenizer;
+                 token ids so any size can be built without a tokenizer, called the same way
+                 (embedding rows no document reads left out of the inner loop, `active_rows`;
+                 per-example param dicts, `stack=False`; an older metacl without them is run
+                 the way its meta_objective did, so the script also measures `before` trees);
 - `meta2_kK_t1`: the same with `truncate=1` (only the last inner step differentiated);
 - `meta1_kK`:    the same unroll with first-order inner gradients. For a token weighter this
                  carries no meta-gradient at all (the weights only enter through the detached

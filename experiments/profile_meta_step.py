@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--sort", default="self_cpu_time_total")
+    ap.add_argument("--by-shape", default="", help="also list these ops (comma-separated, e.g. aten::mm) by input shapes")
     args = ap.parse_args()
     args.precision, args.device = "fp32", "cpu"
     torch.set_num_threads(args.threads)
@@ -44,13 +45,20 @@ def main() -> None:
     t0 = time.perf_counter()
     step()
     plain_s = time.perf_counter() - t0
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=False) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=bool(args.by_shape)) as prof:
         t0 = time.perf_counter()
         step()
         prof_s = time.perf_counter() - t0
     print(f"# {args.row} size={args.size} K={args.K} M={args.M} T={args.T} threads={args.threads}: "
           f"unprofiled step {plain_s:.3f} s, profiled step {prof_s:.3f} s")
     print(prof.key_averages().table(sort_by=args.sort, row_limit=args.top, max_name_column_width=48))
+    if args.by_shape:
+        ops = set(args.by_shape.split(","))
+        rows = sorted((e for e in prof.key_averages(group_by_input_shape=True) if e.key in ops),
+                      key=lambda e: -e.self_cpu_time_total)[:args.top]
+        print(f"# by input shapes: {args.by_shape}")
+        for e in rows:
+            print(f"{e.key:<22}{e.self_cpu_time_total / 1e3:>10.1f} ms {e.count:>6} calls  {e.input_shapes}")
 
 
 if __name__ == "__main__":
