@@ -9,7 +9,10 @@ document tokens per second for
                  inner AdamW steps on the M documents (per example, batched), query NLL,
                  backward into the weighter through all K steps, outer AdamW step. This is the
                  computation of `metacl.meta.train_token_weighting.meta_objective`, on random
-                 token ids so any size can be built without a tokenizer;
+                 token ids so any size can be built without a tokenizer, called the same way
+                 (embedding rows no document reads left out of the inner loop, `active_rows`;
+                 per-example param dicts, `stack=False`; an older metacl without them is run
+                 the way its meta_objective did, so the script also measures `before` trees);
 - `meta2_kK_t1`: the same with `truncate=1` (only the last inner step differentiated);
 - `meta1_kK`:    the same unroll with first-order inner gradients. For a token weighter this
                  carries no meta-gradient at all (the weights only enter through the detached
@@ -105,19 +108,25 @@ def make_step(row: str, args, dev):
     first_order = row.startswith("meta1")
     truncate = 1 if row.endswith("_t1") else None
     inner_opt = engine.adamw(lr=1e-4)
-    # older metacl (the `before` column of docs/benchmarks.md) has no return_state
-    no_state = {"return_state": False} if "return_state" in inspect.signature(engine.unroll).parameters else {}
+    # older metacl (the `before` column of docs/benchmarks.md) has no return_state / active_rows / stack
+    sig = inspect.signature(engine.unroll).parameters
+    no_state = {"return_state": False} if "return_state" in sig else {}
+    fast = "active_rows" in sig  # as meta_objective: embedding rows no document reads left out, per-example list
 
     def step():
         with autocast(args.precision, dev), engine.second_order_attention(model):
             w = weighter(docs["input_ids"], docs["attention_mask"])
             inner = {k: v[:, None] for k, v in docs.items()}
             inner["token_weights"] = w[:, None]
+            extra = dict(active_rows=engine.input_embedding_rows(model, params, [inner]), stack=False) if fast else {}
             pK, _ = engine.unroll(model, params, weighted_doc_loss, [inner] * args.K, optimizer=inner_opt,
-                                  first_order=first_order, truncate=truncate, per_example=True, **no_state)
-            per_m = {k: v.unbind(0) for k, v in pK.items()}  # as meta_objective: one unbind, not M selects
-            losses = [engine.lm_loss(model, {k: v[m] for k, v in per_m.items()},
-                                     {k: v[m:m + 1] for k, v in query.items()}) for m in range(args.M)]
+                                  first_order=first_order, truncate=truncate, per_example=True, **no_state, **extra)
+            if fast:
+                per_m = pK
+            else:  # as meta_objective then: one unbind, not M selects
+                ub = {k: v.unbind(0) for k, v in pK.items()}
+                per_m = [{k: v[m] for k, v in ub.items()} for m in range(args.M)]
+            losses = [engine.lm_loss(model, per_m[m], {k: v[m:m + 1] for k, v in query.items()}) for m in range(args.M)]
             loss = torch.stack(losses).mean()
         wopt.zero_grad(set_to_none=True)
         if loss.requires_grad:  # first order: no path back to the weighter (see module docstring)

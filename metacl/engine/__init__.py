@@ -4,6 +4,7 @@
     params_K, state_K = unroll(model, params, loss_fn, batches, optimizer=adamw(lr=1e-3))
 """
 
+from metacl.engine.active_rows import input_embedding_rows
 from metacl.engine.attention import find_non_double_differentiable, second_order_attention
 from metacl.engine.losses import functional_loss, label_mask, lm_loss, nll_from_logits, token_nll
 from metacl.engine.optimizers import FunctionalOptimizer, adamw, sgd
@@ -11,6 +12,7 @@ from metacl.engine.unroll import per_example_loss, unroll
 
 __all__ = [
     "unroll",
+    "input_embedding_rows",
     "per_example_loss",
     "sgd",
     "adamw",

@@ -22,6 +22,7 @@ from typing import Any, Protocol, Union, runtime_checkable
 import torch
 from torch import Tensor
 
+from metacl.engine import adamw_kernels, flat_params
 from metacl.errors import MetaclError
 
 Params = dict[str, Tensor]
@@ -149,23 +150,26 @@ class _AdamWStep(torch.autograd.Function):
 
     @staticmethod
     def forward(p, g, m, v, step_size, b1, b2, eps, bc2_sqrt, decay):
+        if adamw_kernels.usable(p, g, m, v):
+            out = adamw_kernels.forward(p, g, m, v, step_size, b1, b2, eps, bc2_sqrt, decay)
+            if out is not None:
+                return out
         m_new = torch.lerp(m, g, 1.0 - b1)
         v_new = torch.addcmul(v * b2, g, g, value=1.0 - b2)
-        s = v_new.clamp_min(torch.finfo(v_new.dtype).tiny).sqrt_()
-        p_new = torch.addcdiv(p * decay if decay != 1.0 else p, m_new, (s / bc2_sqrt).add_(eps), value=-step_size)
-        return p_new, m_new, v_new, s
+        d = v_new.clamp_min(torch.finfo(v_new.dtype).tiny).sqrt_().div_(bc2_sqrt).add_(eps)
+        p_new = torch.addcdiv(p * decay if decay != 1.0 else p, m_new, d, value=-step_size)
+        return p_new, m_new, v_new
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         _, g, _, v_in, step_size, b1, b2, eps, bc2_sqrt, decay = inputs
-        ctx.save_for_backward(g, output[1], output[2], output[3])
+        ctx.save_for_backward(g, output[1], output[2])
         ctx.hyper = (step_size, b1, b2, eps, bc2_sqrt, decay)
-        ctx.mark_non_differentiable(output[3])
         ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx, gp, gm, gv, _gs):
-        g, m_new, v_new, s = ctx.saved_tensors
+    def backward(ctx, gp, gm, gv):
+        g, m_new, v_new = ctx.saved_tensors
         step_size, b1, b2, eps, bc2_sqrt, decay = ctx.hyper
         need_p, need_g, need_m, need_v = ctx.needs_input_grad[:4]
         none = (None,) * 6
@@ -178,7 +182,13 @@ class _AdamWStep(torch.autograd.Function):
         if torch.is_grad_enabled():  # a recorded backward (create_graph): out-of-place, s re-derived from v'
             return (dp, *_AdamWStep._backward_ops(gp, gm, gv, g, m_new, v_new, step_size, b1, b2, eps, bc2_sqrt,
                                                   need_g, need_m, need_v), *none)
+        if adamw_kernels.usable(g, gp, gm, gv, m_new, v_new):
+            out = adamw_kernels.backward(gp, gm, gv, g, m_new, v_new, step_size, b1, b2, eps, bc2_sqrt,
+                                         need_g, need_m, need_v)
+            if out is not None:
+                return (dp, *out, *none)
         if gp is not None:
+            s = v_new.clamp_min(tiny).sqrt()
             d = (s / bc2_sqrt).add_(eps)
             q = gp / d
             dm_new = q * (-step_size) if gm is None else torch.add(gm, q, alpha=-step_size)
@@ -250,15 +260,33 @@ class adamw:  # noqa: N801
         self.lr, self.betas, self.eps, self.weight_decay = lr, (b1, b2), eps, weight_decay
 
     def init(self, params: Params) -> dict[str, Any]:
+        if self._grouped(params):  # views of one flat zero tensor each: `update` then needs no concatenation
+            return {"exp_avg": flat_params.zeros_like_all(params), "exp_avg_sq": flat_params.zeros_like_all(params)}
         return {
             "exp_avg": {k: torch.zeros_like(v) for k, v in params.items()},
             "exp_avg_sq": {k: torch.zeros_like(v) for k, v in params.items()},
         }
 
+    def _grouped(self, params: Params, *more: Params) -> bool:
+        """Update all tensors as one flat tensor (`flat_params`)? Where the compiled kernels run and lr is a float."""
+        if isinstance(self.lr, (Tensor, dict)) or not params or torch._C._are_functorch_transforms_active():
+            return False
+        if not flat_params.groupable(params, *more):
+            return False
+        first = next(iter(params.values()))
+        return adamw_kernels.runs_on(first.dtype, first.device, sum(p.numel() for p in params.values()))
+
     def update(self, params: Params, grads: Params, state: dict[str, Any], step: int) -> tuple[Params, dict[str, Any]]:
         b1, b2 = self.betas
         t = step + 1
         bc1, bc2 = 1.0 - b1**t, 1.0 - b2**t
+        if self._grouped(params, grads, state["exp_avg"], state["exp_avg_sq"]):
+            names = list(params)
+            shapes = [params[k].shape for k in names]
+            flat = [flat_params.as_flat([d[k] for k in names]) for d in (params, grads, state["exp_avg"], state["exp_avg_sq"])]
+            p2, m2, v2 = _apply_adamw_step(*flat, self.lr / bc1, b1, b2, self.eps, bc2**0.5, 1.0 - self.lr * self.weight_decay)
+            return flat_params.split(p2, names, shapes), {"exp_avg": flat_params.split(m2, names, shapes),
+                                                          "exp_avg_sq": flat_params.split(v2, names, shapes)}
         new_params, m_new, v_new = {}, {}, {}
         for k, p in params.items():
             g, lr = grads[k], _lr_for(self.lr, k)
@@ -266,7 +294,7 @@ class adamw:  # noqa: N801
             if isinstance(lr, Tensor):  # a learnable rate: plain ops, so autograd also differentiates w.r.t. lr
                 new_params[k], m_new[k], v_new[k] = _adamw_ops(p, g, m, v, lr, b1, b2, self.eps, self.weight_decay, bc1, bc2)
             else:
-                new_params[k], m_new[k], v_new[k], _ = _apply_adamw_step(
+                new_params[k], m_new[k], v_new[k] = _apply_adamw_step(
                     p, g, m, v, lr / bc1, b1, b2, self.eps, bc2**0.5, 1.0 - lr * self.weight_decay)
         return new_params, {"exp_avg": m_new, "exp_avg_sq": v_new}
 

@@ -33,6 +33,8 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from tqdm.auto import tqdm
 
+from metacl.engine import active_rows as _rows
+from metacl.engine import flat_params
 from metacl.engine.checkpointing import checkpoint_step
 from metacl.engine.vmap_fixes import ElementaryLayerNorm
 from metacl.engine.attention import raise_if_not_double_differentiable, second_order_attention
@@ -131,6 +133,8 @@ def unroll(
     start_step: int = 0,
     progress: bool = False,
     return_state: bool = True,
+    active_rows: dict[str, Tensor] | None = None,
+    stack: bool = True,
 ) -> tuple[Params, Any]:
     """Run len(batches) inner updates of `params` and return (params_K, optimizer_state_K).
 
@@ -147,23 +151,69 @@ def unroll(
     `state`/`start_step` continue an earlier unroll (default: fresh `optimizer.init`, step 0).
     `return_state=False` returns (params_K, None): with `per_example` it saves stacking M
     copies of the optimizer state that the caller would throw away.
+    `active_rows={name: rows}`: only these rows of `params[name]` are updated, the others are
+    left out of the inner loop (exact under the conditions in `active_rows.py`; see
+    `input_embedding_rows`); the returned params are full-size.
+    `stack=False` (with `per_example`): return a list of M param dicts (and M states) instead
+    of tensors with a leading M dim, saving the copy into, and in backward out of, the stack.
     See the module docstring for the meaning of each mode.
     """
+    with flat_params.scope():
+        return _unroll(model, params, loss_fn, batches, optimizer, first_order, truncate, checkpoint, per_example,
+                       state, start_step, progress, return_state, active_rows, stack)
+
+
+def _unroll(model, params, loss_fn, batches, optimizer, first_order, truncate, checkpoint, per_example, state,
+            start_step, progress, return_state, active_rows, stack) -> tuple[Any, Any]:
     optimizer = adamw(lr=1e-3) if optimizer is None else optimizer
     K = _validate(params, batches, optimizer, truncate)
+    if active_rows:
+        return _unroll_active_rows(model, params, loss_fn, batches, optimizer, first_order, truncate, checkpoint,
+                                   per_example, state, start_step, progress, return_state, active_rows, stack)
     every = _checkpoint_every(checkpoint)
     if per_example:
         impl = _per_example_impl(per_example, params)
         if every:
             raise MetaclError("unroll: checkpoint is not supported with per_example; drop one of them (vmap cannot re-run checkpointed steps)")
         if impl == "vmap":
-            return _unroll_per_example(model, params, loss_fn, batches, optimizer, first_order, truncate, state, start_step)
+            pK, sK = _unroll_per_example(model, params, loss_fn, batches, optimizer, first_order, truncate, state, start_step)
+            if stack:
+                return pK, (sK if return_state else None)
+            M = _batch_size(batches)
+            p_list = [{n: v[m] for n, v in pK.items()} for m in range(M)]
+            return p_list, ([tree_map(lambda t, m=m: t[m] if isinstance(t, Tensor) else t, sK) for m in range(M)]
+                            if return_state else None)
         return _unroll_per_example_loop(model, params, loss_fn, batches, optimizer, first_order, truncate, state, start_step,
-                                        return_state)
+                                        return_state, stack)
     stepper = _Stepper(model, loss_fn, optimizer, func_grad=not every)
     init = optimizer.init(params) if state is None else state
     pK, sK = _run_steps(stepper, params, init, batches, first_order, truncate, every, start_step, progress)
     return pK, (sK if return_state else None)
+
+
+def _unroll_active_rows(model: nn.Module, params: Params, loss_fn: LossFn, batches: Sequence[Any],
+                        optimizer: FunctionalOptimizer, first_order: bool, truncate: int | None, checkpoint: Any,
+                        per_example: Any, state: Any, start_step: int, progress: bool, return_state: bool,
+                        rows: dict[str, Tensor], stack: bool) -> tuple[Any, Any]:
+    """`unroll` on the active rows only (see `active_rows.py`), results rebuilt at full size."""
+    _rows.check(params, rows, optimizer, state)
+    full = {n: params[n] for n in rows}
+    pK, sK = unroll(model, _rows.select(params, rows), _rows.wrap_loss(loss_fn, full, rows), batches,
+                    optimizer=optimizer, first_order=first_order, truncate=truncate, checkpoint=checkpoint,
+                    per_example=per_example, state=None, start_step=start_step, progress=progress,
+                    return_state=return_state, stack=stack)
+    if not per_example or not stack:  # one param dict, or a list of them
+        many = isinstance(pK, list)
+        p_out = [_rows.rebuild(full, p, rows) for p in pK] if many else _rows.rebuild(full, pK, rows)
+        if return_state:
+            sK = [_rows.rebuild_state(s, full, rows) for s in sK] if many else _rows.rebuild_state(sK, full, rows)
+        return p_out, (sK if return_state else None)
+    M = _batch_size(batches)
+    p_out = dict(pK)
+    for n, r in rows.items():
+        base = full[n].unsqueeze(0).expand(M, *full[n].shape)
+        p_out[n] = base.index_copy(1, r.to(base.device), pK[n])
+    return p_out, (_rows.rebuild_state(sK, full, rows, lead=(M,)) if return_state else None)
 
 
 def _checkpoint_every(checkpoint: Any) -> int:
@@ -239,8 +289,8 @@ def _replayer(stepper: "_Stepper", snapshot: Any, k: int, batches: Sequence[Any]
 
 def _unroll_per_example_loop(model: nn.Module, params: Params, loss_fn: LossFn, batches: Sequence[Any],
                              optimizer: FunctionalOptimizer, first_order: bool, truncate: int | None,
-                             state: Any, start_step: int, return_state: bool = True) -> tuple[Params, Any]:
-    """M independent inner loops, one after the other, results stacked along a new dim 0."""
+                             state: Any, start_step: int, return_state: bool = True, stack: bool = True) -> tuple[Any, Any]:
+    """M independent inner loops, one after the other, results stacked along a new dim 0 (or listed)."""
     M = _batch_size(batches)
     stepper = _Stepper(model, loss_fn, optimizer)
     init_state = optimizer.init(params) if state is None else state
@@ -248,6 +298,8 @@ def _unroll_per_example_loop(model: nn.Module, params: Params, loss_fn: LossFn, 
     for m in range(M):
         bm = [tree_map(lambda t: t[m] if isinstance(t, Tensor) else t, b) for b in batches]
         outs.append(_run_steps(stepper, params, init_state, bm, first_order, truncate, 0, start_step))
+    if not stack:
+        return [o[0] for o in outs], ([o[1] for o in outs] if return_state else None)
     p_all = {n: torch.stack([o[0][n] for o in outs]) for n in params}
     if not return_state:
         return p_all, None

@@ -213,7 +213,7 @@ def meta_objective(weighter: TokenWeighter, model: nn.Module, tokenizer, example
     `mean_weight`. The `cfg` options of `metacl.meta.options` change the inner loss and add the
     sparsity term.
     """
-    from metacl.engine import lm_loss, second_order_attention, unroll
+    from metacl.engine import input_embedding_rows, lm_loss, second_order_attention, unroll
     from metacl.meta.options import doc_loss
 
     dev = next(weighter.parameters()).device
@@ -230,13 +230,15 @@ def meta_objective(weighter: TokenWeighter, model: nn.Module, tokenizer, example
         params = inner_params(model, cfg.mode)
     with second_order_attention(model):
         inner_lr = None if log_inner_lr is None else log_inner_lr.exp()
-        pK, _ = unroll(model, params, doc_loss(cfg.inner_norm), [inner] * cfg.inner_steps,
-                       optimizer=_inner_optimizer(cfg, inner_lr), first_order=False, truncate=cfg.truncate,
-                       per_example=True, return_state=False)
+        opt = _inner_optimizer(cfg, inner_lr)
+        # embedding rows of tokens no document reads get no inner gradient: leave them out (exact, see engine.active_rows)
+        rows = input_embedding_rows(model, params, [inner]) if opt.weight_decay == 0 else {}
+        per_m, _ = unroll(model, params, doc_loss(cfg.inner_norm), [inner] * cfg.inner_steps,
+                          optimizer=opt, first_order=False, truncate=cfg.truncate,
+                          per_example=True, return_state=False, active_rows=rows, stack=False)
         q_losses, r_losses = [], []
-        per_m = {k: v.unbind(0) for k, v in pK.items()}  # one unbind per tensor: its backward is one stack, not M zero-filled copies
         for m, e in enumerate(examples):
-            p_m = {k: v[m] for k, v in per_m.items()}
+            p_m = per_m[m]  # one param dict per example (stack=False: no copy into and out of an (M, ...) stack)
             q = pad([encode_probe(tokenizer, e.prefix, e.object)], pad_id)
             q_losses.append(lm_loss(model, p_m, {k: v.to(dev) for k, v in q.items()}))
             if cfg.retention > 0 and nf_probes:
