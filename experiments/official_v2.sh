@@ -3,7 +3,7 @@
 # rows every later comparison needs on the 500 official TL items, 3 seeds, honest protocol first.
 #
 # Usage: experiments/official_v2.sh RUNS_DIR [ROW...]
-#   ROW: meta_split | base_lm | finetune | oracle | oracle_sentence | random | lora | replay | lwf | ewc | mix_review
+#   ROW: meta_split | base_lm | finetune | oracle | oracle_sentence | random | lora | replay | lwf | ewc | mix_review | salient_span (issue 19's control)
 #        (default: all, in that order). Reruns resume: finished seeds are skipped.
 # Knobs (environment): DATA (../shared/data/lama_ckl), EPOCHS (4: 8 epochs of 9 rows x 3 seeds at ~65 s per epoch do not fit one 2-core session; each row's metrics.jsonl shows whether tl_val was still rising), LR (1e-3), SEEDS ("0 1 2"), MAXLEN (512:
 #   official evidence is often longer than 256 tokens, and the oracles recognise whole documents),
@@ -40,7 +40,7 @@ for row in $ROWS; do
         --epochs "$LM_EPOCHS" --out "$LM" --json "$LM/probe.json"
       mkdir -p docs/results/${TAG}_base_lm && cp "$BASE/pretrain.json" "$LM/probe.json" docs/results/${TAG}_base_lm/
       continue ;;
-    finetune|lora|replay|lwf|ewc|mix_review) strat=($row) ;;
+    finetune|lora|replay|lwf|ewc|mix_review|salient_span) strat=($row) ;;
     oracle|oracle_sentence) strat=($row --oracle-data "$DATA/variant.jsonl") ;;
     random) strat=(random --random-mean "$(object_share)") ;;
     *) echo "unknown row $row" >&2; exit 2 ;;

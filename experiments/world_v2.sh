@@ -3,7 +3,7 @@
 # later comparison needs, 3 seeds, honest protocol first.
 #
 # Usage: experiments/world_v2.sh RUNS_DIR [ROW...]
-#   ROW: world | base_lm | finetune | oracle | oracle_sentence | random | lora | replay | lwf | ewc | mix_review
+#   ROW: world | base_lm | finetune | oracle | oracle_sentence | random | lora | replay | lwf | ewc | mix_review | salient_span (issue 19's control)
 #        (default: all, in that order). Reruns resume: finished seeds are skipped.
 # Knobs (environment): ENTITIES (200), DISTRACTORS ("3 5", the default of `metacl data world`), EPOCHS (8), LR (1e-3), SEEDS ("0 1 2"),
 #   MAXLEN (256), TAG (world_v2: where results go under docs/results/).
@@ -39,7 +39,7 @@ for row in $ROWS; do
       [ -f "$BASE/pretrain.json" ] || $M pretrain --corpus "$WORLD0/pretrain_corpus.jsonl" --size small --seed 0 --out "$BASE"
       mkdir -p docs/results/${TAG}_base_lm && cp "$BASE/pretrain.json" docs/results/${TAG}_base_lm/
       continue ;;
-    finetune|lora|replay|lwf|ewc|mix_review) strat=($row) ;;
+    finetune|lora|replay|lwf|ewc|mix_review|salient_span) strat=($row) ;;
     oracle|oracle_sentence) strat=($row --oracle-data "$WORLD/tl.jsonl" "$WORLD/tl_val.jsonl") ;;
     random) strat=(random --random-mean "$(object_share)") ;;
     *) echo "unknown row $row" >&2; exit 2 ;;
