@@ -42,7 +42,11 @@ def adamw_forward(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step_size: float, 
 def adamw_backward(gp: Tensor | None, gm: Tensor | None, gv: Tensor | None, g: Tensor, m_new: Tensor, v_new: Tensor,
                    step_size: float, b1: float, b2: float, eps: float, bc2_sqrt: float,
                    need_g: bool, need_m: bool, need_v: bool) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """(dg, dm, dv) of one AdamW update; the derivative written in `_AdamWStep` (see its docstring)."""
+    """(dg, dm, dv) of one AdamW update; the derivative written in `_AdamWStep` (see its docstring).
+
+    Out-of-place ops of saved inputs/outputs only, so it is differentiable again: `_AdamWStep.backward`
+    calls it eagerly for a recorded (create_graph) backward, and compiled via `backward` otherwise.
+    """
     tiny = torch.finfo(v_new.dtype).tiny
     dm_new, dv_new = gm, gv
     if gp is not None:

@@ -180,8 +180,8 @@ class _AdamWStep(torch.autograd.Function):
             return (dp, None, None, None, *none)
         tiny = torch.finfo(v_new.dtype).tiny
         if torch.is_grad_enabled():  # a recorded backward (create_graph): out-of-place, s re-derived from v'
-            return (dp, *_AdamWStep._backward_ops(gp, gm, gv, g, m_new, v_new, step_size, b1, b2, eps, bc2_sqrt,
-                                                  need_g, need_m, need_v), *none)
+            return (dp, *adamw_kernels.adamw_backward(gp, gm, gv, g, m_new, v_new, step_size, b1, b2, eps, bc2_sqrt,
+                                                      need_g, need_m, need_v), *none)
         if adamw_kernels.usable(g, gp, gm, gv, m_new, v_new):
             out = adamw_kernels.backward(gp, gm, gv, g, m_new, v_new, step_size, b1, b2, eps, bc2_sqrt,
                                          need_g, need_m, need_v)
@@ -209,26 +209,6 @@ class _AdamWStep(torch.autograd.Function):
         dm = dm_new.mul_(b1) if need_m and dm_new is not None else None  # dm' is no longer needed: scale in place
         dv = dv_new.mul_(b2) if need_v and dv_new is not None else None
         return (dp, dg, dm, dv, *none)
-
-    @staticmethod
-    def _backward_ops(gp, gm, gv, g, m_new, v_new, step_size, b1, b2, eps, bc2_sqrt, need_g, need_m, need_v):
-        """The same derivative in out-of-place ops of saved inputs/outputs only (differentiable again)."""
-        tiny = torch.finfo(v_new.dtype).tiny
-        dm_new, dv_new = gm, gv
-        if gp is not None:
-            s = v_new.clamp_min(tiny).sqrt()
-            d = s / bc2_sqrt + eps
-            q = gp / d
-            dm_new = -step_size * q if gm is None else gm - step_size * q
-            r = torch.where(v_new < tiny, 0.0, q * m_new / d / s * (step_size / (2.0 * bc2_sqrt)))
-            dv_new = r if gv is None else gv + r
-        dg = None
-        if need_g:
-            parts = ([dm_new * (1.0 - b1)] if dm_new is not None else []) + ([2.0 * (1.0 - b2) * g * dv_new] if dv_new is not None else [])
-            dg = sum(parts[1:], parts[0]) if parts else None
-        dm = b1 * dm_new if need_m and dm_new is not None else None
-        dv = b2 * dv_new if need_v and dv_new is not None else None
-        return dg, dm, dv
 
 
 def _apply_adamw_step(*args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
