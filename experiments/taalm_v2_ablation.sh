@@ -36,6 +36,9 @@ for id in "$@"; do
     A7) extra=(--meta-batch 16) ;;                             # TAALM's meta-batch
     A8) extra=(--inner-steps 4 --inner-lr 1e-2) ;;             # a longer, larger inner loop
     A9) extra=(--retention 1.0) ;;                             # the retention variant (NF)
+    A10) extra=(--span-supervision 1.0) ;;                     # + BCE towards the meta-train answer spans
+    A11) extra=(--span-supervision 1.0 --retention 1.0) ;;     # A10 with the retention term
+    A12) extra=(--span-supervision 1.0 --span-share 1.0) ;;    # A10 + the answer's share of the weight mass
     *) echo "unknown ablation $id" >&2; exit 2 ;;
   esac
   metacl meta-train token-weighting --model "$MODEL" --data "$WORLD" --out "$RUNS/tw_$id" "${MT[@]}" "${extra[@]}" \

@@ -242,3 +242,62 @@ def test_cli_options_reach_the_saved_weighter(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--weight-temperature" in err[0]
     assert not (tmp_path / "bad").exists()
+
+
+def test_span_supervision_adds_lambda_bce_on_the_answer_tokens_and_raises_their_weight(toy, tmp_path):  # noqa: F811
+    """The target is the oracle's mask of the meta-train document (the object's tokens); a few steps move weight onto it."""
+    path, tok = toy
+    model = fresh_model(path)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    ex = [planted(random.Random(i))[0] for i in range(2)]
+    docs = pad([encode_document(tok, e.document, 32) for e in ex], tok.pad_token_id)
+    target = options.answer_masks(tok, docs["input_ids"], docs["attention_mask"], [e.object for e in ex])
+    for row, e, ids in zip(target, ex, docs["input_ids"]):
+        marked = [tok.decode([int(i)]).strip() for i, t in zip(ids, row) if t]
+        assert marked == [e.object], (marked, e.object)  # exactly the value token, nothing else
+    torch.manual_seed(0)
+    tw = TokenWeighter.from_base_lm(model, tok)
+    base = MetaConfig(inner_optimizer="sgd", inner_lr=0.1, meta_batch=2, max_length=32)
+    with torch.no_grad():
+        a = meta_objective(tw, model, tok, ex, base)
+        b = meta_objective(tw, model, tok, ex, MetaConfig(**{**base.__dict__, "span_supervision": 0.5}))
+    assert "span_bce" not in a and float(b["span_bce"]) > 0
+    assert float(b["loss"] - a["loss"]) == pytest.approx(0.5 * float(b["span_bce"]), rel=1e-5)
+
+    def value_minus_filler(lam):
+        torch.manual_seed(0)
+        cfg = MetaConfig(inner_optimizer="sgd", inner_lr=0.1, meta_batch=2, steps=40, val_every=0, max_length=32,
+                         outer_lr=3e-2, span_supervision=lam)
+        tr = MetaTrainer(fresh_model(path), tok, [planted(random.Random(i))[0] for i in range(8)],
+                         tmp_path / f"s{lam}", cfg, progress=False)
+        rows = [tr.meta_step() for _ in range(40)]
+        e, v = planted(random.Random(100))
+        d = pad([encode_document(tok, e.document, 32)], tok.pad_token_id)
+        with torch.no_grad():
+            w = tr.weighter(d["input_ids"], d["attention_mask"])[0]
+        m = options.answer_masks(tok, d["input_ids"], d["attention_mask"], [v])[0].bool()
+        m[0] = False
+        keep = d["attention_mask"][0].bool().clone()
+        keep[0] = False
+        return float(w[m].mean() - w[keep & ~m].mean()), rows
+
+    gap, rows = value_minus_filler(2.0)
+    assert max(r["span_bce"] for r in rows[-5:]) < rows[0]["span_bce"] / 2
+    assert gap > 0.5, gap  # on a held-out document: the answer token now outweighs the filler
+    with pytest.raises(MetaclError):
+        options.check(MetaConfig(span_supervision=1.0, weight_head="softplus"))
+    with pytest.raises(MetaclError):
+        options.check(MetaConfig(span_supervision=-1.0))
+
+
+def test_span_share_is_minus_log_answer_mass_share_and_ignores_scale():
+    w = torch.tensor([[0.0, 0.2, 0.6, 0.2, 9.0], [0.0, 0.5, 0.5, 0.0, 0.0]])
+    t = torch.tensor([[0, 0, 1, 0, 0], [0, 0, 0, 0, 0]])
+    lab = torch.tensor([[0, 1, 1, 1, 0], [0, 1, 1, 1, 1]], dtype=torch.float32)  # the 9.0 is padding
+    got = options.span_share_loss(w, t, lab)
+    assert float(got) == pytest.approx(-math.log(0.6 / 1.0))  # the document without an answer is left out
+    assert float(options.span_share_loss(3 * w, t, lab)) == pytest.approx(float(got))
+    assert float(options.span_share_loss(torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.0]]), t[:1], lab[:1])) == pytest.approx(0.0)
+    with pytest.raises(MetaclError):
+        options.check(MetaConfig(span_share=-0.5))

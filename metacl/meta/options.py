@@ -16,6 +16,20 @@ computation exactly, and a checkpoint made before these options existed still re
   the gradient through the head by 1/T; the start is unchanged (the head's init is scaled by T).
 - `sparsity=lambda` -- adds `lambda * mean weight` to the meta-loss, a pressure towards few
   weighted tokens (an L1 penalty; weights are non-negative).
+- `span_supervision=lambda` -- adds `lambda * BCE(w, object mask)` over each meta-train
+  document's label tokens to the meta-loss: the weighter is also told, on meta-training data only,
+  which tokens spell the answer of the document's probe (its `object`, found as the `oracle`
+  strategy finds it). Why: the bilevel meta-gradient through AdamW is smooth only at ~1e-6
+  (docs/results/taalm_v2_plan.md), and a sigmoid weighter starting saturated near 1 sits in an
+  absorbing state; the answer spans of meta-train facts are already in the meta-training data, so
+  a dense, well-conditioned signal costs nothing extra. Test documents and probes are never seen.
+  Sigmoid head only (BCE needs weights in (0, 1)).
+- `span_share=lambda` -- adds `lambda * -log(sum(w * mask) / sum(w))`, per document, averaged: the
+  share of the document's weight mass on its answer tokens. Why beside the BCE: under the default
+  inner loss `sum(w * nll) / sum(w)` only that share decides where the update goes, and with ~80
+  other tokens per answer token a per-token BCE can reach a low loss while 90% of the mass is
+  still elsewhere (measured: docs/results/taalm_v2_ablation/). Scale-free, so it cannot be met by
+  shrinking every weight.
 - `learn_inner_lr=True` -- the inner learning rate is a meta-parameter, `exp(log_lr)`, trained
   with the weighter by the outer optimizer (meant for `--inner-optimizer sgd`, whose step, unlike
   AdamW's near-`lr * sign(g)` first step, is linear in the gradient and so in the weights).
@@ -32,7 +46,8 @@ if TYPE_CHECKING:  # torch is imported inside the functions: `metacl --help` sta
     import torch
 
 DEFAULTS: dict[str, Any] = {"inner_norm": "weights", "weight_head": "sigmoid", "temperature": 1.0,
-                            "sparsity": 0.0, "learn_inner_lr": False}
+                            "sparsity": 0.0, "learn_inner_lr": False, "span_supervision": 0.0,
+                            "span_share": 0.0}
 INNER_NORMS = ("weights", "tokens")
 WEIGHT_HEADS = ("sigmoid", "softplus")
 
@@ -48,6 +63,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="weights act(z / T); T < 1 sharpens them towards 0/1 (default 1)")
     g.add_argument("--sparsity", type=float, default=DEFAULTS["sparsity"], metavar="LAMBDA",
                    help="add LAMBDA * mean token weight to the meta-loss (default 0)")
+    g.add_argument("--span-supervision", type=float, default=DEFAULTS["span_supervision"], metavar="LAMBDA",
+                   help="add LAMBDA * BCE(weights, answer-token mask of each meta-train document) to the meta-loss "
+                        "(default 0; sigmoid head only)")
+    g.add_argument("--span-share", type=float, default=DEFAULTS["span_share"], metavar="LAMBDA",
+                   help="add LAMBDA * -log(share of each meta-train document's weight on its answer tokens) (default 0)")
     g.add_argument("--learn-inner-lr", action="store_true",
                    help="meta-learn the inner learning rate (exp of a scalar, starting at --inner-lr); meant with sgd")
 
@@ -55,7 +75,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def config_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """MetaConfig fields from parsed arguments."""
     return {"inner_norm": args.inner_norm, "weight_head": args.weight_head, "temperature": args.weight_temperature,
-            "sparsity": args.sparsity, "learn_inner_lr": bool(args.learn_inner_lr)}
+            "sparsity": args.sparsity, "learn_inner_lr": bool(args.learn_inner_lr),
+            "span_supervision": args.span_supervision, "span_share": args.span_share}
 
 
 def check(cfg) -> None:
@@ -68,6 +89,12 @@ def check(cfg) -> None:
         raise MetaclError(f"--weight-temperature {cfg.temperature} must be > 0; pass e.g. 0.5")
     if not cfg.sparsity >= 0:
         raise MetaclError(f"--sparsity {cfg.sparsity} must be >= 0; pass 0 (off) or e.g. 0.1")
+    if not cfg.span_supervision >= 0:
+        raise MetaclError(f"--span-supervision {cfg.span_supervision} must be >= 0; pass 0 (off) or e.g. 1.0")
+    if not cfg.span_share >= 0:
+        raise MetaclError(f"--span-share {cfg.span_share} must be >= 0; pass 0 (off) or e.g. 1.0")
+    if cfg.span_supervision > 0 and cfg.weight_head != "sigmoid":
+        raise MetaclError(f"--span-supervision needs --weight-head sigmoid (BCE needs weights in (0, 1)), got {cfg.weight_head}")
 
 
 def head_kwargs(cfg) -> dict[str, Any]:
@@ -105,6 +132,50 @@ def doc_loss(norm: str):
         nll = token_nll(model, params, b)
         return weighted_nll(nll, label_mask(b).to(nll.dtype), batch["token_weights"].to(nll.dtype), norm)
     return loss_fn
+
+
+def answer_masks(tokenizer, docs: "torch.Tensor", attention: "torch.Tensor", objects: list[str]) -> "torch.Tensor":
+    """(M, T) 0/1 targets: 1 at the tokens of each document window that spell its object.
+
+    The same matching as the `oracle` strategy (token subsequence, else character offsets), so
+    the supervised target is exactly the oracle's weights on meta-train documents.
+    """
+    import torch
+
+    from metacl.strategies.oracle_weights import object_token_mask
+
+    rows = []
+    for ids, am, obj in zip(docs.tolist(), attention.tolist(), objects):
+        n = sum(am)
+        real = ids[:n]
+        mask = object_token_mask(real, tokenizer.decode(real, skip_special_tokens=True), obj, tokenizer)
+        rows.append(mask + [0] * (len(ids) - n))
+    return torch.tensor(rows, dtype=torch.float32, device=docs.device)
+
+
+def span_bce(w: "torch.Tensor", target: "torch.Tensor", label_mask: "torch.Tensor") -> "torch.Tensor":
+    """Mean binary cross-entropy of the weights against the answer mask over label tokens."""
+    import torch
+
+    eps = 1e-6
+    wc = w.clamp(eps, 1 - eps)
+    t = target.to(w.dtype)
+    bce = -(t * wc.log() + (1 - t) * (1 - wc).log())
+    return (bce * label_mask).sum() / label_mask.sum().clamp(min=1)
+
+
+def span_share_loss(w: "torch.Tensor", target: "torch.Tensor", label_mask: "torch.Tensor") -> "torch.Tensor":
+    """Mean over documents with an answer of -log(weight mass on the answer / all weight mass)."""
+    import torch
+
+    w = w * label_mask
+    t = target.to(w.dtype) * label_mask
+    has = t.sum(1) > 0
+    if not bool(has.any()):
+        return w.sum() * 0
+    tiny = torch.finfo(w.dtype).tiny
+    share = (w * t).sum(1).clamp_min(tiny) / w.sum(1).clamp_min(tiny)
+    return -(share[has].log()).mean()
 
 
 def inner_lr_parameter(cfg, like: "torch.Tensor") -> "torch.nn.Parameter | None":

@@ -82,6 +82,8 @@ class MetaConfig:
     temperature: float = 1.0      # weights = act(z / T)
     sparsity: float = 0.0         # + sparsity * mean weight in the meta-loss
     learn_inner_lr: bool = False  # the inner lr is a meta-parameter
+    span_supervision: float = 0.0  # + lambda * BCE(w, answer-token mask) on meta-train documents
+    span_share: float = 0.0       # + lambda * -log(share of weight mass on the answer tokens)
 
     # what must agree between a checkpoint and the run that resumes it
     def identity(self) -> dict[str, Any]:
@@ -254,8 +256,17 @@ def meta_objective(weighter: TokenWeighter, model: nn.Module, tokenizer, example
     n_lab = label_mask.sum().clamp(min=1)
     if cfg.sparsity > 0:
         loss = loss + cfg.sparsity * (w.sum() / n_lab)
+    out = {}
+    if cfg.span_supervision > 0 or cfg.span_share > 0:
+        from metacl.meta.options import answer_masks, span_bce, span_share_loss
+
+        target = answer_masks(tokenizer, docs["input_ids"], docs["attention_mask"], [e.object for e in examples])
+        bce = span_bce(w, target, label_mask)
+        share = span_share_loss(w, target, label_mask)
+        loss = loss + cfg.span_supervision * bce + cfg.span_share * share
+        out["span_bce"], out["span_share"] = bce.detach(), share.detach()
     return {"loss": loss, "query_nll": q_nll.detach(), "retention_nll": r_nll.detach(),
-            "mean_weight": (w.detach().sum() / n_lab)}
+            "mean_weight": (w.detach().sum() / n_lab), **out}
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -400,13 +411,17 @@ class MetaTrainer:
         gnorm = torch.nn.utils.clip_grad_norm_(trained, self.cfg.grad_clip)
         bad = distributed.all_reduce_flag(bad or not bool(torch.isfinite(gnorm)), self.dist)
         stats = torch.stack([out["loss"].detach().float(), out["query_nll"].float(), out["retention_nll"].float(),
-                             out["mean_weight"].float()]).cpu()
+                             out["mean_weight"].float(),
+                             out.get("span_bce", torch.zeros((), device=dev)).float(),
+                             out.get("span_share", torch.zeros((), device=dev)).float()]).cpu()
         distributed.all_reduce_mean_([stats], self.dist)
         if not bad:
             self.opt.step()
         self.step += 1
         row = {"step": self.step, "meta_loss": float(stats[0]), "query_nll": float(stats[1]),
                "retention_nll": float(stats[2]), "mean_weight": float(stats[3]), "grad_norm": float(gnorm)}
+        if self.cfg.span_supervision > 0 or self.cfg.span_share > 0:
+            row["span_bce"], row["span_share_nll"] = float(stats[4]), float(stats[5])
         if self.log_inner_lr is not None:
             row["inner_lr"] = float(self.log_inner_lr.detach().exp())
         if bad:
