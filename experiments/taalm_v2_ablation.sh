@@ -39,6 +39,9 @@ for id in "$@"; do
     A10) extra=(--span-supervision 1.0) ;;                     # + BCE towards the meta-train answer spans
     A11) extra=(--span-supervision 1.0 --retention 1.0) ;;     # A10 with the retention term
     A12) extra=(--span-supervision 1.0 --span-share 1.0) ;;    # A10 + the answer's share of the weight mass
+    A13) extra=(--span-supervision 1.0 --span-share 1.0 --span-warmup 300 --steps 300 --outer-lr 3e-4 --val-every 100) ;;  # span terms only (supervised)
+    A15) extra=(--span-supervision 1.0 --span-share 1.0 --span-warmup 1000 --steps 1000 --outer-lr 3e-4 --val-every 250) ;;  # A13, 1000 steps
+    A14) extra=(--span-supervision 1.0 --span-share 1.0 --span-warmup 300 --steps 360 --outer-lr 3e-4 --val-every 60) ;;   # A13, then 60 bilevel steps
     *) echo "unknown ablation $id" >&2; exit 2 ;;
   esac
   metacl meta-train token-weighting --model "$MODEL" --data "$WORLD" --out "$RUNS/tw_$id" "${MT[@]}" "${extra[@]}" \

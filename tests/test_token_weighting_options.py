@@ -301,3 +301,23 @@ def test_span_share_is_minus_log_answer_mass_share_and_ignores_scale():
     assert float(options.span_share_loss(torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.0]]), t[:1], lab[:1])) == pytest.approx(0.0)
     with pytest.raises(MetaclError):
         options.check(MetaConfig(span_share=-0.5))
+
+
+def test_span_warmup_steps_skip_the_inner_loop_then_the_bilevel_loss_takes_over(toy, tmp_path, monkeypatch):  # noqa: F811
+    import metacl.engine as engine
+
+    path, tok = toy
+    calls = []
+    real = engine.unroll
+    monkeypatch.setattr(engine, "unroll", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    torch.manual_seed(0)
+    cfg = MetaConfig(inner_optimizer="sgd", inner_lr=0.1, meta_batch=2, steps=5, val_every=0, max_length=32,
+                     outer_lr=1e-2, span_supervision=1.0, span_warmup=3)
+    tr = MetaTrainer(fresh_model(path), tok, [planted(random.Random(i))[0] for i in range(4)], tmp_path / "w", cfg,
+                     progress=False)
+    rows = [tr.meta_step() for _ in range(5)]
+    assert [r.get("span_warmup", False) for r in rows] == [True, True, True, False, False]
+    assert [r["query_nll"] is None for r in rows] == [True, True, True, False, False]
+    assert len(calls) == 2  # only the two bilevel steps ran the inner loop
+    with pytest.raises(MetaclError):
+        options.check(MetaConfig(span_warmup=2))  # nothing to warm up with

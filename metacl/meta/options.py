@@ -30,6 +30,12 @@ computation exactly, and a checkpoint made before these options existed still re
   other tokens per answer token a per-token BCE can reach a low loss while 90% of the mass is
   still elsewhere (measured: docs/results/taalm_v2_ablation/). Scale-free, so it cannot be met by
   shrinking every weight.
+- `span_warmup=N` -- the first N meta-steps optimise only the span terms above (no inner loop:
+  a weighter forward and backward, ~1/20 of a bilevel step), then the bilevel meta-loss (plus
+  the span terms) takes over; N >= `steps` is a purely supervised answer-span detector. Why: mixed
+  from step 0, the bilevel meta-gradient (norms 10-200, clipped to 1 together with the span terms)
+  drowns the span signal, and the saturated start needs many steps to leave (measured:
+  docs/results/taalm_v2_ablation/).
 - `learn_inner_lr=True` -- the inner learning rate is a meta-parameter, `exp(log_lr)`, trained
   with the weighter by the outer optimizer (meant for `--inner-optimizer sgd`, whose step, unlike
   AdamW's near-`lr * sign(g)` first step, is linear in the gradient and so in the weights).
@@ -47,7 +53,7 @@ if TYPE_CHECKING:  # torch is imported inside the functions: `metacl --help` sta
 
 DEFAULTS: dict[str, Any] = {"inner_norm": "weights", "weight_head": "sigmoid", "temperature": 1.0,
                             "sparsity": 0.0, "learn_inner_lr": False, "span_supervision": 0.0,
-                            "span_share": 0.0}
+                            "span_share": 0.0, "span_warmup": 0}
 INNER_NORMS = ("weights", "tokens")
 WEIGHT_HEADS = ("sigmoid", "softplus")
 
@@ -68,6 +74,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "(default 0; sigmoid head only)")
     g.add_argument("--span-share", type=float, default=DEFAULTS["span_share"], metavar="LAMBDA",
                    help="add LAMBDA * -log(share of each meta-train document's weight on its answer tokens) (default 0)")
+    g.add_argument("--span-warmup", type=int, default=DEFAULTS["span_warmup"], metavar="N",
+                   help="the first N meta-steps train only the span terms (no inner loop); default 0")
     g.add_argument("--learn-inner-lr", action="store_true",
                    help="meta-learn the inner learning rate (exp of a scalar, starting at --inner-lr); meant with sgd")
 
@@ -76,7 +84,8 @@ def config_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """MetaConfig fields from parsed arguments."""
     return {"inner_norm": args.inner_norm, "weight_head": args.weight_head, "temperature": args.weight_temperature,
             "sparsity": args.sparsity, "learn_inner_lr": bool(args.learn_inner_lr),
-            "span_supervision": args.span_supervision, "span_share": args.span_share}
+            "span_supervision": args.span_supervision, "span_share": args.span_share,
+            "span_warmup": args.span_warmup}
 
 
 def check(cfg) -> None:
@@ -93,6 +102,10 @@ def check(cfg) -> None:
         raise MetaclError(f"--span-supervision {cfg.span_supervision} must be >= 0; pass 0 (off) or e.g. 1.0")
     if not cfg.span_share >= 0:
         raise MetaclError(f"--span-share {cfg.span_share} must be >= 0; pass 0 (off) or e.g. 1.0")
+    if cfg.span_warmup < 0:
+        raise MetaclError(f"--span-warmup {cfg.span_warmup} must be >= 0")
+    if cfg.span_warmup > 0 and not (cfg.span_supervision > 0 or cfg.span_share > 0):
+        raise MetaclError("--span-warmup needs --span-supervision or --span-share > 0 (the warm-up trains only those)")
     if cfg.span_supervision > 0 and cfg.weight_head != "sigmoid":
         raise MetaclError(f"--span-supervision needs --weight-head sigmoid (BCE needs weights in (0, 1)), got {cfg.weight_head}")
 

@@ -84,6 +84,7 @@ class MetaConfig:
     learn_inner_lr: bool = False  # the inner lr is a meta-parameter
     span_supervision: float = 0.0  # + lambda * BCE(w, answer-token mask) on meta-train documents
     span_share: float = 0.0       # + lambda * -log(share of weight mass on the answer tokens)
+    span_warmup: int = 0          # the first N steps train only the span terms (no inner loop)
 
     # what must agree between a checkpoint and the run that resumes it
     def identity(self) -> dict[str, Any]:
@@ -207,13 +208,14 @@ def weighted_doc_loss(model, params, batch):
 def meta_objective(weighter: TokenWeighter, model: nn.Module, tokenizer, examples: Sequence[MetaExample],
                    cfg: MetaConfig, nf_probes: Sequence[tuple[str, str]] = (),
                    params: dict[str, torch.Tensor] | None = None,
-                   log_inner_lr: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                   log_inner_lr: torch.Tensor | None = None, span_only: bool = False) -> dict[str, torch.Tensor]:
     """Differentiable meta-loss of one meta-batch (see the module docstring).
 
     Returns a dict with `loss` (differentiable w.r.t. the weighter and `log_inner_lr`, the log
     of a meta-learned inner rate), `query_nll`, `retention_nll` (per-batch means, detached) and
     `mean_weight`. The `cfg` options of `metacl.meta.options` change the inner loss and add the
-    sparsity term.
+    sparsity term. `span_only` (the `span_warmup` steps) skips the inner loop: the loss is the
+    span terms alone and `query_nll` is NaN (not measured).
     """
     from metacl.engine import input_embedding_rows, lm_loss, second_order_attention, unroll
     from metacl.meta.options import doc_loss
@@ -225,7 +227,9 @@ def meta_objective(weighter: TokenWeighter, model: nn.Module, tokenizer, example
     label_mask = (docs["labels"] != -100).to(next(weighter.parameters()).dtype)
     label_mask[:, 0] = 0
     w = weighter(docs["input_ids"], docs["attention_mask"]) * label_mask          # (M, T)
-    M = len(examples)
+    if span_only:
+        return _span_terms(w, tokenizer, docs, label_mask, examples, cfg, torch.zeros((), device=dev), {
+            "query_nll": torch.full((), float("nan"), device=dev), "retention_nll": torch.zeros((), device=dev)})
     inner = {k: v[:, None] for k, v in docs.items()}                             # (M, 1, T)
     inner["token_weights"] = w[:, None]
     if params is None:
@@ -253,10 +257,15 @@ def meta_objective(weighter: TokenWeighter, model: nn.Module, tokenizer, example
     if r_losses:
         r_nll = torch.stack(r_losses).mean()
         loss = loss + cfg.retention * r_nll
-    n_lab = label_mask.sum().clamp(min=1)
     if cfg.sparsity > 0:
-        loss = loss + cfg.sparsity * (w.sum() / n_lab)
-    out = {}
+        loss = loss + cfg.sparsity * (w.sum() / label_mask.sum().clamp(min=1))
+    return _span_terms(w, tokenizer, docs, label_mask, examples, cfg, loss,
+                       {"query_nll": q_nll.detach(), "retention_nll": r_nll.detach()})
+
+
+def _span_terms(w, tokenizer, docs, label_mask, examples, cfg: MetaConfig, loss: torch.Tensor,
+                out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Add the answer-span terms (`span_supervision`, `span_share`) to `loss`; the result dict of meta_objective."""
     if cfg.span_supervision > 0 or cfg.span_share > 0:
         from metacl.meta.options import answer_masks, span_bce, span_share_loss
 
@@ -264,9 +273,8 @@ def meta_objective(weighter: TokenWeighter, model: nn.Module, tokenizer, example
         bce = span_bce(w, target, label_mask)
         share = span_share_loss(w, target, label_mask)
         loss = loss + cfg.span_supervision * bce + cfg.span_share * share
-        out["span_bce"], out["span_share"] = bce.detach(), share.detach()
-    return {"loss": loss, "query_nll": q_nll.detach(), "retention_nll": r_nll.detach(),
-            "mean_weight": (w.detach().sum() / n_lab), **out}
+        out = {**out, "span_bce": bce.detach(), "span_share": share.detach()}
+    return {"loss": loss, **out, "mean_weight": (w.detach().sum() / label_mask.sum().clamp(min=1))}
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -392,7 +400,7 @@ class MetaTrainer:
         dev = next(self.weighter.parameters()).device
         with autocast(self.cfg.precision, dev):
             out = meta_objective(self.weighter, self.model, self.tokenizer, ex, self.cfg, probes, self.params,
-                                 self.log_inner_lr)
+                                 self.log_inner_lr, span_only=self.step < self.cfg.span_warmup)
         self.opt.zero_grad(set_to_none=True)
         bad = not bool(torch.isfinite(out["loss"]).all())
         if not bad:
@@ -420,6 +428,8 @@ class MetaTrainer:
         self.step += 1
         row = {"step": self.step, "meta_loss": float(stats[0]), "query_nll": float(stats[1]),
                "retention_nll": float(stats[2]), "mean_weight": float(stats[3]), "grad_norm": float(gnorm)}
+        if self.step <= self.cfg.span_warmup:  # a warm-up step: no inner loop, no query NLL
+            row.update(query_nll=None, span_warmup=True)
         if self.cfg.span_supervision > 0 or self.cfg.span_share > 0:
             row["span_bce"], row["span_share_nll"] = float(stats[4]), float(stats[5])
         if self.log_inner_lr is not None:
