@@ -6,7 +6,8 @@
 # Usage: experiments/taalm_v2_ablation.sh MODEL_DIR WORLD_DIR RUNS_DIR ID...
 #   ID: refs (finetune, oracle, salient_span rows; run once) | A0 .. A9 (see the case below) | table
 #   table: prints/writes the closure of every ckl_* run present (experiments/taalm_closure.py)
-# Env: STEPS (60), VAL_EVERY (20), EPOCHS (8), SEED (0), DEVICE (cpu), RESUME=1 (meta-training)
+# Env: STEPS (60), VAL_EVERY (20), EPOCHS (8), SEED (0), DEVICE (cpu), RESUME=1 (meta-training),
+#      PLUS (A17: a folder whose meta_train.jsonl adds fresh worlds' pairs; meta_val/meta_nf = the world's)
 # Meta-training as experiments/taalm_meta.sh (K 2 AdamW 1e-3, outer 3e-3, meta-batch 4, 256 tokens,
 # validation 3 CKL epochs on 32 meta_val facts); CKL as experiments/taalm_ckl.sh (AdamW 1e-3,
 # batch 8, 128 tokens, EPOCHS epochs). Later flags override earlier ones (argparse keeps the last).
@@ -41,6 +42,8 @@ for id in "$@"; do
     A12) extra=(--span-supervision 1.0 --span-share 1.0) ;;    # A10 + the answer's share of the weight mass
     A13) extra=(--span-supervision 1.0 --span-share 1.0 --span-warmup 300 --steps 300 --outer-lr 3e-4 --val-every 100) ;;  # span terms only (supervised)
     A15) extra=(--span-supervision 1.0 --span-share 1.0 --span-warmup 1000 --steps 1000 --outer-lr 3e-4 --val-every 250) ;;  # A13, 1000 steps
+    A16) extra=(--span-supervision 1.0 --span-share 1.0 --span-warmup 300 --steps 400 --outer-lr 3e-4 --val-every 100 --retention 1.0) ;;  # A13, then 100 bilevel steps with the retention term
+    A17) extra=(--span-supervision 1.0 --span-share 1.0 --span-warmup 1000 --steps 1000 --outer-lr 3e-4 --val-every 250 --data "${PLUS:?PLUS=folder with more meta_train pairs}") ;;  # A15 on 14x the meta-train pairs (fresh worlds)
     A14) extra=(--span-supervision 1.0 --span-share 1.0 --span-warmup 300 --steps 360 --outer-lr 3e-4 --val-every 60) ;;   # A13, then 60 bilevel steps
     *) echo "unknown ablation $id" >&2; exit 2 ;;
   esac

@@ -242,6 +242,17 @@ def test_cli_options_reach_the_saved_weighter(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--weight-temperature" in err[0]
     assert not (tmp_path / "bad").exists()
+    assert main(common + ["--steps", "2", "--out", str(tmp_path / "span"), "--span-supervision", "1", "--span-share", "0.5",
+                          "--span-warmup", "1"]) == 0  # argparse keeps the last --steps
+    cfg = json.loads((tmp_path / "span" / "best" / "token_weighter.json").read_text())["meta_config"]
+    assert (cfg["span_supervision"], cfg["span_share"], cfg["span_warmup"]) == (1.0, 0.5, 1)
+    rows = [json.loads(l) for l in (tmp_path / "span" / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("span_warmup", False) for r in rows if "meta_loss" in r] == [True, False]
+    capsys.readouterr()
+    assert main(common + ["--out", str(tmp_path / "bad2"), "--span-warmup", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--span-warmup" in err[0]
+    assert not (tmp_path / "bad2").exists()
 
 
 def test_span_supervision_adds_lambda_bce_on_the_answer_tokens_and_raises_their_weight(toy, tmp_path):  # noqa: F811
