@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The ablations of docs/results/taalm_v2_plan.md: one change at a time against A0 (the defaults),
 # each = one meta-training + one `ckl run --strategy taalm`, 1 seed, then the closure table.
-# NOT YET RUN at the time of writing (see the plan); the settings below are the plan's.
+# Results: docs/results/taalm_v2_plan.md (A0-A9) and docs/results/taalm_v2.md (A10-A17).
 #
 # Usage: experiments/taalm_v2_ablation.sh MODEL_DIR WORLD_DIR RUNS_DIR ID...
 #   ID: refs (finetune, oracle, salient_span rows; run once) | A0 .. A9 (see the case below) | table
