@@ -100,7 +100,15 @@ def _pools(world: dict[str, list[dict]], facts: dict[tuple[str, str], str]) -> d
 
 def build_sequence(world: dict[str, list[dict]], n_periods: int = 4, facts_per_period: int = 25, seed: int = 0,
                    changed_fraction: float = 0.5, n_distractors: tuple[int, int] = (4, 6)) -> dict[str, Any]:
-    """`{"periods": [[row, ...] x P], "nf": [row, ...], "meta": {...}}` for the given world."""
+    """`{"periods": [[row, ...] x P], "nf": [row, ...], "meta": {...}}` for the given world.
+
+    A world v2 folder gets v2 periods (held-out probe phrasings, v2's hard sentences and their
+    default 3-5 of them: `metacl.data.world_sequence_v2`); `n_distractors` applies to v1 only.
+    """
+    from metacl.data.world_sequence_v2 import build_sequence_v2, is_v2
+
+    if is_v2(world):
+        return build_sequence_v2(world, n_periods, facts_per_period, seed, changed_fraction)
     if not 2 <= n_periods <= 8:
         raise MetaclError(f"--periods {n_periods} is out of range; use 2 to 8 periods (3-4 is TemporalWiki-like)")
     if facts_per_period < 1:
