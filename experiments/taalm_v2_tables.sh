@@ -8,7 +8,7 @@
 #                  retention variant: A13's 300 supervised steps, then 100 bilevel steps with --retention 1.0;
 #                  A15, 1000 supervised steps) -> RUNS/taalm_v2_abl/tw_A13, tw_A15, tw_A16
 #   w2_rows        CKL rows with A13's weighter: taalm, random (its own weights shuffled within each document),
-#                  and taalm_A15 (the other candidate, for the record) at the world-v2 table settings
+#                  taalm+ewc, taalm+replay; and A15, A17, A16's step-400 weighter (for the record) at the world-v2 table settings
 #                  (experiments/world_v2.sh: 8 epochs, lr 1e-3, batch 8, max length 256, seeds 0 1 2)
 #   w2_table       docs/results/taalm_v2_table/{summary.json,table.md,plot.png,closure.json}; finetune, oracle and
 #                  salient_span are the committed world-v2 rows (docs/results/world_v2_d3-5_*), same settings
@@ -33,19 +33,35 @@ row() { local out=$1; shift; $M ckl run "$@" --out "$out" > "$out.log" 2>&1; }
 for stage in "$@"; do
   echo "=== $stage $(date -u +%H:%M:%S)"
   case $stage in
-    w2_meta) experiments/taalm_v2_ablation.sh "$W2LM" "$W2" "$RUNS/taalm_v2_abl" A13 A15 A16 ;;
+    w2_meta) experiments/taalm_v2_ablation.sh "$W2LM" "$W2" "$RUNS/taalm_v2_abl" A13 A15 A16
+             # A17: 6 fresh worlds' pairs (never the test world's TL) + this world's meta split
+             mkdir -p "$RUNS/w2_fresh" "$RUNS/w2_meta_plus"
+             for s in 1 2 3 4 5 6; do [ -f "$RUNS/w2_fresh/world_s$s/world.json" ] || $M data world --entities 200 --seed $s \
+               --distractors 3 5 --out "$RUNS/w2_fresh/world_s$s" > /dev/null; done
+             cat "$W2/meta_train.jsonl" "$RUNS"/w2_fresh/world_s*/meta_train.jsonl "$RUNS"/w2_fresh/world_s*/tl.jsonl \
+               "$RUNS"/w2_fresh/world_s*/tl_val.jsonl > "$RUNS/w2_meta_plus/meta_train.jsonl"
+             cp "$W2/meta_val.jsonl" "$W2/meta_nf.jsonl" "$RUNS/w2_meta_plus/"
+             PLUS=$RUNS/w2_meta_plus experiments/taalm_v2_ablation.sh "$W2LM" "$W2" "$RUNS/taalm_v2_abl" A17 ;;
     w2_rows)
       P=$RUNS/taalm_v2_abl/tw_A13/best
       row "$RUNS/w2/world_v2_d3-5_taalm_A13" "${W2CKL[@]}" --strategy taalm --taalm-predictor "$P"
       row "$RUNS/w2/world_v2_d3-5_random_A13" "${W2CKL[@]}" --strategy random --random-predictor "$P"
-      row "$RUNS/w2/world_v2_d3-5_taalm_A15" "${W2CKL[@]}" --strategy taalm --taalm-predictor "$RUNS/taalm_v2_abl/tw_A15/best" ;;
+      row "$RUNS/w2/world_v2_d3-5_taalm_A15" "${W2CKL[@]}" --strategy taalm --taalm-predictor "$RUNS/taalm_v2_abl/tw_A15/best"
+      row "$RUNS/w2/world_v2_d3-5_taalm_A17" "${W2CKL[@]}" --strategy taalm --taalm-predictor "$RUNS/taalm_v2_abl/tw_A17/best"
+      # the retention variants: A16's step-400 weighter (its best/ is A13's), and taalm composed with ewc / replay
+      row "$RUNS/w2/world_v2_d3-5_taalm_A16last" "${W2CKL[@]}" --strategy taalm --taalm-predictor "$RUNS/taalm_v2_abl/tw_A16/last"
+      row "$RUNS/w2/world_v2_d3-5_taalm_A13_ewc" "${W2CKL[@]}" --strategy taalm ewc --taalm-predictor "$RUNS/taalm_v2_abl/tw_A13/best"
+      row "$RUNS/w2/world_v2_d3-5_taalm_A13_replay" "${W2CKL[@]}" --strategy taalm replay --taalm-predictor "$RUNS/taalm_v2_abl/tw_A13/best" ;;
     w2_table)
       D=docs/results/taalm_v2_table; mkdir -p $D
       python experiments/taalm_table.py --epochs 8 --out $D finetune=docs/results/world_v2_d3-5_finetune \
         oracle=docs/results/world_v2_d3-5_oracle salient_span=docs/results/world_v2_d3-5_salient_span \
-        random=$RUNS/w2/world_v2_d3-5_random_A13 taalm=$RUNS/w2/world_v2_d3-5_taalm_A13
+        random=$RUNS/w2/world_v2_d3-5_random_A13 taalm=$RUNS/w2/world_v2_d3-5_taalm_A13 \
+        taalm_retention_step400=$RUNS/w2/world_v2_d3-5_taalm_A16last taalm+ewc=$RUNS/w2/world_v2_d3-5_taalm_A13_ewc \
+        taalm+replay=$RUNS/w2/world_v2_d3-5_taalm_A13_replay
       python experiments/taalm_closure.py $D/summary.json --json $D/closure.json
-      for r in taalm_A13 random_A13 taalm_A15; do
+      python experiments/taalm_closure.py $D/summary.json --protocol paper --json $D/closure_paper.json
+      for r in taalm_A13 random_A13 taalm_A15 taalm_A17 taalm_A16last taalm_A13_ewc taalm_A13_replay; do
         mkdir -p docs/results/world_v2_d3-5_$r
         cp $RUNS/w2/world_v2_d3-5_$r/{summary.json,table.md,plot.png,metrics.jsonl} docs/results/world_v2_d3-5_$r/
       done
