@@ -155,7 +155,7 @@ def answer_masks(tokenizer, docs: "torch.Tensor", attention: "torch.Tensor", obj
     """
     import torch
 
-    from metacl.strategies.oracle_weights import object_token_mask
+    from metacl.core.answer_spans import object_token_mask
 
     rows = []
     for ids, am, obj in zip(docs.tolist(), attention.tolist(), objects):

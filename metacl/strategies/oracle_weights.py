@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from metacl.core.answer_spans import object_token_mask, span_token_mask  # noqa: F401  (re-exported: experiments import them from here)
 from metacl.errors import DataError, MetaclError
 from metacl.strategies.base import Batch, Option, Strategy, TrainContext, register
 
@@ -39,29 +40,6 @@ def read_objects(path: str) -> dict[str, str]:
             except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
                 raise DataError(f"{p}:{i}: needs string fields 'evidence' and 'object' ({type(e).__name__}); fix the line") from e
     return out
-
-
-def _find(seq: list[int], sub: list[int]) -> list[int]:
-    """Start indices of every occurrence of `sub` in `seq`."""
-    n = len(sub)
-    return [i for i in range(len(seq) - n + 1) if n and seq[i:i + n] == sub]
-
-
-def object_token_mask(ids: list[int], text: str, obj: str, tokenizer) -> list[int]:
-    """1 at the tokens of `ids` that spell `obj` (every occurrence), else 0.
-
-    First by token subsequence (with and without a leading space, which byte-level BPE folds into
-    the token); if the object never appears as whole tokens, by character offsets of `text`.
-    """
-    mask = [0] * len(ids)
-    for variant in (" " + obj, obj):
-        sub = tokenizer(variant, add_special_tokens=False)["input_ids"]
-        for s in _find(ids, sub):
-            for j in range(s, s + len(sub)):
-                mask[j] = 1
-    if any(mask) or obj not in text:
-        return mask
-    return span_token_mask(ids, text, obj, tokenizer)  # by character offsets
 
 
 @register
@@ -166,25 +144,6 @@ def read_fact_sentences(path: str) -> dict[str, tuple[str, str]]:
                 raise DataError(f"{p}:{i}: needs string fields 'evidence' and 'object' and a fact sentence inside the "
                                 f"evidence ({type(e).__name__}: {e}); fix the line") from e
     return out
-
-
-def span_token_mask(ids: list[int], text: str, part: str, tokenizer) -> list[int]:
-    """1 at the tokens of `ids` whose characters overlap any occurrence of `part` in `text`.
-
-    `ids` must be `text` tokenized with special tokens (what a training window of a whole document
-    is); otherwise nothing is marked and the caller falls back to plain weights.
-    """
-    mask = [0] * len(ids)
-    enc = tokenizer(text, return_offsets_mapping=True)
-    if enc["input_ids"] != ids[:len(enc["input_ids"])] or not part:
-        return mask
-    start = 0
-    while (k := text.find(part, start)) >= 0:
-        for t, (a, b) in enumerate(enc["offset_mapping"]):
-            if b > a and a < k + len(part) and b > k:
-                mask[t] = 1
-        start = k + len(part)
-    return mask
 
 
 @register
