@@ -20,6 +20,13 @@ the token weights is ~0. A single AdamW step gives the weighter no signal at all
 around it with a detached warm-up step. Here the K steps are all differentiated (or the first
 `K - truncate` detached with `--truncate`); see docs/results/taalm.md for the choice of K.
 
+Optionally (`--span-supervision`, `--span-share`, `--span-warmup`; `metacl.meta.options`) the
+meta-loss also tells the weighter which tokens of each meta-train document spell its probe's
+answer. Why: through AdamW the bilevel meta-gradient is smooth only within ~1e-6 of the weights, so
+on its own it barely moves a saturated weighter; with the answer spans of the meta-training data
+(never the documents it is scored on) the weighter closes the oracle's gap on world v2
+(docs/results/taalm_v2.md).
+
 Validation every `val_every` steps, and always at the last step, runs the real CKL protocol
 (`metacl.ckl.protocol.run_ckl`) with the `taalm` strategy on held-out documents and keeps the
 predictor with the best TL Top Acc + NF (TAALM's "total knowledge"); when that is still the
