@@ -25,7 +25,7 @@ def main() -> None:
         agg = json.loads(s.read_text())["aggregate"]
         tune = json.loads(t.read_text())
         h, p = agg["honest"], agg["paper"]
-        rows.append({"strategy": d.name, "chosen": tune.get("chosen_flags", tune.get("chosen")),
+        rows.append({"strategy": d.name, "chosen": tune["chosen_flags"],
                      "honest_tl": h["tl_acc"]["mean"], "honest_tl_std": h["tl_acc"].get("std", 0.0),
                      "honest_nf": h["nf_acc"]["mean"], "honest_epoch": h["epoch"]["mean"],
                      "paper_tl": p["tl_acc"]["mean"], "paper_nf": p["nf_acc"]["mean"],
@@ -34,8 +34,7 @@ def main() -> None:
     print("| strategy | chosen on tl_val | honest TL | honest NF | epoch | paper TL | paper NF | seeds |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        ch = r["chosen"] if isinstance(r["chosen"], str) else " ".join(map(str, r["chosen"] or []))
-        print(f"| {r['strategy']} | `{ch}` | {r['honest_tl']:.3f} ± {r['honest_tl_std']:.3f} | {r['honest_nf']:.3f} | "
+        print(f"| {r['strategy']} | `{r['chosen']}` | {r['honest_tl']:.3f} ± {r['honest_tl_std']:.3f} | {r['honest_nf']:.3f} | "
               f"{r['honest_epoch']:.1f} | {r['paper_tl']:.3f} | {r['paper_nf']:.3f} | {r['seeds']} |")
     if unfinished:
         print(f"\nnot finished: {', '.join(unfinished)}")

@@ -33,6 +33,13 @@ def _doc_batch(tok, ex, w=None):
     return docs
 
 
+def _toy_trainer(path, tok, out, n_docs: int = 4, **cfg) -> MetaTrainer:
+    """A MetaTrainer (seed 0) on `n_docs` planted-key documents with the toy's SGD settings; `cfg` overrides them."""
+    torch.manual_seed(0)
+    c = MetaConfig(**{"inner_optimizer": "sgd", "inner_lr": 0.1, "meta_batch": 2, "val_every": 0, "max_length": 32, **cfg})
+    return MetaTrainer(fresh_model(path), tok, [planted(random.Random(i))[0] for i in range(n_docs)], out, c, progress=False)
+
+
 def _hidden(tw, batch):
     return tw.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
 
@@ -59,11 +66,7 @@ def test_inner_norm_tokens_divides_by_the_token_count_and_sees_the_scale(toy):  
 def test_inner_norm_tokens_is_saved_and_deployed_by_taalm(toy, tmp_path):  # noqa: F811
     """A weighter meta-trained with inner_norm=tokens says so, and `taalm` then trains with sum(w*nll)/n_tokens."""
     path, tok = toy
-    torch.manual_seed(0)
-    cfg = MetaConfig(inner_norm="tokens", inner_optimizer="sgd", inner_lr=0.1, meta_batch=2, steps=1, val_every=0,
-                     max_length=32)
-    tr = MetaTrainer(fresh_model(path), tok, [planted(random.Random(i))[0] for i in range(4)], tmp_path / "run", cfg,
-                     progress=False)
+    tr = _toy_trainer(path, tok, tmp_path / "run", inner_norm="tokens", steps=1)
     tr.run()
     saved = json.loads((tmp_path / "run" / "best" / "token_weighter.json").read_text())
     assert saved["loss_norm"] == "tokens"
@@ -155,11 +158,7 @@ def test_sparsity_adds_lambda_times_mean_weight_and_lowers_the_weights(toy, tmp_
     assert float(b["loss"] - a["loss"]) == pytest.approx(0.7 * float(a["mean_weight"]), rel=1e-5)
 
     def mean_after(sparsity):
-        torch.manual_seed(0)
-        cfg = MetaConfig(inner_optimizer="sgd", inner_lr=0.1, meta_batch=2, steps=3, val_every=0, max_length=32,
-                         outer_lr=1e-2, sparsity=sparsity)
-        tr = MetaTrainer(fresh_model(path), tok, [planted(random.Random(i))[0] for i in range(4)],
-                         tmp_path / f"s{sparsity}", cfg, progress=False)
+        tr = _toy_trainer(path, tok, tmp_path / f"s{sparsity}", steps=3, outer_lr=1e-2, sparsity=sparsity)
         return [tr.meta_step()["mean_weight"] for _ in range(4)]
 
     sparse, plain = mean_after(5.0), mean_after(0.0)
@@ -192,11 +191,7 @@ def test_learned_inner_lr_is_the_sgd_rate_gets_a_meta_gradient_and_resumes(toy, 
     assert abs(float(grad)) > 1e-4
 
     def trainer(out, steps):
-        torch.manual_seed(0)
-        c = MetaConfig(inner_optimizer="sgd", inner_lr=0.3, meta_batch=2, steps=steps, val_every=0, max_length=32,
-                       outer_lr=1e-2, learn_inner_lr=True)
-        return MetaTrainer(fresh_model(path), tok, [planted(random.Random(i))[0] for i in range(4)], out, c,
-                           progress=False)
+        return _toy_trainer(path, tok, out, inner_lr=0.3, steps=steps, outer_lr=1e-2, learn_inner_lr=True)
 
     full = trainer(tmp_path / "a", 4)
     res = full.run()
@@ -277,11 +272,7 @@ def test_span_supervision_adds_lambda_bce_on_the_answer_tokens_and_raises_their_
     assert float(b["loss"] - a["loss"]) == pytest.approx(0.5 * float(b["span_bce"]), rel=1e-5)
 
     def value_minus_filler(lam):
-        torch.manual_seed(0)
-        cfg = MetaConfig(inner_optimizer="sgd", inner_lr=0.1, meta_batch=2, steps=40, val_every=0, max_length=32,
-                         outer_lr=3e-2, span_supervision=lam)
-        tr = MetaTrainer(fresh_model(path), tok, [planted(random.Random(i))[0] for i in range(8)],
-                         tmp_path / f"s{lam}", cfg, progress=False)
+        tr = _toy_trainer(path, tok, tmp_path / f"s{lam}", n_docs=8, steps=40, outer_lr=3e-2, span_supervision=lam)
         rows = [tr.meta_step() for _ in range(40)]
         e, v = planted(random.Random(100))
         d = pad([encode_document(tok, e.document, 32)], tok.pad_token_id)
@@ -321,11 +312,7 @@ def test_span_warmup_steps_skip_the_inner_loop_then_the_bilevel_loss_takes_over(
     calls = []
     real = engine.unroll
     monkeypatch.setattr(engine, "unroll", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
-    torch.manual_seed(0)
-    cfg = MetaConfig(inner_optimizer="sgd", inner_lr=0.1, meta_batch=2, steps=5, val_every=0, max_length=32,
-                     outer_lr=1e-2, span_supervision=1.0, span_warmup=3)
-    tr = MetaTrainer(fresh_model(path), tok, [planted(random.Random(i))[0] for i in range(4)], tmp_path / "w", cfg,
-                     progress=False)
+    tr = _toy_trainer(path, tok, tmp_path / "w", steps=5, outer_lr=1e-2, span_supervision=1.0, span_warmup=3)
     rows = [tr.meta_step() for _ in range(5)]
     assert [r.get("span_warmup", False) for r in rows] == [True, True, True, False, False]
     assert [r["query_nll"] is None for r in rows] == [True, True, True, False, False]

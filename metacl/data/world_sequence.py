@@ -105,14 +105,11 @@ def build_sequence(world: dict[str, list[dict]], n_periods: int = 4, facts_per_p
     A world v2 folder gets v2 periods (held-out probe phrasings, v2's hard sentences and their
     default 3-5 of them: `metacl.data.world_sequence_v2`); `n_distractors` applies to v1 only.
     """
-    from metacl.data.world_sequence_v2 import build_sequence_v2, is_v2
+    from metacl.data.world_sequence_v2 import build_sequence_v2, check_sequence_shape, is_v2
 
     if is_v2(world):
         return build_sequence_v2(world, n_periods, facts_per_period, seed, changed_fraction)
-    if not 2 <= n_periods <= 8:
-        raise MetaclError(f"--periods {n_periods} is out of range; use 2 to 8 periods (3-4 is TemporalWiki-like)")
-    if facts_per_period < 1:
-        raise MetaclError(f"--facts-per-period must be >= 1, got {facts_per_period}")
+    check_sequence_shape(n_periods, facts_per_period)
     facts = old_facts(world)
     pools = _pools(world, facts)
     if not pools["person"] or not pools["org"] or not pools["city"]:

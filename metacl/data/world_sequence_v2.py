@@ -25,8 +25,8 @@ import re
 import uuid as uuidlib
 from typing import Any
 
-from metacl.data.world_v2 import (HARD_SENTENCES, N_PHRASINGS, OVERWRITABLE, REL, SOMETIMES_KNOWN, WORLD_VERSION,
-                                  _Hard, training_texts, verbatim_probes)
+from metacl.data.world_v2 import (N_PHRASINGS, OVERWRITABLE, REL, SOMETIMES_KNOWN, WORLD_VERSION, _Hard,
+                                  hard_document, training_texts, verbatim_probes)
 from metacl.errors import MetaclError
 
 
@@ -34,6 +34,14 @@ def is_v2(world: dict[str, list[dict]]) -> bool:
     """True for a world v2 folder (its rows say `world_version: 2`)."""
     rows = world.get("nf") or world.get("tl") or []
     return bool(rows) and rows[0].get("world_version") == WORLD_VERSION
+
+
+def check_sequence_shape(n_periods: int, facts_per_period: int) -> None:
+    """One-line errors for sequence sizes no builder (v1 or v2) accepts."""
+    if not 2 <= n_periods <= 8:
+        raise MetaclError(f"--periods {n_periods} is out of range; use 2 to 8 periods (3-4 is TemporalWiki-like)")
+    if facts_per_period < 1:
+        raise MetaclError(f"--facts-per-period must be >= 1, got {facts_per_period}")
 
 
 def old_facts_v2(world: dict[str, list[dict]]) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], set[int]]]:
@@ -61,10 +69,7 @@ def old_facts_v2(world: dict[str, list[dict]]) -> tuple[dict[tuple[str, str], st
 def build_sequence_v2(world: dict[str, list[dict]], n_periods: int = 4, facts_per_period: int = 25, seed: int = 0,
                       changed_fraction: float = 0.5, n_distractors: tuple[int, int] = (3, 5)) -> dict[str, Any]:
     """`{"periods": [[row, ...] x P], "nf": [row, ...], "meta": {...}}` for a world v2 folder's splits."""
-    if not 2 <= n_periods <= 8:
-        raise MetaclError(f"--periods {n_periods} is out of range; use 2 to 8 periods (3-4 is TemporalWiki-like)")
-    if facts_per_period < 1:
-        raise MetaclError(f"--facts-per-period must be >= 1, got {facts_per_period}")
+    check_sequence_shape(n_periods, facts_per_period)
     facts, shown = old_facts_v2(world)
     everyone = sorted({s for (s, c) in facts if REL[c].subject_type == "person" and c == "employer"})
     pools = {t: sorted({o for (s, c), o in facts.items() if REL[c].object_type == t}) for t in
@@ -113,14 +118,7 @@ def build_sequence_v2(world: dict[str, list[dict]], n_periods: int = 4, facts_pe
                 probe_k = rng.randrange(N_PHRASINGS)
             doc_k = rng.choice([k for k in range(N_PHRASINGS) if k != probe_k])
             fact = rel.templates[doc_k].format(s=s, o=o)
-            sents = []
-            for t in rng.sample(HARD_SENTENCES, rng.randint(lo, hi)):
-                x = hard.sentence(s, t)
-                while o in x:  # a filler never names the object (the object oracle marks every occurrence)
-                    x = hard.sentence(s, t)
-                sents.append(x)
-            sents.insert(rng.randint(0, len(sents)), fact)
-            evidence = " ".join(sents)
+            evidence = hard_document(hard, rng, s, o, fact, lo, hi)
             a = evidence.find(fact)
             rows.append({
                 "relation_code": code,

@@ -167,6 +167,23 @@ class _Hard:
         )
 
 
+def hard_document(hard: _Hard, rng: random.Random, s: str, o: str, fact: str, lo: int, hi: int) -> str:
+    """`fact` at a random place among `lo`-`hi` hard sentences about `s`, none of which names `o`.
+
+    The TL-like documents of world v2 and the periods of its task sequence
+    (`metacl.data.world_sequence_v2`) are both made here, so they stay the same kind of text.
+    """
+    k = rng.randint(lo, hi)
+    sents = []
+    for t in rng.sample(HARD_SENTENCES, k):  # no template twice in one document
+        x = hard.sentence(s, t)
+        while o in x:  # a filler never names the object (the object oracle marks every occurrence)
+            x = hard.sentence(s, t)
+        sents.append(x)
+    sents.insert(rng.randint(0, k), fact)
+    return " ".join(sents)
+
+
 def generate_world_v2(n_entities: int, seed: int, *, n_distractors: tuple[int, int] = (3, 5),
                       overwrite_fraction: float = 0.4,
                       group_fractions: tuple[float, float, float, float] = (0.5, 0.1, 0.25, 0.15),
@@ -291,16 +308,8 @@ def generate_world_v2(n_entities: int, seed: int, *, n_distractors: tuple[int, i
             probe_k = rng.randrange(N_PHRASINGS)
         doc_k = rng.choice([j for j in range(N_PHRASINGS) if j != probe_k])
         fact = rel.templates[doc_k].format(s=s, o=o)
-        k = drng.randint(lo, hi)
-        sents = []
-        for t in drng.sample(HARD_SENTENCES, k):  # no template twice in one document
-            x = hard.sentence(s, t)
-            while o in x:  # a filler never names the object (the object oracle marks every occurrence)
-                x = hard.sentence(s, t)
-            sents.append(x)
-        sents.insert(drng.randint(0, k), fact)
-        return row(split, s, rel, o, probe_k, " ".join(sents), fact, False, subject_type="person",
-                   doc_phrasing=doc_k, **extra)
+        return row(split, s, rel, o, probe_k, hard_document(hard, drng, s, o, fact, lo, hi), fact, False,
+                   subject_type="person", doc_phrasing=doc_k, **extra)
 
     def pick_new_codes(p: str, n: int) -> list[str]:
         """`n` distinct new-fact relations for `p`: an overwrite with probability `overwrite_fraction`,
