@@ -13,6 +13,10 @@ document tokens per second for
                  (embedding rows no document reads left out of the inner loop, `active_rows`;
                  per-example param dicts, `stack=False`; an older metacl without them is run
                  the way its meta_objective did, so the script also measures `before` trees);
+- `meta2c_kK`:   the same second-order meta-step through `engine.compiled_unroll_loss`, as
+                 `meta-train token-weighting --compile` runs it: inner loop and query NLL as one
+                 torch.compile'd function per example (same meta-gradient, tests/test_compiled_unroll.py),
+                 the read embedding rows padded to M * T; its first step compiles (`first_step_s`);
 - `meta2_kK_t1`: the same with `truncate=1` (only the last inner step differentiated);
 - `meta1_kK`:    the same unroll with first-order inner gradients. For a token weighter this
                  carries no meta-gradient at all (the weights only enter through the detached
@@ -105,6 +109,24 @@ def make_step(row: str, args, dev):
     weighter = TokenWeighter.from_base_lm(model)
     wopt = torch.optim.AdamW(weighter.parameters(), lr=1e-5)
     params = {n: p.detach() for n, p in model.named_parameters()}
+    if row.startswith("meta2c"):
+        from metacl.engine.active_rows import fixed_size
+        from metacl.engine.compiled_unroll import compiled_unroll_loss
+
+        cstep = compiled_unroll_loss(model, weighted_doc_loss, engine.lm_loss, engine.adamw(lr=1e-4), steps=args.K)
+        outer = {k: v[:, None] for k, v in query.items()}
+
+        def step():
+            with autocast(args.precision, dev):
+                w = weighter(docs["input_ids"], docs["attention_mask"])
+                inner = {**{k: v[:, None] for k, v in docs.items()}, "token_weights": w[:, None]}
+                rows = fixed_size(engine.input_embedding_rows(model, params, [inner]), params, args.M * args.T)
+                loss = cstep(params, inner, outer, active_rows=rows)[:, 0].mean()
+            wopt.zero_grad(set_to_none=True)
+            loss.backward()
+            wopt.step()
+            return loss
+        return step
     first_order = row.startswith("meta1")
     truncate = 1 if row.endswith("_t1") else None
     inner_opt = engine.adamw(lr=1e-4)
@@ -183,9 +205,13 @@ def measure_times(args, rows: list[str]) -> dict[str, dict]:
     dev = torch.device(args.device)
     steps = {r: make_step(r, args, dev) for r in rows}
     params = sum(p.numel() for p in build(args.size, 0, "cpu", torch.float32).parameters())
-    for _ in range(args.warmup):
+    first: dict[str, float] = {}
+    for i in range(args.warmup):
         for r in rows:
+            t0 = time.perf_counter()
             steps[r]()
+            if i == 0:
+                first[r] = time.perf_counter() - t0  # the first step includes any compile
     times: dict[str, list[float]] = {r: [] for r in rows}
     cpu: dict[str, list[float]] = {r: [] for r in rows}
     for _ in range(args.repeats):
@@ -201,7 +227,7 @@ def measure_times(args, rows: list[str]) -> dict[str, dict]:
     # disturbed by other jobs than wall time (on CUDA it only counts the host side)
     return {r: {"row": r, "K": None if r == "plain" else args.K, "params": params, "tokens_per_step": tokens,
                 "s_min": min(t), "s_median": statistics.median(t), "tokens_per_s": tokens / min(t),
-                "cpu_s_min": min(cpu[r]), "tokens_per_cpu_s": tokens / min(cpu[r])}
+                "cpu_s_min": min(cpu[r]), "tokens_per_cpu_s": tokens / min(cpu[r]), "first_step_s": first.get(r)}
             for r, t in times.items()}
 
 
@@ -217,7 +243,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rows", default="plain,meta2,meta2_t1,meta1", help="comma-separated: plain, meta2, meta2_t1, meta1")
+    ap.add_argument("--rows", default="plain,meta2,meta2c,meta2_t1,meta1",
+                    help="comma-separated: plain, meta2, meta2c (compiled), meta2_t1, meta1")
     ap.add_argument("--out", default=None, help="write the JSON here (default: print only)")
     ap.add_argument("--row", default=None, help=argparse.SUPPRESS)  # internal: measure one row in this process
     ap.add_argument("--timing", default=None, help=argparse.SUPPRESS)  # internal: time these rows here
@@ -228,8 +255,8 @@ def main() -> None:
     if args.timing:
         print(json.dumps(measure_times(args, args.timing.split(","))))
         return
-    rows = [n if n == "plain" else n.replace("meta2", f"meta2_k{args.K}", 1).replace("meta1", f"meta1_k{args.K}", 1)
-            for n in args.rows.split(",")]
+    rows = [n if n == "plain" else f"meta2c_k{args.K}" if n == "meta2c" else
+            n.replace("meta2", f"meta2_k{args.K}", 1).replace("meta1", f"meta1_k{args.K}", 1) for n in args.rows.split(",")]
     common = []
     for k in ("size", "device", "precision", "K", "M", "T", "TQ", "repeats", "warmup", "threads"):
         common += [f"--{k}", str(getattr(args, k))]

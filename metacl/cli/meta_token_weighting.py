@@ -71,6 +71,9 @@ def register(sub) -> None:
                    help="stop after this many meta-steps skipped for a non-finite loss or gradient")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: autocast the forward passes (fp32 master weights; attention stays eager/math)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the inner loop and probe losses as one torch.compile'd function: the same meta-gradient, "
+                        "~1.7x faster meta-steps on CPU after a one-off compile (1-2 min; needs a C++ compiler)")
     from metacl.meta import options
 
     options.add_args(p)
@@ -126,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
                      retention_probes=args.retention_probes, meta_batch=args.meta_batch, outer_lr=args.outer_lr,
                      max_length=args.max_length, seed=args.seed, steps=args.steps, val_every=args.val_every,
                      val_at_start=not args.skip_initial_val, ckpt_every=args.ckpt_every,
-                     max_bad_steps=args.max_bad_steps, precision=args.precision, **options.config_kwargs(args),
+                     max_bad_steps=args.max_bad_steps, precision=args.precision, compile=args.compile,
+                     **options.config_kwargs(args),
                      extra={"model": str(args.model), "data": str(data), "backbone": args.backbone})
     weighter = None
     if args.backbone:

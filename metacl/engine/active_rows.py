@@ -106,3 +106,22 @@ def input_embedding_rows(model: nn.Module, params: dict[str, Tensor], batches: S
     rows = torch.unique(torch.cat(ids)).to(torch.long)
     return {names[0]: rows}
 
+
+
+def fixed_size(rows: Rows, params: dict[str, Tensor], size: int) -> Rows:
+    """The same rows, each set padded to exactly `size` (or all rows) with rows nobody reads, sorted.
+
+    Why: a compiled inner loop (`compiled_unroll_loss`) recompiles for every new shape, and the
+    number of distinct tokens changes from batch to batch. Extra rows with no gradient stay
+    exactly where they are (the module docstring's conditions), so padding changes nothing but
+    the shape: pass an upper bound such as the number of token positions in the batch.
+    """
+    out = {}
+    for name, r in rows.items():
+        n = params[name].shape[0]
+        used = torch.zeros(n, dtype=torch.bool, device=r.device)
+        used[r] = True
+        need = max(0, min(size, n) - int(used.sum()))
+        extra = torch.nonzero(~used).reshape(-1)[:need]
+        out[name] = torch.sort(torch.cat([torch.unique(r), extra])).values
+    return out

@@ -83,6 +83,7 @@ class MetaConfig:
     ckpt_every: int | None = None  # checkpoint every N steps (None: at validations and every min(val_every, 25))
     max_bad_steps: int = 10       # stop after this many skipped (non-finite) meta-steps
     precision: str = "fp32"       # fp32 | bf16 (autocast the forward passes; fp32 master weights)
+    compile: bool = False         # the inner loop + queries as one compiled function (same math, faster on CPU)
     # hypotheses of issue 19, off by default (metacl.meta.options explains each)
     inner_norm: str = "weights"   # weights: sum(w*nll)/sum(w) | tokens: sum(w*nll)/n_tokens
     weight_head: str = "sigmoid"  # sigmoid | softplus
@@ -98,7 +99,7 @@ class MetaConfig:
         from metacl.meta import options
 
         d = asdict(self)
-        for k in ("steps", "val_every", "val_at_start", "extra", "ckpt_every", "max_bad_steps", *options.DEFAULTS):
+        for k in ("steps", "val_every", "val_at_start", "extra", "ckpt_every", "max_bad_steps", "compile", *options.DEFAULTS):
             d.pop(k)
         if d["precision"] == "fp32":  # checkpoints from before --precision existed stay resumable
             d.pop("precision")
@@ -237,10 +238,12 @@ def meta_objective(weighter: TokenWeighter, model: nn.Module, tokenizer, example
     if span_only:
         return _span_terms(w, tokenizer, docs, label_mask, examples, cfg, torch.zeros((), device=dev), {
             "query_nll": torch.full((), float("nan"), device=dev), "retention_nll": torch.zeros((), device=dev)})
-    inner = {k: v[:, None] for k, v in docs.items()}                             # (M, 1, T)
-    inner["token_weights"] = w[:, None]
     if params is None:
         params = inner_params(model, cfg.mode)
+    if cfg.compile:
+        return _compiled_objective(w, model, tokenizer, docs, label_mask, examples, cfg, nf_probes, params, log_inner_lr)
+    inner = {k: v[:, None] for k, v in docs.items()}                             # (M, 1, T)
+    inner["token_weights"] = w[:, None]
     with second_order_attention(model):
         inner_lr = None if log_inner_lr is None else log_inner_lr.exp()
         opt = _inner_optimizer(cfg, inner_lr)
@@ -263,6 +266,82 @@ def meta_objective(weighter: TokenWeighter, model: nn.Module, tokenizer, example
     r_nll = torch.zeros((), device=dev)
     if r_losses:
         r_nll = torch.stack(r_losses).mean()
+        loss = loss + cfg.retention * r_nll
+    if cfg.sparsity > 0:
+        loss = loss + cfg.sparsity * (w.sum() / label_mask.sum().clamp(min=1))
+    return _span_terms(w, tokenizer, docs, label_mask, examples, cfg, loss,
+                       {"query_nll": q_nll.detach(), "retention_nll": r_nll.detach()})
+
+
+_COMPILED: dict[tuple, Any] = {}  # (model, inner settings) -> compiled per-example meta-loss (compiles once per shape)
+
+
+def _right_pad(batch: dict[str, torch.Tensor], length: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad (N, T) input_ids / attention_mask / labels to `length`: causal outputs and losses unchanged."""
+    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": -100}
+    n, t = batch["input_ids"].shape
+    return {k: torch.cat([v, v.new_full((n, length - t), fill[k])], 1) if length > t else v for k, v in batch.items()}
+
+
+def _probe_batch(rows: list[tuple[list[int], list[int]]], n: int, pad_id: int, dev) -> dict[str, torch.Tensor]:
+    """`n` probes padded to a multiple of 16 tokens; missing probes are all-padding rows (no labels, no loss)."""
+    rows = list(rows) + [([pad_id], [-100])] * (n - len(rows))
+    b = pad(rows, pad_id)
+    return {k: v.to(dev) for k, v in _right_pad(b, -(-b["input_ids"].shape[1] // 16) * 16, pad_id).items()}
+
+
+def _compiled_objective(w, model, tokenizer, docs, label_mask, examples, cfg: MetaConfig, nf_probes, params,
+                        log_inner_lr) -> dict[str, torch.Tensor]:
+    """`meta_objective` with the inner loop and the probe losses as one compiled function (`--compile`).
+
+    Why: the same mathematics (tests/test_compiled_unroll.py, tests/test_token_weighting_compiled.py)
+    at a fraction of the per-op overhead on CPU (docs/results/meta_throughput_issue18/). Shapes are
+    made static so that it compiles once per run: documents padded to `max_length`, probes to a
+    multiple of 16 tokens, `retention_probes` probes per example, the embedding rows in the inner
+    loop padded to M * max_length.
+    """
+    from metacl.engine import input_embedding_rows, lm_loss
+    from metacl.engine.active_rows import fixed_size
+    from metacl.engine.compiled_unroll import compiled_unroll_loss
+    from metacl.meta.options import doc_loss
+
+    if cfg.truncate is not None:
+        raise MetaclError("--compile differentiates every inner step: drop --truncate, or drop --compile")
+    dev, M = w.device, w.shape[0]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    T = max(cfg.max_length, docs["input_ids"].shape[1])
+    inner = _right_pad(docs, T, pad_id)
+    inner = {k: v[:, None] for k, v in inner.items()}                                      # (M, 1, T)
+    inner["token_weights"] = torch.nn.functional.pad(w, (0, T - w.shape[1]))[:, None]
+    outer = [_probe_batch([encode_probe(tokenizer, e.prefix, e.object)], 1, pad_id, dev) for e in examples]
+    retain = cfg.retention > 0 and bool(nf_probes)
+    if retain:
+        R = cfg.retention_probes
+        nf = [_probe_batch([encode_probe(tokenizer, p, o) for p, o in
+                            (nf_probes[m * R:(m + 1) * R] or nf_probes[:R])], R, pad_id, dev) for m in range(M)]
+        width = max(b["input_ids"].shape[1] for b in nf)
+        nf = [_right_pad(b, width, pad_id) for b in nf]
+    qwidth = max(b["input_ids"].shape[1] for b in outer)
+    outer_b = {k: torch.stack([_right_pad(b, qwidth, pad_id)[k] for b in outer]) for k in outer[0]}  # (M, 1, Lq)
+    if retain:
+        outer_b.update({f"nf_{k}": torch.stack([b[k] for b in nf]) for k in nf[0]})          # (M, R, Lr)
+    opt = _inner_optimizer(cfg)
+    key = (id(model), cfg.inner_norm, cfg.inner_steps, cfg.inner_optimizer, cfg.inner_lr, retain)
+    if key not in _COMPILED:
+        def outer_loss(model, p, b):
+            q = lm_loss(model, p, {k: b[k] for k in ("input_ids", "attention_mask", "labels")})
+            if not retain:
+                return q
+            return torch.stack([q, lm_loss(model, p, {k: b[f"nf_{k}"] for k in ("input_ids", "attention_mask", "labels")})])
+        _COMPILED[key] = compiled_unroll_loss(model, doc_loss(cfg.inner_norm), outer_loss, opt, steps=cfg.inner_steps)
+    rows = input_embedding_rows(model, params, [inner]) if opt.weight_decay == 0 else {}
+    rows = fixed_size(rows, params, M * T) if rows else None
+    lr = None if log_inner_lr is None else log_inner_lr.exp()
+    losses = _COMPILED[key](params, inner, outer_b, lr=lr, active_rows=rows)              # (M, 1 or 2)
+    q_nll = losses[:, 0].mean()
+    loss, r_nll = q_nll, torch.zeros((), device=dev)
+    if retain:
+        r_nll = losses[:, 1].mean()
         loss = loss + cfg.retention * r_nll
     if cfg.sparsity > 0:
         loss = loss + cfg.sparsity * (w.sum() / label_mask.sum().clamp(min=1))

@@ -1,0 +1,111 @@
+"""`engine.compiled_unroll_loss` (issue 18): the compiled meta-step computes what `unroll` does.
+
+The compiled path computes its inner gradients with `torch.func.grad` inside one compiled
+graph and differentiates that graph once; `unroll` records a create_graph backward and
+differentiates through it. In float64 both must give the same outer losses and the same
+meta-gradients (w.r.t. token weights carried by the batch and a tensor learning rate) up to
+rounding, also with only the read embedding rows in the inner loop. One compile per test
+module on a tiny model (~1 minute on 2 cores); the update formulas are checked without compiling.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine_fixtures import TinyTransformer, lm_batch, tiny_llama
+from metacl.engine import adamw, lm_loss, sgd, unroll
+from metacl.engine import active_rows as rows_mod
+from metacl.engine.compiled_unroll import _updater, compiled_unroll_loss
+from metacl.errors import MetaclError
+
+DT = torch.float64
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def rel_err(a, b) -> float:
+    num = sum(((x - y) ** 2).sum() for x, y in zip(a, b)) ** 0.5
+    den = sum((y**2).sum() for y in b) ** 0.5
+    return float(num / den)
+
+
+def weighted(model, params, batch):
+    return lm_loss(model, params, {k: batch[k] for k in ("input_ids", "attention_mask", "labels")},
+                   token_weights=batch["token_weights"])
+
+
+def query_loss(model, params, batch):
+    return lm_loss(model, params, batch)
+
+
+@pytest.mark.parametrize("opt", [adamw(lr=0.05, weight_decay=0.1), adamw(lr=0.05), sgd(lr=0.3), sgd(lr=0.3, momentum=0.9, weight_decay=0.01)])
+def test_update_formulas_equal_the_optimizers(opt):
+    torch.manual_seed(0)
+    p = {"a": torch.randn(5, 3, dtype=DT), "b": torch.randn(4, dtype=DT)}
+    grads = [{k: torch.randn_like(v) for k, v in p.items()} for _ in range(3)]
+    grads[0]["a"][1] = 0.0  # a row with no gradient: AdamW's safe sqrt
+    update, lr = _updater(opt)
+    ref_p, ref_s = dict(p), opt.init(p)
+    mine_p = dict(p)
+    zeros = {k: torch.zeros_like(v) for k, v in p.items()}
+    mine_s = {"m": zeros, "v": zeros}
+    for step, g in enumerate(grads):
+        ref_p, ref_s = opt.update(ref_p, g, ref_s, step)
+        mine_p, mine_s = update(mine_p, g, mine_s, step, lr)
+        for k in p:
+            assert torch.allclose(mine_p[k], ref_p[k], rtol=1e-13, atol=1e-15), (step, k)
+
+
+def test_unsupported_settings_say_so():
+    model = tiny_llama(hidden=16, layers=1)
+    with pytest.raises(MetaclError, match="steps"):
+        compiled_unroll_loss(model, weighted, query_loss, adamw(lr=0.1), steps=0)
+    with pytest.raises(MetaclError, match="not supported"):
+        compiled_unroll_loss(model, weighted, query_loss, object(), steps=1)
+    with pytest.raises(MetaclError, match="dicts"):
+        compiled_unroll_loss(model, weighted, query_loss, adamw(lr={"x": 0.1}), steps=1)
+
+
+def test_fixed_size_rows_pad_with_unread_rows():
+    params = {"e": torch.zeros(10, 2)}
+    out = rows_mod.fixed_size({"e": torch.tensor([7, 2, 2, 5])}, params, 6)["e"]
+    assert out.tolist() == sorted(out.tolist()) and len(set(out.tolist())) == 6
+    assert {2, 5, 7} <= set(out.tolist())
+    assert rows_mod.fixed_size({"e": torch.tensor([1])}, params, 50)["e"].tolist() == list(range(10))
+
+
+def test_compiled_meta_gradient_equals_unroll_float64():
+    # a plain-PyTorch LM: every op in float64 (HF Llama rounds through float32 in RMSNorm and
+    # rotary, and the compiler keeps those in float64, so it would differ from eager by ~1e-8)
+    torch.manual_seed(0)
+    model = TinyTransformer(vocab=64, d=16, heads=2, layers=1, max_len=16).to(DT)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    gen = torch.Generator().manual_seed(0)
+    M, T = 2, 12
+    docs = lm_batch(64, M, T, gen)
+    docs["input_ids"][:, :4] = 5  # repeated tokens: fewer distinct rows than positions
+    query = lm_batch(64, M, 6, gen)
+    w = torch.rand(M, T, dtype=DT, generator=gen).requires_grad_(True)
+    lr = torch.tensor(0.05, dtype=DT, requires_grad=True)
+
+    # reference: unroll's second-order per-example loop, the whole embedding in the inner loop
+    inner = {**{k: v[:, None] for k, v in docs.items()}, "token_weights": w[:, None]}
+    per_m, _ = unroll(model, params, weighted, [inner] * 2, optimizer=adamw(lr=lr), per_example=True,
+                      return_state=False, stack=False)
+    ref = torch.stack([query_loss(model, per_m[m], {k: v[m:m + 1] for k, v in query.items()}) for m in range(M)])
+    ref_gw, ref_glr = torch.autograd.grad(ref.mean(), [w, lr])
+
+    step = compiled_unroll_loss(model, weighted, query_loss, adamw(lr=0.05), steps=2)
+    rows = rows_mod.fixed_size({"tok.weight": docs["input_ids"].reshape(-1)}, params, M * T)
+    assert rows["tok.weight"].numel() == M * T < 64
+    out = step(params, inner, {k: v[:, None] for k, v in query.items()}, lr=lr, active_rows=rows)
+    assert out.shape == (M, 1)
+    gw, glr = torch.autograd.grad(out[:, 0].mean(), [w, lr])
+    assert torch.allclose(out[:, 0], ref, rtol=1e-12, atol=0)
+    assert float(ref_gw.abs().sum()) > 0 and float(ref_glr.abs()) > 0
+    assert rel_err([gw], [ref_gw]) < 1e-9
+    assert abs(float(glr - ref_glr)) < 1e-9 * abs(float(ref_glr))
+    with pytest.raises(MetaclError, match="leading example dim"):
+        step(params, inner, {k: v[:1, None] for k, v in query.items()}, lr=lr, active_rows=rows)
