@@ -283,11 +283,15 @@ def _right_pad(batch: dict[str, torch.Tensor], length: int, pad_id: int) -> dict
     return {k: torch.cat([v, v.new_full((n, length - t), fill[k])], 1) if length > t else v for k, v in batch.items()}
 
 
+PROBE_BUCKET = 32  # --compile pads probes to a multiple of this: one shape (one compile) for probes up to 32 tokens
+
+
 def _probe_batch(rows: list[tuple[list[int], list[int]]], n: int, pad_id: int, dev) -> dict[str, torch.Tensor]:
-    """`n` probes padded to a multiple of 16 tokens; missing probes are all-padding rows (no labels, no loss)."""
+    """`n` probes padded to a multiple of PROBE_BUCKET tokens; missing probes are padding rows (no labels, no loss)."""
     rows = list(rows) + [([pad_id], [-100])] * (n - len(rows))
     b = pad(rows, pad_id)
-    return {k: v.to(dev) for k, v in _right_pad(b, -(-b["input_ids"].shape[1] // 16) * 16, pad_id).items()}
+    width = -(-b["input_ids"].shape[1] // PROBE_BUCKET) * PROBE_BUCKET
+    return {k: v.to(dev) for k, v in _right_pad(b, width, pad_id).items()}
 
 
 def _compiled_objective(w, model, tokenizer, docs, label_mask, examples, cfg: MetaConfig, nf_probes, params,
@@ -297,7 +301,7 @@ def _compiled_objective(w, model, tokenizer, docs, label_mask, examples, cfg: Me
     Why: the same mathematics (tests/test_compiled_unroll.py, tests/test_token_weighting_compiled.py)
     at a fraction of the per-op overhead on CPU (docs/results/meta_throughput_issue18/). Shapes are
     made static so that it compiles once per run: documents padded to `max_length`, probes to a
-    multiple of 16 tokens, `retention_probes` probes per example, the embedding rows in the inner
+    multiple of `PROBE_BUCKET` tokens, `retention_probes` probes per example, the embedding rows in the inner
     loop padded to M * max_length.
     """
     from metacl.engine import input_embedding_rows, lm_loss
