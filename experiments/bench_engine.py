@@ -39,6 +39,9 @@ ROWS = {
     "plain_step": ("plain", "plain", {}),
     "meta2_k1": ("plain", "meta", {"K": 1}),
     "meta1_k1": ("plain", "meta", {"K": 1, "first_order": True}),
+    # the same meta-steps through engine.compiled_unroll_loss (one torch.compile'd function; its first step compiles)
+    "meta2c_k1": ("plain", "meta_compiled", {"K": 1}),
+    "meta1c_k1": ("plain", "meta_compiled", {"K": 1, "first_order": True}),
     "higher_k1": ("plain", "higher", {"K": 1}),
     "per_example_m8": ("plain", "per_example", {"M": 8}),
     "higher_loop_m8": ("plain", "higher_loop", {"M": 8}),
@@ -162,7 +165,7 @@ def build_row(name: str, seed: int, device: str = "cpu", precision: str = "fp32"
     def rand(*shape):
         return torch.rand(*shape, generator=gen).to(device).requires_grad_(True)
 
-    if kind in ("plain", "meta", "higher"):
+    if kind in ("plain", "meta", "meta_compiled", "higher"):
         docs = [make_batch(gen, B, T, vocab=vocab, device=device) for _ in range(K)]
         query = make_batch(gen, B, TQ, vocab=vocab, device=device)
         weights = [rand(B, T) for _ in range(K)]
@@ -192,6 +195,21 @@ def build_row(name: str, seed: int, device: str = "cpu", precision: str = "fp32"
             pK, _ = unroll(model, params, lm_loss, docs_w, optimizer=adamw(lr=LR),
                            first_order=extra.get("first_order", False), checkpoint=extra.get("checkpoint", False))
             lm_loss(model, pK, query).backward()
+            model.zero_grad(set_to_none=True)
+            for w in weights:
+                w.grad = None
+
+    elif kind == "meta_compiled":  # the meta-step above as one compiled function (same math: tests/test_compiled_unroll.py)
+        from metacl.engine.compiled_unroll import compiled_unroll_loss
+
+        assert K == 1, "meta_compiled rows take one inner batch, used at every step"
+        cstep = compiled_unroll_loss(model, lm_loss, lm_loss, adamw(lr=LR), steps=K,
+                                     first_order=extra.get("first_order", False))
+        inner = {k: v[None] for k, v in dict(docs[0], token_weights=weights[0]).items()}
+        outer = {k: v[None] for k, v in query.items()}
+
+        def step():
+            cstep(params, inner, outer)[:, 0].mean().backward()
             model.zero_grad(set_to_none=True)
             for w in weights:
                 w.grad = None
@@ -336,6 +354,8 @@ def render_table(out: Path) -> str:
         "plain_step": "weighted fine-tune step (torch AdamW)",
         "meta2_k1": "meta-step, 1 inner AdamW step, second order",
         "meta1_k1": "same, first order",
+        "meta2c_k1": "`meta2_k1` compiled (`compiled_unroll_loss`)",
+        "meta1c_k1": "`meta1_k1` compiled",
         "higher_k1": "`higher`, identical meta-step",
         "per_example_m8": "8 meta-examples, `per_example=True`",
         "higher_loop_m8": "8 meta-examples, `higher` loop",
@@ -363,6 +383,8 @@ def render_table(out: Path) -> str:
     checks = [
         ("second-order meta-step / plain step (time)", ratio("meta2_k1", "plain_step", "seconds_min"), "<= 3.5"),
         ("first-order meta-step / plain step (time)", ratio("meta1_k1", "plain_step", "seconds_min"), "<= 1.6"),
+        ("compiled second-order meta-step / plain step (time)", ratio("meta2c_k1", "plain_step", "seconds_min"), "<= 3.5"),
+        ("compiled first-order meta-step / plain step (time)", ratio("meta1c_k1", "plain_step", "seconds_min"), "<= 1.6"),
         ("second-order / plain (CPU time of this process)", ratio("meta2_k1", "plain_step", "cpu_s_min"), "<= 3.5"),
         ("first-order / plain (CPU time of this process)", ratio("meta1_k1", "plain_step", "cpu_s_min"), "<= 1.6"),
         ("K=8 replayed (checkpoint=8) / K=1 checkpointed (peak memory)", ratio("meta2_k8_replay", "meta2_k1_ckpt", "peak_extra_mib"), "<= 1.5"),

@@ -74,14 +74,14 @@ def test_fixed_size_rows_pad_with_unread_rows():
     assert rows_mod.fixed_size({"e": torch.tensor([1])}, params, 50)["e"].tolist() == list(range(10))
 
 
-def test_compiled_meta_gradient_equals_unroll_float64():
+def _setup(params_need_grad: bool):
     # a plain-PyTorch LM: every op in float64 (HF Llama rounds through float32 in RMSNorm and
     # rotary, and the compiler keeps those in float64, so it would differ from eager by ~1e-8)
     torch.manual_seed(0)
     model = TinyTransformer(vocab=64, d=16, heads=2, layers=1, max_len=16).to(DT)
     for p in model.parameters():
         p.requires_grad_(False)
-    params = {n: p.detach() for n, p in model.named_parameters()}
+    params = {n: p.detach().requires_grad_(params_need_grad) for n, p in model.named_parameters()}
     gen = torch.Generator().manual_seed(0)
     M, T = 2, 12
     docs = lm_batch(64, M, T, gen)
@@ -89,23 +89,52 @@ def test_compiled_meta_gradient_equals_unroll_float64():
     query = lm_batch(64, M, 6, gen)
     w = torch.rand(M, T, dtype=DT, generator=gen).requires_grad_(True)
     lr = torch.tensor(0.05, dtype=DT, requires_grad=True)
-
-    # reference: unroll's second-order per-example loop, the whole embedding in the inner loop
     inner = {**{k: v[:, None] for k, v in docs.items()}, "token_weights": w[:, None]}
+    outer = {k: v[:, None] for k, v in query.items()}
+    return model, params, inner, outer, w, lr, M, T
+
+
+def _reference(model, params, inner, outer, lr, M, first_order=False):
+    """unroll's per-example loop (the whole embedding in the inner loop), then the query losses."""
     per_m, _ = unroll(model, params, weighted, [inner] * 2, optimizer=adamw(lr=lr), per_example=True,
-                      return_state=False, stack=False)
-    ref = torch.stack([query_loss(model, per_m[m], {k: v[m:m + 1] for k, v in query.items()}) for m in range(M)])
-    ref_gw, ref_glr = torch.autograd.grad(ref.mean(), [w, lr])
+                      return_state=False, stack=False, first_order=first_order)
+    return torch.stack([query_loss(model, per_m[m], {k: v[m] for k, v in outer.items()}) for m in range(M)])
+
+
+@pytest.mark.parametrize("params_need_grad", [False, True], ids=["token-weighting", "maml"])
+def test_compiled_meta_gradient_equals_unroll_float64(params_need_grad):
+    model, params, inner, outer, w, lr, M, T = _setup(params_need_grad)
+    wrt = [w, lr] + ([params[n] for n in params] if params_need_grad else [])
+    ref = _reference(model, params, inner, outer, lr, M)
+    ref_g = torch.autograd.grad(ref.mean(), wrt)
 
     step = compiled_unroll_loss(model, weighted, query_loss, adamw(lr=0.05), steps=2)
-    rows = rows_mod.fixed_size({"tok.weight": docs["input_ids"].reshape(-1)}, params, M * T)
+    rows = rows_mod.fixed_size({"tok.weight": inner["input_ids"].reshape(-1)}, params, M * T)
     assert rows["tok.weight"].numel() == M * T < 64
-    out = step(params, inner, {k: v[:, None] for k, v in query.items()}, lr=lr, active_rows=rows)
+    out = step(params, inner, outer, lr=lr, active_rows=rows)
     assert out.shape == (M, 1)
-    gw, glr = torch.autograd.grad(out[:, 0].mean(), [w, lr])
+    got = torch.autograd.grad(out[:, 0].mean(), wrt)
     assert torch.allclose(out[:, 0], ref, rtol=1e-12, atol=0)
-    assert float(ref_gw.abs().sum()) > 0 and float(ref_glr.abs()) > 0
-    assert rel_err([gw], [ref_gw]) < 1e-9
-    assert abs(float(glr - ref_glr)) < 1e-9 * abs(float(ref_glr))
+    for name, a, b in zip(["w", "lr", *params], got, ref_g):
+        assert float(b.abs().sum()) > 0, name
+        assert rel_err([a], [b]) < 1e-9, name
     with pytest.raises(MetaclError, match="leading example dim"):
-        step(params, inner, {k: v[:1, None] for k, v in query.items()}, lr=lr, active_rows=rows)
+        step(params, inner, {k: v[:1] for k, v in outer.items()}, lr=lr, active_rows=rows)
+
+
+def test_compiled_first_order_equals_unroll(monkeypatch):
+    # first order: the inner gradients are constants (the captured graph; aot_eager runs it without codegen)
+    from metacl.engine import compiled_unroll
+
+    monkeypatch.setattr(compiled_unroll, "BACKEND", "aot_eager")
+    model, params, inner, outer, w, lr, M, T = _setup(True)
+    wrt = [lr] + [params[n] for n in params]
+    ref_g = torch.autograd.grad(_reference(model, params, inner, outer, lr, M, first_order=True).mean(), wrt)
+    step = compiled_unroll_loss(model, weighted, query_loss, adamw(lr=0.05), steps=2, first_order=True)
+    out = step(params, inner, outer, lr=lr)
+    got = torch.autograd.grad(out[:, 0].mean(), wrt)
+    for a, b in zip(got, ref_g):
+        assert rel_err([a], [b]) < 1e-10
+    second = compiled_unroll_loss(model, weighted, query_loss, adamw(lr=0.05), steps=2)(params, inner, outer, lr=lr)
+    gs = torch.autograd.grad(second[:, 0].mean(), wrt)
+    assert rel_err(gs, got) > 1e-3  # the second-order terms are really dropped

@@ -80,7 +80,7 @@ def _updater(optimizer: Any) -> tuple[Callable, Any]:
 
 def compiled_unroll_loss(model: nn.Module, inner_loss: Callable[[nn.Module, Params, Batch], Tensor],
                          outer_loss: Callable[[nn.Module, Params, Batch], Tensor], optimizer: Any, steps: int,
-                         dynamic: bool = False) -> Callable[..., Tensor]:
+                         first_order: bool = False, dynamic: bool = False) -> Callable[..., Tensor]:
     """A function (params, inner, outer, lr=None, active_rows=None) -> (M, n) outer losses after `steps` updates.
 
     See the module docstring. One compiled function serves every example (called M times, so
@@ -89,7 +89,10 @@ def compiled_unroll_loss(model: nn.Module, inner_loss: Callable[[nn.Module, Para
     this call (a tensor that requires grad gets its meta-gradient). `active_rows={name: rows}`
     updates only those rows of `params[name]`, exactly as `unroll(active_rows=...)` (same
     conditions: `active_rows.py`); pass a fixed number of rows (`active_rows.fixed_size`) so
-    the shapes stay static.
+    the shapes stay static. `first_order=True` treats the inner gradients as constants, as
+    `unroll(first_order=True)`: the outer gradient then reaches `params` (the identity path)
+    and the rate, not what only the inner loss sees. `params` may require grad (MAML-style
+    meta-gradients w.r.t. the initial parameters).
     """
     if not (isinstance(steps, int) and steps >= 1):
         raise MetaclError(f"compiled_unroll_loss: steps={steps!r} must be an int >= 1")
@@ -105,6 +108,8 @@ def compiled_unroll_loss(model: nn.Module, inner_loss: Callable[[nn.Module, Para
         state: dict = {"m": zeros, "v": zeros} if has_v else {"m": zeros}
         for k in range(steps):
             g = torch.func.grad(lambda q: inner_loss(model, whole(q), inner_m))(p)
+            if first_order:
+                g = {n: t.detach() for n, t in g.items()}
             p, state = update(p, g, state, k, lr)
         return outer_loss(model, whole(p), outer_m).reshape(-1)
 
