@@ -32,13 +32,15 @@ def encode_docs(tokenizer, docs: Sequence[str], max_length: int) -> list[list[in
     return out
 
 
-def collate(seqs: Sequence[Sequence[int]], pad_id: int, labels: Sequence[Sequence[int]] | None = None) -> Batch:
+def collate(seqs: Sequence[Sequence[int]], pad_id: int, labels: Sequence[Sequence[int]] | None = None,
+            length: int | None = None) -> Batch:
     """Right-padded `input_ids`, `attention_mask` and `labels` (-100 on padding).
 
     The one right-padding in metacl. `labels` (one list per row, e.g. -100 outside a probe's
-    object tokens) replaces the default labels = inputs.
+    object tokens) replaces the default labels = inputs. `length`: pad to at least this many
+    columns (static shapes for a compiled step; causal outputs and losses do not change).
     """
-    T = max(len(s) for s in seqs)
+    T = max(max(len(s) for s in seqs), length or 0)
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
     for i, s in enumerate(seqs):

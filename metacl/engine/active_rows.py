@@ -107,7 +107,6 @@ def input_embedding_rows(model: nn.Module, params: dict[str, Tensor], batches: S
     return {names[0]: rows}
 
 
-
 def fixed_size(rows: Rows, params: dict[str, Tensor], size: int) -> Rows:
     """The same rows, each set padded to exactly `size` (or all rows) with rows nobody reads, sorted.
 
@@ -122,6 +121,6 @@ def fixed_size(rows: Rows, params: dict[str, Tensor], size: int) -> Rows:
         used = torch.zeros(n, dtype=torch.bool, device=r.device)
         used[r] = True
         need = max(0, min(size, n) - int(used.sum()))
-        extra = torch.nonzero(~used).reshape(-1)[:need]
-        out[name] = torch.sort(torch.cat([torch.unique(r), extra])).values
+        used[torch.nonzero(~used).reshape(-1)[:need]] = True  # the first unread rows make up the count
+        out[name] = torch.nonzero(used).reshape(-1)  # sorted, each row once
     return out

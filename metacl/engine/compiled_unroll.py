@@ -44,9 +44,11 @@ BACKEND = "inductor"  # torch.compile backend; tests of the surrounding code may
 
 def _updater(optimizer: Any) -> tuple[Callable, Any]:
     """(update(p, g, state, step, lr) -> (p', state'), lr) in plain differentiable ops for `optimizer`."""
+    if not isinstance(optimizer, (adamw, sgd)):
+        raise MetaclError(f"compiled_unroll_loss: optimizer {optimizer!r} is not supported; use metacl.engine.adamw or sgd, or unroll")
+    if isinstance(optimizer.lr, dict):
+        raise MetaclError("compiled_unroll_loss: per-parameter learning-rate dicts are not supported; pass one rate or use unroll")
     if isinstance(optimizer, adamw):
-        if isinstance(optimizer.lr, dict):
-            raise MetaclError("compiled_unroll_loss: per-parameter learning-rate dicts are not supported; pass one rate or use unroll")
         b1, b2 = optimizer.betas
         eps, wd = optimizer.eps, optimizer.weight_decay
 
@@ -59,23 +61,19 @@ def _updater(optimizer: Any) -> tuple[Callable, Any]:
             return new_p, {"m": new_m, "v": new_v}
 
         return update_adamw, optimizer.lr
-    if isinstance(optimizer, sgd):
-        if isinstance(optimizer.lr, dict):
-            raise MetaclError("compiled_unroll_loss: per-parameter learning-rate dicts are not supported; pass one rate or use unroll")
-        mom, wd = optimizer.momentum, optimizer.weight_decay
+    mom, wd = optimizer.momentum, optimizer.weight_decay
 
-        def update_sgd(p: Params, g: Params, s: dict, step: int, lr: Any) -> tuple[Params, dict]:
-            new_p, new_b = {}, {}
-            for k in p:
-                d = g[k] + wd * p[k] if wd else g[k]
-                if mom:  # buffers start at 0, so the first step uses the plain gradient, as in torch and `sgd`
-                    d = mom * s["m"][k] + d
-                    new_b[k] = d
-                new_p[k] = p[k] - lr * d
-            return new_p, {"m": new_b}
+    def update_sgd(p: Params, g: Params, s: dict, step: int, lr: Any) -> tuple[Params, dict]:
+        new_p, new_b = {}, {}
+        for k in p:
+            d = g[k] + wd * p[k] if wd else g[k]
+            if mom:  # buffers start at 0, so the first step uses the plain gradient, as in torch and `sgd`
+                d = mom * s["m"][k] + d
+                new_b[k] = d
+            new_p[k] = p[k] - lr * d
+        return new_p, {"m": new_b}
 
-        return update_sgd, optimizer.lr
-    raise MetaclError(f"compiled_unroll_loss: optimizer {optimizer!r} is not supported; use metacl.engine.adamw or sgd, or unroll")
+    return update_sgd, optimizer.lr
 
 
 def compiled_unroll_loss(model: nn.Module, inner_loss: Callable[[nn.Module, Params, Batch], Tensor],

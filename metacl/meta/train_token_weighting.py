@@ -158,11 +158,11 @@ def encode_probe(tokenizer, prefix: str, obj: str) -> tuple[list[int], list[int]
     return ids, labels
 
 
-def pad(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad (ids, labels) pairs into a batch dict of (N, T) tensors (`metacl.core.batching.collate`)."""
+def pad(rows: list[tuple[list[int], list[int]]], pad_id: int, length: int | None = None) -> dict[str, torch.Tensor]:
+    """Right-pad (ids, labels) pairs into a batch dict of (N, T >= length) tensors (`metacl.core.batching.collate`)."""
     from metacl.core.batching import collate
 
-    return collate([i for i, _ in rows], pad_id, labels=[l for _, l in rows])
+    return collate([i for i, _ in rows], pad_id, labels=[l for _, l in rows], length=length)
 
 
 # --------------------------------------------------------------------------- the meta-objective
@@ -230,7 +230,9 @@ def meta_objective(weighter: TokenWeighter, model: nn.Module, tokenizer, example
 
     dev = next(weighter.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    docs = pad([encode_document(tokenizer, e.document, cfg.max_length) for e in examples], pad_id)
+    # --compile: documents padded to max_length, so that every meta-batch has the shape it was compiled for
+    docs = pad([encode_document(tokenizer, e.document, cfg.max_length) for e in examples], pad_id,
+               length=cfg.max_length if cfg.compile else None)
     docs = {k: v.to(dev) for k, v in docs.items()}
     label_mask = (docs["labels"] != -100).to(next(weighter.parameters()).dtype)
     label_mask[:, 0] = 0
@@ -258,15 +260,26 @@ def meta_objective(weighter: TokenWeighter, model: nn.Module, tokenizer, example
             q = pad([encode_probe(tokenizer, e.prefix, e.object)], pad_id)
             q_losses.append(lm_loss(model, p_m, {k: v.to(dev) for k, v in q.items()}))
             if cfg.retention > 0 and nf_probes:
-                probes = nf_probes[m * cfg.retention_probes:(m + 1) * cfg.retention_probes] or nf_probes[:cfg.retention_probes]
-                r = pad([encode_probe(tokenizer, p, o) for p, o in probes], pad_id)
+                r = pad([encode_probe(tokenizer, p, o) for p, o in _retention_probes(nf_probes, m, cfg)], pad_id)
                 r_losses.append(lm_loss(model, p_m, {k: v.to(dev) for k, v in r.items()}))
     q_nll = torch.stack(q_losses).mean()
+    r_nll = torch.stack(r_losses).mean() if r_losses else None
+    return _meta_loss(w, q_nll, r_nll, tokenizer, docs, label_mask, examples, cfg)
+
+
+def _retention_probes(nf_probes: Sequence[tuple[str, str]], m: int, cfg: MetaConfig) -> Sequence[tuple[str, str]]:
+    """Example m's old-fact probes: its own `retention_probes` of them, or the first ones when the list runs out."""
+    R = cfg.retention_probes
+    return nf_probes[m * R:(m + 1) * R] or nf_probes[:R]
+
+
+def _meta_loss(w, q_nll, r_nll, tokenizer, docs, label_mask, examples, cfg: MetaConfig) -> dict[str, torch.Tensor]:
+    """Query NLL + retention (r_nll None: none) + sparsity + span terms: the result dict of meta_objective."""
     loss = q_nll
-    r_nll = torch.zeros((), device=dev)
-    if r_losses:
-        r_nll = torch.stack(r_losses).mean()
+    if r_nll is not None:
         loss = loss + cfg.retention * r_nll
+    else:
+        r_nll = torch.zeros((), device=w.device)
     if cfg.sparsity > 0:
         loss = loss + cfg.sparsity * (w.sum() / label_mask.sum().clamp(min=1))
     return _span_terms(w, tokenizer, docs, label_mask, examples, cfg, loss,
@@ -276,22 +289,20 @@ def meta_objective(weighter: TokenWeighter, model: nn.Module, tokenizer, example
 _COMPILED: dict[tuple, Any] = {}  # (model, inner settings) -> compiled per-example meta-loss (compiles once per shape)
 
 
-def _right_pad(batch: dict[str, torch.Tensor], length: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad (N, T) input_ids / attention_mask / labels to `length`: causal outputs and losses unchanged."""
-    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": -100}
-    n, t = batch["input_ids"].shape
-    return {k: torch.cat([v, v.new_full((n, length - t), fill[k])], 1) if length > t else v for k, v in batch.items()}
-
-
 PROBE_BUCKET = 32  # --compile pads probes to a multiple of this: one shape (one compile) for probes up to 32 tokens
 
 
-def _probe_batch(rows: list[tuple[list[int], list[int]]], n: int, pad_id: int, dev) -> dict[str, torch.Tensor]:
-    """`n` probes padded to a multiple of PROBE_BUCKET tokens; missing probes are padding rows (no labels, no loss)."""
-    rows = list(rows) + [([pad_id], [-100])] * (n - len(rows))
-    b = pad(rows, pad_id)
-    width = -(-b["input_ids"].shape[1] // PROBE_BUCKET) * PROBE_BUCKET
-    return {k: v.to(dev) for k, v in _right_pad(b, width, pad_id).items()}
+def _probe_stack(groups: list[list[tuple[list[int], list[int]]]], n: int, pad_id: int, dev) -> dict[str, torch.Tensor]:
+    """(M, n, L) probe tensors, one group of `n` probes per example, L a multiple of PROBE_BUCKET.
+
+    Missing probes are padding rows (no labels, so no loss): the mean over the labelled tokens
+    is what the eager path computes on the shorter list.
+    """
+    groups = [list(g) + [([pad_id], [-100])] * (n - len(g)) for g in groups]
+    longest = max(len(ids) for g in groups for ids, _ in g)
+    width = -(-longest // PROBE_BUCKET) * PROBE_BUCKET
+    batches = [pad(g, pad_id, length=width) for g in groups]
+    return {k: torch.stack([b[k] for b in batches]).to(dev) for k in batches[0]}
 
 
 def _compiled_objective(w, model, tokenizer, docs, label_mask, examples, cfg: MetaConfig, nf_probes, params,
@@ -300,9 +311,9 @@ def _compiled_objective(w, model, tokenizer, docs, label_mask, examples, cfg: Me
 
     Why: the same mathematics (tests/test_compiled_unroll.py, tests/test_token_weighting_compiled.py)
     at a fraction of the per-op overhead on CPU (docs/results/meta_throughput_issue18/). Shapes are
-    made static so that it compiles once per run: documents padded to `max_length`, probes to a
-    multiple of `PROBE_BUCKET` tokens, `retention_probes` probes per example, the embedding rows in the inner
-    loop padded to M * max_length.
+    static so that it compiles once per run: documents padded to `max_length` (by meta_objective),
+    probes to a multiple of `PROBE_BUCKET` tokens, `retention_probes` probes per example, the
+    embedding rows in the inner loop padded to M * max_length.
     """
     from metacl.engine import input_embedding_rows, lm_loss
     from metacl.engine.active_rows import fixed_size
@@ -311,24 +322,15 @@ def _compiled_objective(w, model, tokenizer, docs, label_mask, examples, cfg: Me
 
     if cfg.truncate is not None:
         raise MetaclError("--compile differentiates every inner step: drop --truncate, or drop --compile")
-    dev, M = w.device, w.shape[0]
+    M, T = docs["input_ids"].shape
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    T = max(cfg.max_length, docs["input_ids"].shape[1])
-    inner = _right_pad(docs, T, pad_id)
-    inner = {k: v[:, None] for k, v in inner.items()}                                      # (M, 1, T)
-    inner["token_weights"] = torch.nn.functional.pad(w, (0, T - w.shape[1]))[:, None]
-    outer = [_probe_batch([encode_probe(tokenizer, e.prefix, e.object)], 1, pad_id, dev) for e in examples]
+    inner = {**{k: v[:, None] for k, v in docs.items()}, "token_weights": w[:, None]}       # (M, 1, T)
+    outer = _probe_stack([[encode_probe(tokenizer, e.prefix, e.object)] for e in examples], 1, pad_id, w.device)
     retain = cfg.retention > 0 and bool(nf_probes)
     if retain:
-        R = cfg.retention_probes
-        nf = [_probe_batch([encode_probe(tokenizer, p, o) for p, o in
-                            (nf_probes[m * R:(m + 1) * R] or nf_probes[:R])], R, pad_id, dev) for m in range(M)]
-        width = max(b["input_ids"].shape[1] for b in nf)
-        nf = [_right_pad(b, width, pad_id) for b in nf]
-    qwidth = max(b["input_ids"].shape[1] for b in outer)
-    outer_b = {k: torch.stack([_right_pad(b, qwidth, pad_id)[k] for b in outer]) for k in outer[0]}  # (M, 1, Lq)
-    if retain:
-        outer_b.update({f"nf_{k}": torch.stack([b[k] for b in nf]) for k in nf[0]})          # (M, R, Lr)
+        nf = _probe_stack([[encode_probe(tokenizer, p, o) for p, o in _retention_probes(nf_probes, m, cfg)]
+                           for m in range(M)], cfg.retention_probes, pad_id, w.device)
+        outer.update({f"nf_{k}": v for k, v in nf.items()})                                  # (M, R, Lr)
     opt = _inner_optimizer(cfg)
     key = (id(model), cfg.inner_norm, cfg.inner_steps, cfg.inner_optimizer, cfg.inner_lr, retain)
     if key not in _COMPILED:
@@ -341,16 +343,9 @@ def _compiled_objective(w, model, tokenizer, docs, label_mask, examples, cfg: Me
     rows = input_embedding_rows(model, params, [inner]) if opt.weight_decay == 0 else {}
     rows = fixed_size(rows, params, M * T) if rows else None
     lr = None if log_inner_lr is None else log_inner_lr.exp()
-    losses = _COMPILED[key](params, inner, outer_b, lr=lr, active_rows=rows)              # (M, 1 or 2)
-    q_nll = losses[:, 0].mean()
-    loss, r_nll = q_nll, torch.zeros((), device=dev)
-    if retain:
-        r_nll = losses[:, 1].mean()
-        loss = loss + cfg.retention * r_nll
-    if cfg.sparsity > 0:
-        loss = loss + cfg.sparsity * (w.sum() / label_mask.sum().clamp(min=1))
-    return _span_terms(w, tokenizer, docs, label_mask, examples, cfg, loss,
-                       {"query_nll": q_nll.detach(), "retention_nll": r_nll.detach()})
+    losses = _COMPILED[key](params, inner, outer, lr=lr, active_rows=rows)                # (M, 1 or 2)
+    return _meta_loss(w, losses[:, 0].mean(), losses[:, 1].mean() if retain else None,
+                      tokenizer, docs, label_mask, examples, cfg)
 
 
 def _span_terms(w, tokenizer, docs, label_mask, examples, cfg: MetaConfig, loss: torch.Tensor,
