@@ -123,3 +123,33 @@ def make_llama_exact_float64(monkeypatch) -> None:
 
     monkeypatch.setattr(ml.LlamaRMSNorm, "forward", rms_forward)
     monkeypatch.setattr(ml, "eager_attention_forward", eager64)
+
+
+def rel_err(a, b) -> float:
+    """||a - b|| / ||b|| over two lists of tensors (detached): the tolerance measure of the engine tests."""
+    a, b = [x.detach() for x in a], [y.detach() for y in b]
+    num = sum(((x - y) ** 2).sum() for x, y in zip(a, b)) ** 0.5
+    den = sum((y**2).sum() for y in b) ** 0.5
+    return float(num / den)
+
+
+def untied_toy_lm(tmp_dir, dtype: torch.dtype = torch.float64):
+    """(model, tokenizer): a tiny HF Llama trained locally on a 15-word toy corpus, with its
+    input embedding untied from the LM head, so the unread embedding rows can leave the inner loop."""
+    import copy
+
+    from transformers import LlamaForCausalLM
+
+    from metacl.models.loading import load_model_and_tokenizer
+    from metacl.models.pretrain import tiny_model_for_tests
+
+    words = "apple river stone cloud paper window garden silver candle forest music honey key red blue".split()
+    texts = [" ".join(words[i:] + words[:i]) for i in range(15)]
+    tied, tok = load_model_and_tokenizer(tiny_model_for_tests(tmp_dir, texts=texts))
+    cfg = copy.deepcopy(tied.config)
+    cfg.tie_word_embeddings = False
+    model = LlamaForCausalLM(cfg)
+    model.load_state_dict(tied.state_dict(), strict=False)
+    with torch.no_grad():
+        model.lm_head.weight.copy_(tied.get_input_embeddings().weight + 0.01 * torch.randn_like(model.lm_head.weight))
+    return model.to(dtype).eval(), tok

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine_fixtures import TinyTransformer, lm_batch, tiny_llama
+from engine_fixtures import TinyTransformer, lm_batch, rel_err, tiny_llama
 from metacl.engine import adamw, lm_loss, sgd, unroll
 from metacl.engine import active_rows as rows_mod
 from metacl.engine.compiled_unroll import _updater, compiled_unroll_loss
@@ -22,11 +22,6 @@ from metacl.errors import MetaclError
 DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def rel_err(a, b) -> float:
-    num = sum(((x - y) ** 2).sum() for x, y in zip(a, b)) ** 0.5
-    den = sum((y**2).sum() for y in b) ** 0.5
-    return float(num / den)
 
 
 def weighted(model, params, batch):

@@ -17,6 +17,7 @@ from engine_fixtures import (
     make_llama_exact_float64,
     mlp_batches,
     mse_loss_with_weights,
+    rel_err,
     tiny_llama,
 )
 from metacl.engine import adamw, functional_loss, lm_loss, sgd, token_nll, unroll
@@ -24,11 +25,6 @@ from metacl.errors import MetaclError
 
 DT = torch.float64
 
-
-def rel_err(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    num = sum(((x - y) ** 2).sum() for x, y in zip(a, b)) ** 0.5
-    den = sum((y**2).sum() for y in b) ** 0.5
-    return float(num / den)
 
 
 def make_opt(kind: str, lr):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine_fixtures import MLP, TinyTransformer, lm_batch, mlp_batches, mse_loss_with_weights
+from engine_fixtures import MLP, TinyTransformer, lm_batch, mlp_batches, mse_loss_with_weights, rel_err
 from metacl.engine import adamw, lm_loss, sgd, unroll
 
 DT = torch.float64
@@ -47,11 +47,6 @@ class ReferenceAdamW:
             new_m[k], new_v[k] = m, v
         return new_p, {"exp_avg": new_m, "exp_avg_sq": new_v}
 
-
-def rel_err(a, b) -> float:
-    num = sum(((x - y) ** 2).sum() for x, y in zip(a, b)) ** 0.5
-    den = sum((y**2).sum() for y in b) ** 0.5
-    return float(num / den)
 
 
 def lm_setup(K: int, seed: int = 0, lead=(), vocab_used: int = 16):

@@ -15,25 +15,18 @@ Each speed-up is compared with the straightforward computation, in float64, so a
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest
 import torch
 
-from engine_fixtures import TinyTransformer, lm_batch, tiny_llama
+from engine_fixtures import TinyTransformer, lm_batch, rel_err, tiny_llama, untied_toy_lm
 from metacl.engine import adamw, adamw_kernels, input_embedding_rows, lm_loss, sgd, unroll
 from metacl.errors import MetaclError
 
 DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def rel_err(a, b) -> float:
-    a, b = [x.detach() for x in a], [y.detach() for y in b]
-    num = sum(((x - y) ** 2).sum() for x, y in zip(a, b)) ** 0.5
-    den = sum((y**2).sum() for y in b) ** 0.5
-    return float(num / den)
 
 
 @pytest.fixture
@@ -306,21 +299,7 @@ def reference_meta_objective(weighter, model, tokenizer, examples, cfg, nf_probe
 
 @pytest.fixture(scope="module")
 def toy_untied(tmp_path_factory):
-    from transformers import LlamaForCausalLM
-
-    from metacl.models.loading import load_model_and_tokenizer
-    from metacl.models.pretrain import tiny_model_for_tests
-
-    words = "apple river stone cloud paper window garden silver candle forest music honey key red blue".split()
-    texts = [" ".join(words[i:] + words[:i]) for i in range(15)]
-    tied, tok = load_model_and_tokenizer(tiny_model_for_tests(tmp_path_factory.mktemp("toylm"), texts=texts))
-    cfg = copy.deepcopy(tied.config)
-    cfg.tie_word_embeddings = False
-    model = LlamaForCausalLM(cfg)
-    model.load_state_dict(tied.state_dict(), strict=False)
-    with torch.no_grad():
-        model.lm_head.weight.copy_(tied.get_input_embeddings().weight + 0.01 * torch.randn_like(model.lm_head.weight))
-    return model.to(DT).eval(), tok
+    return untied_toy_lm(tmp_path_factory.mktemp("toylm"), DT)
 
 
 @pytest.mark.parametrize("opt", ["adamw", "sgd"])

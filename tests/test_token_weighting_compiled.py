@@ -13,40 +13,21 @@ rate moves the meta-gradient several times further than compiling does.
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
+
+from engine_fixtures import rel_err, untied_toy_lm
 
 DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def rel_err(a, b) -> float:
-    num = sum(((x - y) ** 2).sum() for x, y in zip(a, b)) ** 0.5
-    den = sum((y**2).sum() for y in b) ** 0.5
-    return float(num / den)
-
-
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    from transformers import LlamaForCausalLM
-
-    from metacl.models.loading import load_model_and_tokenizer
-    from metacl.models.pretrain import tiny_model_for_tests
-
-    words = "apple river stone cloud paper window garden silver candle forest music honey key red blue".split()
-    texts = [" ".join(words[i:] + words[:i]) for i in range(15)]
-    tied, tok = load_model_and_tokenizer(tiny_model_for_tests(tmp_path_factory.mktemp("toylm"), texts=texts))
-    cfg = copy.deepcopy(tied.config)
-    cfg.tie_word_embeddings = False  # untied: the input embedding's unread rows leave the inner loop
-    model = LlamaForCausalLM(cfg)
-    model.load_state_dict(tied.state_dict(), strict=False)
-    with torch.no_grad():
-        model.lm_head.weight.copy_(tied.get_input_embeddings().weight + 0.01 * torch.randn_like(model.lm_head.weight))
+    model, tok = untied_toy_lm(tmp_path_factory.mktemp("toylm"), DT)
     for p in model.parameters():
         p.requires_grad_(False)
-    return model.to(DT).eval(), tok
+    return model, tok
 
 
 def grads(tw, model, tok, ex, cfg, probes):
