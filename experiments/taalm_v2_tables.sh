@@ -18,6 +18,11 @@
 #   off_rows       CKL rows taalm and random on the 500 official TL items, with the settings of
 #                  experiments/official_v2.sh (4 epochs, lr 1e-3, batch 8, max length 512, old corpus)
 #   off_table      docs/results/taalm_official_v2_table/ (finetune, oracle, salient_span: docs/results/official_v2_*)
+#   off_cf_meta    cross-fitted weighters on the TL items themselves (metacl.data.crossfit: 2 folds dealt per
+#                  relation, same document -> same fold; fold k's weighter is meta-trained on the other fold only and
+#                  weights only fold k's documents), A13's flags, 512 tokens, no validation -> RUNS/official_crossfit
+#   off_cf_rows    CKL rows taalm and random with the cross-fit folder as predictor, official_v2.sh's settings
+#   off_cf_table   adds them to docs/results/taalm_official_v2_table/ as taalm_crossfit / random_crossfit
 # Env: SEEDS ("0 1 2"), OMP_NUM_THREADS (2).
 set -euo pipefail
 RUNS=${1:?runs dir}; shift
@@ -85,6 +90,34 @@ for stage in "$@"; do
         cp $RUNS/official_v2_$r/{summary.json,table.md,plot.png,metrics.jsonl} docs/results/official_v2_$r/
       done
       cp "$RUNS/official_tw_A13/summary.json" $D/tw_summary.json ;;
+    off_cf_meta)
+      CF=$RUNS/official_crossfit
+      $M data crossfit --data "$OFF/variant.jsonl" --folds 2 --seed 0 --out "$CF"
+      for k in 0 1; do
+        $M meta-train token-weighting --model "$OFFLM/model" --data "$CF/fold_$k" --nf "$CF/fold_$k/meta_val.jsonl" \
+          --out "$CF/fold_$k/weighter" --inner-steps 2 --inner-optimizer adamw --inner-lr 1e-3 --meta-batch 4 --max-length 512 \
+          --span-supervision 1.0 --span-share 1.0 --span-warmup 300 --steps 300 --outer-lr 3e-4 --val-every 0 --seed 0 \
+          --device cpu > "$CF/fold_$k/meta_train.log" 2>&1
+      done ;;
+    off_cf_rows)
+      P=$RUNS/official_crossfit
+      row "$RUNS/official_v2_taalm_crossfit" "${OFFCKL[@]}" --strategy taalm --taalm-predictor "$P"
+      row "$RUNS/official_v2_random_crossfit" "${OFFCKL[@]}" --strategy random --random-predictor "$P" ;;
+    off_cf_table)
+      D=docs/results/taalm_official_v2_table; mkdir -p $D
+      python experiments/taalm_table.py --epochs 4 --out $D finetune=docs/results/official_v2_finetune \
+        oracle=docs/results/official_v2_oracle salient_span=docs/results/official_v2_salient_span \
+        random=docs/results/official_v2_random_A13 taalm=docs/results/official_v2_taalm_A13 \
+        random_crossfit=$RUNS/official_v2_random_crossfit taalm_crossfit=$RUNS/official_v2_taalm_crossfit
+      python experiments/taalm_closure.py $D/summary.json --json $D/closure.json
+      python experiments/taalm_closure.py $D/summary.json --protocol paper --json $D/closure_paper.json
+      for r in taalm_crossfit random_crossfit; do
+        mkdir -p docs/results/official_v2_$r
+        cp $RUNS/official_v2_$r/{summary.json,table.md,plot.png,metrics.jsonl} docs/results/official_v2_$r/
+      done
+      mkdir -p $D/crossfit
+      cp "$RUNS/official_crossfit/crossfit.json" $D/crossfit/
+      for k in 0 1; do cp "$RUNS/official_crossfit/fold_$k/weighter/summary.json" $D/crossfit/tw_fold${k}_summary.json; done ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done

@@ -28,6 +28,16 @@ def register(sub) -> None:
     om.add_argument("--out", required=True, help="output folder (meta_train.jsonl, meta_val.jsonl, official_meta.json)")
     om.add_argument("--val-fraction", type=float, default=0.2, help="share of pairs in meta_val (default 0.2)")
     om.set_defaults(func=_official_meta)
+    cf = subsub.add_parser("crossfit", help="K cross-fitted meta-training folds of a pairs file: fold k's weighter "
+                           "trains on the other folds and weights only fold k's documents (metacl.data.crossfit)")
+    cf.add_argument("--data", required=True,
+                    help="a LAMA-ckl-schema JSONL of (evidence, probe) pairs, or a data folder (its TL file is used)")
+    cf.add_argument("--out", required=True, help="output folder (crossfit.json, fold_k/{meta_train,meta_val,deploy}.jsonl)")
+    cf.add_argument("--folds", type=int, default=2, help="number of folds (default 2)")
+    cf.add_argument("--seed", type=int, default=0, help="fixes the dealing order (default 0)")
+    cf.add_argument("--val-fraction", type=float, default=0.1,
+                    help="share of each fold's meta-training documents held out as its meta_val (default 0.1)")
+    cf.set_defaults(func=_crossfit)
     c = subsub.add_parser("check", help="validate LAMA-ckl-schema JSONL files (exit 2 naming file, line, field)")
     c.add_argument("files", nargs="+", metavar="FILE",
                    help="JSONL files, or folders (a world or the LAMA-ckl folder: every split file in it is checked)")
@@ -60,6 +70,30 @@ def _world(args) -> int:
         meta = write_world_v2(args.out, args.entities, args.seed, **opts)
     counts = ", ".join(f"{k} {v}" for k, v in meta["counts"].items())
     print(f"wrote world v{args.version} (entities {args.entities}, seed {args.seed}) to {args.out}: {counts}")
+    return 0
+
+
+def _crossfit(args) -> int:
+    from pathlib import Path
+
+    from metacl.data.crossfit import write_crossfit
+    from metacl.data.lama import load_ckl_data, load_lama_jsonl
+    from metacl.errors import MetaclError
+    from metacl.utils import check_out_kind
+
+    src = Path(args.data)
+    if src.is_dir():
+        items = load_ckl_data(src).tl
+    elif src.is_file():
+        items = load_lama_jsonl(src)
+    else:
+        raise MetaclError(f"--data {src} does not exist; pass a LAMA-ckl-schema JSONL file or a data folder")
+    check_out_kind(args.out, "data crossfit")
+    m = write_crossfit(items, args.out, folds=args.folds, seed=args.seed, val_fraction=args.val_fraction, source=str(src))
+    counts = "; ".join(f"fold {k}: " + ", ".join(f"{n} {v}" for n, v in f["counts"].items()) for k, f in enumerate(m["folds"]))
+    print(f"wrote {args.folds} cross-fit folds of {m['items']} items to {args.out} ({counts}); next: meta-train each "
+          f"fold with `metacl meta-train token-weighting --data {args.out}/fold_K --nf OLD.jsonl --out "
+          f"{args.out}/fold_K/weighter ...`, then `ckl run --strategy taalm --taalm-predictor {args.out}`")
     return 0
 
 

@@ -195,6 +195,10 @@ class RandomWeights(Strategy):
 
             self.predictor = load_predictor(self.path, ctx.tokenizer, ctx.device)
             self.token_weight_norm = self.predictor.loss_norm  # used as the predictor's weights are
+        if self.predictor is not None:
+            from metacl.strategies.taalm import route_predictor
+
+            route_predictor(self.predictor, ctx)
 
     def _gen(self, ids: list[int]) -> torch.Generator:
         """Same document -> same random weights every epoch (a fixed, not a re-drawn, control)."""

@@ -17,13 +17,24 @@ from metacl.strategies.base import Batch, Option, Strategy, TrainContext, regist
 
 
 def load_predictor(path: str, tokenizer, device) -> "torch.nn.Module":
-    """Load a saved TokenWeighter, frozen, checking it shares the base LM's tokenizer."""
+    """Load a saved TokenWeighter (or a cross-fit folder of them), frozen, checking it shares the
+    base LM's tokenizer."""
+    from metacl.meta.crossfit import CrossFitWeighter, is_crossfit
     from metacl.meta.token_weighting import TokenWeighter
 
-    tw = TokenWeighter.from_pretrained(path, base_tokenizer=tokenizer, device=device)
+    if is_crossfit(path):
+        tw = CrossFitWeighter.from_folder(path, base_tokenizer=tokenizer, device=device)
+    else:
+        tw = TokenWeighter.from_pretrained(path, base_tokenizer=tokenizer, device=device)
     for p in tw.parameters():
         p.requires_grad_(False)
     return tw.eval()
+
+
+def route_predictor(predictor, ctx: TrainContext) -> None:
+    """A cross-fit weighter learns which fold each of this task's documents belongs to (others: no-op)."""
+    if hasattr(predictor, "route"):
+        predictor.route(ctx.tokenizer, ctx.train_docs, ctx.max_length)
 
 
 @torch.no_grad()
@@ -56,15 +67,18 @@ class TAALM(Strategy):
 
         Cheap (tokenizers and JSON only); `run_ckl` and `ckl sequence` call it ahead of `--out`.
         """
+        from metacl.meta.crossfit import check_crossfit_tokenizer, is_crossfit
         from metacl.meta.token_weighting import check_saved_weighter_tokenizer
         from metacl.models.loading import load_tokenizer
 
-        check_saved_weighter_tokenizer(self.path, load_tokenizer(model_path))
+        check = check_crossfit_tokenizer if is_crossfit(self.path) else check_saved_weighter_tokenizer
+        check(self.path, load_tokenizer(model_path))
 
     def before_task(self, ctx: TrainContext) -> None:
         if self.predictor is None:
             self.predictor = load_predictor(self.path, ctx.tokenizer, ctx.device)
             self.token_weight_norm = self.predictor.loss_norm  # divide the way it was meta-trained
+        route_predictor(self.predictor, ctx)
 
     def token_weights(self, ctx: TrainContext, batch: Batch, nll: torch.Tensor) -> torch.Tensor:
         if self.predictor is None:  # the loop may skip before_task in unit use
