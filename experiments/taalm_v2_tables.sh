@@ -23,10 +23,12 @@
 #                  weights only fold k's documents), A13's flags, 512 tokens, no validation -> RUNS/official_crossfit
 #   off_cf_rows    CKL rows taalm and random with the cross-fit folder as predictor, official_v2.sh's settings
 #   off_cf_table   adds them to docs/results/taalm_official_v2_table/ as taalm_crossfit / random_crossfit
-# Env: SEEDS ("0 1 2"), OMP_NUM_THREADS (2).
+# Env: SEEDS ("0 1 2"), OMP_NUM_THREADS (2); cross-fit ablations: CF_FOLDS (2), CF_STEPS (300), CF_PLUS (non-empty:
+#      add the official meta split's pairs to every fold), CF_TAG (suffix of the folders; a tagged run skips random).
 set -euo pipefail
 RUNS=${1:?runs dir}; shift
 SEEDS=${SEEDS:-"0 1 2"}
+CF_FOLDS=${CF_FOLDS:-2}; CF_STEPS=${CF_STEPS:-300}; CF_TAG=${CF_TAG:-}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TQDM_DISABLE=1
 W2=$RUNS/w2/world_e200_d3-5; W2LM=$RUNS/w2/lm_small_s0
 OFF=${DATA:-../shared/data/lama_ckl}; OFFLM=$RUNS/official_lm
@@ -91,18 +93,21 @@ for stage in "$@"; do
       done
       cp "$RUNS/official_tw_A13/summary.json" $D/tw_summary.json ;;
     off_cf_meta)
-      CF=$RUNS/official_crossfit
-      $M data crossfit --data "$OFF/variant.jsonl" --folds 2 --seed 0 --out "$CF"
-      for k in 0 1; do
+      CF=$RUNS/official_crossfit$CF_TAG
+      $M data crossfit --data "$OFF/variant.jsonl" --folds "$CF_FOLDS" --seed 0 --out "$CF"
+      for k in $(seq 0 $((CF_FOLDS - 1))); do
+        if [ -n "${CF_PLUS:-}" ]; then  # + the official meta split's pairs (other relations) in every fold's meta-train
+          cat "$RUNS/official_meta/meta_train.jsonl" >> "$CF/fold_$k/meta_train.jsonl"
+        fi
         $M meta-train token-weighting --model "$OFFLM/model" --data "$CF/fold_$k" --nf "$CF/fold_$k/meta_val.jsonl" \
           --out "$CF/fold_$k/weighter" --inner-steps 2 --inner-optimizer adamw --inner-lr 1e-3 --meta-batch 4 --max-length 512 \
-          --span-supervision 1.0 --span-share 1.0 --span-warmup 300 --steps 300 --outer-lr 3e-4 --val-every 0 --seed 0 \
-          --device cpu > "$CF/fold_$k/meta_train.log" 2>&1
+          --span-supervision 1.0 --span-share 1.0 --span-warmup "$CF_STEPS" --steps "$CF_STEPS" --outer-lr 3e-4 --val-every 0 \
+          --seed 0 --device cpu > "$CF/fold_$k/meta_train.log" 2>&1
       done ;;
     off_cf_rows)
-      P=$RUNS/official_crossfit
-      row "$RUNS/official_v2_taalm_crossfit" "${OFFCKL[@]}" --strategy taalm --taalm-predictor "$P"
-      row "$RUNS/official_v2_random_crossfit" "${OFFCKL[@]}" --strategy random --random-predictor "$P" ;;
+      P=$RUNS/official_crossfit$CF_TAG
+      row "$RUNS/official_v2_taalm_crossfit$CF_TAG" "${OFFCKL[@]}" --strategy taalm --taalm-predictor "$P"
+      [ -n "$CF_TAG" ] || row "$RUNS/official_v2_random_crossfit" "${OFFCKL[@]}" --strategy random --random-predictor "$P" ;;
     off_cf_table)
       D=docs/results/taalm_official_v2_table; mkdir -p $D
       python experiments/taalm_table.py --epochs 4 --out $D finetune=docs/results/official_v2_finetune \

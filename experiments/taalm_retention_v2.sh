@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Issue 19's retention variant on world v2, chosen on validation data only: the table's weighter
+# (A13) composed with one retention strategy (ewc / mix_review / replay, a declared grid of one
+# option each), every candidate run with the world's *meta_nf* facts as its NF set (old facts that are
+# not the NF test probes) and scored at its honest epoch (chosen on tl_val). Rule, fixed before any
+# run (experiments/taalm_retention_choose.py): among candidates whose honest tl_val is >= 95% of plain
+# taalm's, the largest NF-validation gain over plain taalm; then that one config on the real NF, 3 seeds.
+#
+# Usage: experiments/taalm_retention_v2.sh RUNS_DIR STAGE...
+#   tune    seeds $TUNE_SEEDS ("0 1") of taalm and each candidate with --nf meta_nf.jsonl -> RUNS/ret_tune/*
+#   choose  RUNS/ret_tune/choice.json (+ docs/results/taalm_v2_table/retention_choice.json)
+#   rows    the chosen candidate, seeds 0 1 2, the world-v2 table settings -> RUNS/w2/world_v2_d3-5_taalm_retention
+#   vw_build / vw_tune / vw_choose / vw_rows: the same grid and rule on a separate *validation world* (seed 1,
+#           its own base LM and A13 weighter, 3 seeds, its 100 TL facts as the TL score instead of the test
+#           world's 20 tl_val facts) -> RUNS/vw, RUNS/ret_tune_vw, then the choice on the test world
+#           -> RUNS/w2/world_v2_d3-5_taalm_retention_vw
+# Needs RUNS/w2/{world_e200_d3-5,lm_small_s0} and RUNS/taalm_v2_abl/tw_A13 (experiments/taalm_v2_tables.sh w2_meta).
+set -euo pipefail
+RUNS=${1:?runs dir}; shift
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TQDM_DISABLE=1
+W2=$RUNS/w2/world_e200_d3-5; W2LM=$RUNS/w2/lm_small_s0; P=$RUNS/taalm_v2_abl/tw_A13/best
+TUNE_SEEDS=${TUNE_SEEDS:-"0 1"}
+SET=(--model "$W2LM" --data "$W2" --epochs 8 --lr 1e-3 --batch-size 8 --max-length 256 --no-exact-match --device cpu)
+declare -A CAND=(
+  [ewc_100]="taalm ewc --ewc-lambda 100" [ewc_300]="taalm ewc --ewc-lambda 300" [ewc_1000]="taalm ewc --ewc-lambda 1000"
+  [mix_0.25]="taalm mix_review --mix-review-ratio 0.25" [mix_0.5]="taalm mix_review --mix-review-ratio 0.5"
+  [mix_1.0]="taalm mix_review --mix-review-ratio 1.0"
+  [replay_1]="taalm replay --replay-per-batch 1" [replay_2]="taalm replay --replay-per-batch 2"
+  [replay_4]="taalm replay --replay-per-batch 4"
+)
+for stage in "$@"; do
+  echo "=== $stage $(date -u +%H:%M:%S)"
+  case $stage in
+    tune)
+      T=$RUNS/ret_tune; mkdir -p "$T"
+      metacl ckl run "${SET[@]}" --seeds $TUNE_SEEDS --nf "$W2/meta_nf.jsonl" --strategy taalm --taalm-predictor "$P" \
+        --out "$T/taalm" > "$T/taalm.log" 2>&1
+      for name in $(printf '%s\n' "${!CAND[@]}" | sort); do
+        read -r -a s <<< "${CAND[$name]}"
+        metacl ckl run "${SET[@]}" --seeds $TUNE_SEEDS --nf "$W2/meta_nf.jsonl" --strategy "${s[@]}" \
+          --taalm-predictor "$P" --out "$T/$name" > "$T/$name.log" 2>&1
+        echo "  $name done $(date -u +%H:%M:%S)"
+      done ;;
+    choose)
+      python experiments/taalm_retention_choose.py "$RUNS/ret_tune" --json "$RUNS/ret_tune/choice.json"
+      mkdir -p docs/results/taalm_v2_table && cp "$RUNS/ret_tune/choice.json" docs/results/taalm_v2_table/retention_choice.json ;;
+    rows)
+      name=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['chosen'])" "$RUNS/ret_tune/choice.json")
+      read -r -a s <<< "${CAND[$name]}"
+      metacl ckl run "${SET[@]}" --seeds 0 1 2 --strategy "${s[@]}" --taalm-predictor "$P" \
+        --out "$RUNS/w2/world_v2_d3-5_taalm_retention" > "$RUNS/w2/world_v2_d3-5_taalm_retention.log" 2>&1 ;;
+    vw_build)
+      VW=$RUNS/vw; mkdir -p "$VW"
+      [ -f "$VW/world/world.json" ] || metacl data world --entities 200 --seed 1 --distractors 3 5 --out "$VW/world"
+      [ -f "$VW/lm/pretrain.json" ] || metacl pretrain --corpus "$VW/world/pretrain_corpus.jsonl" --size small --seed 0 \
+        --out "$VW/lm" > "$VW/lm.log" 2>&1
+      metacl meta-train token-weighting --model "$VW/lm" --data "$VW/world" --out "$VW/tw_A13" --inner-steps 2 \
+        --inner-optimizer adamw --inner-lr 1e-3 --meta-batch 4 --max-length 256 --val-epochs 3 --val-items 32 --val-lr 1e-3 \
+        --seed 0 --device cpu --span-supervision 1.0 --span-share 1.0 --span-warmup 300 --steps 300 --outer-lr 3e-4 \
+        --val-every 100 > "$VW/tw_A13.log" 2>&1 ;;
+    vw_tune)
+      VW=$RUNS/vw; T=$RUNS/ret_tune_vw; mkdir -p "$T"
+      VSET=(--model "$VW/lm" --data "$VW/world" --epochs 8 --lr 1e-3 --batch-size 8 --max-length 256 --no-exact-match
+            --device cpu --seeds 0 1 2 --taalm-predictor "$VW/tw_A13/best")
+      [ -f "$T/taalm/summary.json" ] || metacl ckl run "${VSET[@]}" --strategy taalm --out "$T/taalm" > "$T/taalm.log" 2>&1
+      for name in $(printf '%s\n' "${!CAND[@]}" | sort); do
+        read -r -a s <<< "${CAND[$name]}"
+        [ -f "$T/$name/summary.json" ] || metacl ckl run "${VSET[@]}" --strategy "${s[@]}" --out "$T/$name" > "$T/$name.log" 2>&1
+        echo "  $name done $(date -u +%H:%M:%S)"
+      done ;;
+    vw_choose)
+      python experiments/taalm_retention_choose.py "$RUNS/ret_tune_vw" --metric tl_acc --json "$RUNS/ret_tune_vw/choice.json"
+      mkdir -p docs/results/taalm_v2_table && cp "$RUNS/ret_tune_vw/choice.json" docs/results/taalm_v2_table/retention_choice_valworld.json ;;
+    vw_rows)
+      name=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['chosen'])" "$RUNS/ret_tune_vw/choice.json")
+      read -r -a s <<< "${CAND[$name]}"
+      metacl ckl run "${SET[@]}" --seeds 0 1 2 --strategy "${s[@]}" --taalm-predictor "$P" \
+        --out "$RUNS/w2/world_v2_d3-5_taalm_retention_vw" > "$RUNS/w2/world_v2_d3-5_taalm_retention_vw.log" 2>&1 ;;
+    *) echo "unknown stage $stage" >&2; exit 2 ;;
+  esac
+done
+echo "=== done $(date -u +%H:%M:%S)"
