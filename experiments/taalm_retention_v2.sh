@@ -10,6 +10,7 @@
 #   tune    seeds $TUNE_SEEDS ("0 1") of taalm and each candidate with --nf meta_nf.jsonl -> RUNS/ret_tune/*
 #   choose  RUNS/ret_tune/choice.json (+ docs/results/taalm_v2_table/retention_choice.json)
 #   rows    the chosen candidate, seeds 0 1 2, the world-v2 table settings -> RUNS/w2/world_v2_d3-5_taalm_retention
+#   lm2_rows / lm2_table  finetune, oracle, random, taalm on the rebuilt LM -> docs/results/taalm_v2_table_lm2/
 #   vw_build / vw_tune / vw_choose / vw_rows: the same grid and rule on a separate *validation world* (seed 1,
 #           its own base LM and A13 weighter, 3 seeds, its 100 TL facts as the TL score instead of the test
 #           world's 20 tl_val facts) -> RUNS/vw, RUNS/ret_tune_vw, then the choice on the test world
@@ -28,27 +29,31 @@ declare -A CAND=(
   [replay_1]="taalm replay --replay-per-batch 1" [replay_2]="taalm replay --replay-per-batch 2"
   [replay_4]="taalm replay --replay-per-batch 4"
 )
+# grid OUT FLAGS...: plain taalm and every candidate with FLAGS (finished runs are skipped)
+grid() {
+  local T=$1; shift; mkdir -p "$T"
+  [ -f "$T/taalm/summary.json" ] || metacl ckl run "$@" --strategy taalm --out "$T/taalm" > "$T/taalm.log" 2>&1
+  for name in $(printf '%s\n' "${!CAND[@]}" | sort); do
+    read -r -a s <<< "${CAND[$name]}"
+    [ -f "$T/$name/summary.json" ] || metacl ckl run "$@" --strategy "${s[@]}" --out "$T/$name" > "$T/$name.log" 2>&1
+    echo "  $name done $(date -u +%H:%M:%S)"
+  done
+}
+# chosen CHOICE_JSON OUT: the chosen candidate on the test world, seeds 0 1 2
+chosen() {
+  local name; name=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['chosen'])" "$1")
+  read -r -a s <<< "${CAND[$name]}"
+  metacl ckl run "${SET[@]}" --seeds 0 1 2 --strategy "${s[@]}" --taalm-predictor "$P" --out "$2" > "$2.log" 2>&1
+}
+D=docs/results/taalm_v2_table_lm2
 for stage in "$@"; do
   echo "=== $stage $(date -u +%H:%M:%S)"
   case $stage in
-    tune)
-      T=$RUNS/ret_tune; mkdir -p "$T"
-      metacl ckl run "${SET[@]}" --seeds $TUNE_SEEDS --nf "$W2/meta_nf.jsonl" --strategy taalm --taalm-predictor "$P" \
-        --out "$T/taalm" > "$T/taalm.log" 2>&1
-      for name in $(printf '%s\n' "${!CAND[@]}" | sort); do
-        read -r -a s <<< "${CAND[$name]}"
-        metacl ckl run "${SET[@]}" --seeds $TUNE_SEEDS --nf "$W2/meta_nf.jsonl" --strategy "${s[@]}" \
-          --taalm-predictor "$P" --out "$T/$name" > "$T/$name.log" 2>&1
-        echo "  $name done $(date -u +%H:%M:%S)"
-      done ;;
+    tune) grid "$RUNS/ret_tune" "${SET[@]}" --seeds $TUNE_SEEDS --nf "$W2/meta_nf.jsonl" --taalm-predictor "$P" ;;
     choose)
       python experiments/taalm_retention_choose.py "$RUNS/ret_tune" --json "$RUNS/ret_tune/choice.json"
-      mkdir -p docs/results/taalm_v2_table && cp "$RUNS/ret_tune/choice.json" docs/results/taalm_v2_table/retention_choice.json ;;
-    rows)
-      name=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['chosen'])" "$RUNS/ret_tune/choice.json")
-      read -r -a s <<< "${CAND[$name]}"
-      metacl ckl run "${SET[@]}" --seeds 0 1 2 --strategy "${s[@]}" --taalm-predictor "$P" \
-        --out "$RUNS/w2/world_v2_d3-5_taalm_retention" > "$RUNS/w2/world_v2_d3-5_taalm_retention.log" 2>&1 ;;
+      mkdir -p $D && cp "$RUNS/ret_tune/choice.json" $D/retention_choice_tlval.json ;;
+    rows) chosen "$RUNS/ret_tune/choice.json" "$RUNS/w2/world_v2_d3-5_taalm_retention" ;;
     vw_build)
       VW=$RUNS/vw; mkdir -p "$VW"
       [ -f "$VW/world/world.json" ] || metacl data world --entities 200 --seed 1 --distractors 3 5 --out "$VW/world"
@@ -59,23 +64,27 @@ for stage in "$@"; do
         --seed 0 --device cpu --span-supervision 1.0 --span-share 1.0 --span-warmup 300 --steps 300 --outer-lr 3e-4 \
         --val-every 100 > "$VW/tw_A13.log" 2>&1 ;;
     vw_tune)
-      VW=$RUNS/vw; T=$RUNS/ret_tune_vw; mkdir -p "$T"
-      VSET=(--model "$VW/lm" --data "$VW/world" --epochs 8 --lr 1e-3 --batch-size 8 --max-length 256 --no-exact-match
-            --device cpu --seeds 0 1 2 --taalm-predictor "$VW/tw_A13/best")
-      [ -f "$T/taalm/summary.json" ] || metacl ckl run "${VSET[@]}" --strategy taalm --out "$T/taalm" > "$T/taalm.log" 2>&1
-      for name in $(printf '%s\n' "${!CAND[@]}" | sort); do
-        read -r -a s <<< "${CAND[$name]}"
-        [ -f "$T/$name/summary.json" ] || metacl ckl run "${VSET[@]}" --strategy "${s[@]}" --out "$T/$name" > "$T/$name.log" 2>&1
-        echo "  $name done $(date -u +%H:%M:%S)"
-      done ;;
+      grid "$RUNS/ret_tune_vw" --model "$RUNS/vw/lm" --data "$RUNS/vw/world" --epochs 8 --lr 1e-3 --batch-size 8 \
+        --max-length 256 --no-exact-match --device cpu --seeds 0 1 2 --taalm-predictor "$RUNS/vw/tw_A13/best" ;;
     vw_choose)
       python experiments/taalm_retention_choose.py "$RUNS/ret_tune_vw" --metric tl_acc --json "$RUNS/ret_tune_vw/choice.json"
-      mkdir -p docs/results/taalm_v2_table && cp "$RUNS/ret_tune_vw/choice.json" docs/results/taalm_v2_table/retention_choice_valworld.json ;;
-    vw_rows)
-      name=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['chosen'])" "$RUNS/ret_tune_vw/choice.json")
-      read -r -a s <<< "${CAND[$name]}"
-      metacl ckl run "${SET[@]}" --seeds 0 1 2 --strategy "${s[@]}" --taalm-predictor "$P" \
-        --out "$RUNS/w2/world_v2_d3-5_taalm_retention_vw" > "$RUNS/w2/world_v2_d3-5_taalm_retention_vw.log" 2>&1 ;;
+      mkdir -p $D && cp "$RUNS/ret_tune_vw/choice.json" $D/retention_choice_valworld.json ;;
+    vw_rows) chosen "$RUNS/ret_tune_vw/choice.json" "$RUNS/w2/world_v2_d3-5_taalm_retention_vw" ;;
+    lm2_rows)  # the reference rows on the rebuilt LM (RUNS/w2/lm_small_s0), as run on 2026-12-02
+      for r in finetune oracle random taalm_A13; do
+        case $r in
+          finetune) st=(finetune) ;; oracle) st=(oracle --oracle-data "$W2/tl.jsonl" "$W2/tl_val.jsonl") ;;
+          random) st=(random --random-predictor "$P") ;; taalm_A13) st=(taalm --taalm-predictor "$P") ;;
+        esac
+        out=$RUNS/w2/world_v2_d3-5_${r}_lm2
+        [ -f "$out/summary.json" ] || metacl ckl run "${SET[@]}" --seeds 0 1 2 --strategy "${st[@]}" --out "$out" > "$out.log" 2>&1
+      done ;;
+    lm2_table)
+      python experiments/taalm_table.py --epochs 8 --out $D finetune=$RUNS/w2/world_v2_d3-5_finetune_lm2 \
+        oracle=$RUNS/w2/world_v2_d3-5_oracle_lm2 random=$RUNS/w2/world_v2_d3-5_random_lm2 \
+        taalm=$RUNS/w2/world_v2_d3-5_taalm_A13_lm2 taalm_retention=$RUNS/w2/world_v2_d3-5_taalm_retention_vw \
+        taalm_retention_tlval_choice=$RUNS/w2/world_v2_d3-5_taalm_retention
+      python experiments/taalm_closure.py $D/summary.json --json $D/closure.json ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done
