@@ -22,6 +22,8 @@
 #                  relation, same document -> same fold; fold k's weighter is meta-trained on the other fold only and
 #                  weights only fold k's documents), A13's flags, 512 tokens, no validation -> RUNS/official_crossfit
 #   off_cf_rows    CKL rows taalm and random with the cross-fit folder as predictor, official_v2.sh's settings
+#   off_cf_f5_final  after the seed-0 ablations (SEEDS=0 CF_FOLDS=5 CF_TAG=_f5 ... off_cf_meta off_cf_rows): the chosen
+#                  5-fold weighters on seeds 1 2 (later --seeds wins) and their random control on SEEDS (0 1 2)
 #   off_cf_table   adds them to docs/results/taalm_official_v2_table/ as taalm_crossfit / random_crossfit
 # Env: SEEDS ("0 1 2"), OMP_NUM_THREADS (2); cross-fit ablations: CF_FOLDS (2), CF_STEPS (300), CF_PLUS (non-empty:
 #      add the official meta split's pairs to every fold), CF_TAG (suffix of the folders; a tagged run skips random).
@@ -108,12 +110,17 @@ for stage in "$@"; do
       P=$RUNS/official_crossfit$CF_TAG
       row "$RUNS/official_v2_taalm_crossfit$CF_TAG" "${OFFCKL[@]}" --strategy taalm --taalm-predictor "$P"
       [ -n "$CF_TAG" ] || row "$RUNS/official_v2_random_crossfit" "${OFFCKL[@]}" --strategy random --random-predictor "$P" ;;
+    off_cf_f5_final)  # the ablation chosen on seed-0 tl_val (5 folds): seeds 1 2, and its random control
+      row "$RUNS/official_v2_taalm_crossfit_f5_s12" "${OFFCKL[@]}" --seeds 1 2 --strategy taalm --taalm-predictor "$RUNS/official_crossfit_f5"
+      row "$RUNS/official_v2_random_crossfit_f5" "${OFFCKL[@]}" --strategy random --random-predictor "$RUNS/official_crossfit_f5" ;;
     off_cf_table)
       D=docs/results/taalm_official_v2_table; mkdir -p $D
       python experiments/taalm_table.py --epochs 4 --out $D finetune=docs/results/official_v2_finetune \
         oracle=docs/results/official_v2_oracle salient_span=docs/results/official_v2_salient_span \
         random=docs/results/official_v2_random_A13 taalm=docs/results/official_v2_taalm_A13 \
-        random_crossfit=$RUNS/official_v2_random_crossfit taalm_crossfit=$RUNS/official_v2_taalm_crossfit
+        random_crossfit=$RUNS/official_v2_random_crossfit taalm_crossfit=$RUNS/official_v2_taalm_crossfit \
+        taalm_crossfit_f5=$RUNS/official_v2_taalm_crossfit_f5,$RUNS/official_v2_taalm_crossfit_f5_s12 \
+        random_crossfit_f5=$RUNS/official_v2_random_crossfit_f5
       python experiments/taalm_closure.py $D/summary.json --json $D/closure.json
       python experiments/taalm_closure.py $D/summary.json --protocol paper --json $D/closure_paper.json
       for r in taalm_crossfit random_crossfit; do
