@@ -25,8 +25,10 @@ def _random_linear_meta(seed=1):
     cfg = NetConfig(init_lr=1e-2, head="linear")
     meta = init_meta(cfg, seed)
     g = torch.Generator().manual_seed(seed)
-    meta["coef.w"] = torch.randn(meta["coef.w"].shape, generator=g) * 0.3
-    meta["coef.b"] = torch.randn(meta["coef.b"].shape, generator=g) * 0.5
+    # divided by the per-feature scale, so the coefficients in effect are O(0.1-1) for every feature
+    scale = torch.tensor(nw.COEF_FEATURE_SCALE)
+    meta["coef.w"] = torch.randn(meta["coef.w"].shape, generator=g) * 0.3 / scale
+    meta["coef.b"] = torch.randn(meta["coef.b"].shape, generator=g) * 0.5 / scale
     meta["ctx_s.w"] = torch.randn(meta["ctx_s.w"].shape, generator=g) * 0.2
     return meta, cfg
 

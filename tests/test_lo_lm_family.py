@@ -54,7 +54,7 @@ def test_lm_episode_builds_documents_and_object_only_probes():
         assert old["input_ids"].shape[0] == SMALL.old_probes
     # different tasks learn different documents; the pools are disjoint people
     assert len(seen) > 1
-    meta = lf._world(SMALL.entities, SMALL.world_seed)
+    meta = lf._world(SMALL)
     assert {r["subject"] for r in meta["meta_train"]}.isdisjoint({r["subject"] for r in meta["meta_val"]})
     # the episode starts from a copy: training it never touches the cached base model
     before = {k: v.clone() for k, v in ep.params.items()}
@@ -103,3 +103,27 @@ def test_mixed_family_draws_both_kinds():
         ep = FAMILIES["digits+lm"](random.Random(seed), cfg, "meta")
         kinds.append("lm" if isinstance(ep.tasks[0][0][0], dict) else "digits")
     assert kinds == ["digits", "lm", "digits", "lm"]
+
+
+def test_lm2_family_learns_world_v2_documents(monkeypatch):
+    # `lm2` is the same family on a world v2 of its own seed: documents carry hard sentences around the
+    # fact, probes score the object tokens only, and its world is none of the tables' worlds (seeds 0, 1)
+    small2 = replace(lf.LM2, entities=40, vocab_size=320, hidden_sizes=(32,), pretrain_steps=30,
+                     docs_per_task=4, batch_docs=2, old_probes=4)
+    monkeypatch.setattr(lf, "LM2", small2)
+    assert FAMILIES["lm2"] is lf.lm2_episode and lf.LM2.world == "v2" and lf.LM2.world_seed not in (0, 1)
+    ep = FAMILIES["lm2"](random.Random(0), _cfg(family="lm2"), "meta")
+    world = lf._world(small2)
+    assert all(r.get("world_version") == 2 for r in world["meta_train"])
+    _, tok, _ = lf.base_lm(32, small2)
+    docs = {r["evidence"] for r in world["meta_train"]}
+    for train, (new, _old) in ep.tasks:
+        text = tok.decode(train[0]["input_ids"][0], skip_special_tokens=True)
+        assert any(text.strip()[:40] in d for d in docs)  # a whole v2 document, not a v1 one
+        assert (new["labels"] != -100).any()
+    # one differentiable episode: the meta-gradient reaches the network
+    net = nw.NetConfig(init_lr=1e-3, head="linear")
+    meta = {k: v.requires_grad_(True) for k, v in nw.init_meta(net, 0).items()}
+    loss, _ = episode_loss(ep, LearnedFunctional(meta, net, total_steps=4), _cfg(family="lm2"))
+    loss.backward()
+    assert torch.isfinite(loss) and meta["coef.b"].grad.abs().sum() > 0

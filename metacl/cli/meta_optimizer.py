@@ -15,7 +15,7 @@ def register(subparsers) -> None:
         "(load with LearnedOptimizer.from_pretrained(OUT, params)), metrics.jsonl, summary.json and a checkpoint/.",
     )
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--family", default="digits", help="optimizee family: digits (MLPs on Split/Permuted digits), toy, lm (tiny pretrained Llamas learning new facts of a generated world; see metacl/optim/lm_family.py) or digits+lm (half and half)")
+    p.add_argument("--family", default="digits", help="optimizee family: digits (MLPs on Split/Permuted digits), toy, lm (tiny pretrained Llamas learning new facts of a generated world; see metacl/optim/lm_family.py), lm2 (the same on a world v2 of its own seed) or digits+lm (half and half)")
     p.add_argument("--steps", type=int, default=200, help="meta-steps (one episode each)")
     p.add_argument("--inner-steps", type=int, default=40, help="optimizee updates per task")
     p.add_argument("--tasks-per-episode", type=int, default=2, help="tasks per episode (the maximum if --min-tasks is set)")

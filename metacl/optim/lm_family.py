@@ -63,24 +63,46 @@ class LMFamily:
     batch_docs: int = 4            # documents per inner step
     old_probes: int = 8            # old-world probes in every held-out batch
     mix_lm: float = 0.5            # share of lm episodes in `digits+lm`
+    world: str = "v1"              # v1: metacl.data.world; v2: metacl.data.world_v2 (hard sentences, overwrites)
+    distractors: tuple[int, int] = (1, 2)   # v2 only: hard sentences around each new-fact document's fact
 
 
 LM = LMFamily()
+# `lm2`: the same family on a world v2 (documents that hide their fact among hard sentences, 40% of
+# the new facts overwrite an old employer or city, paraphrased corpus), the world the CKL tables of
+# issues 15/16/19 are judged on. Its own world seed (11: the tables use worlds 0 and 1), so no
+# evaluation world or base LM is ever seen in meta-training. Why 1-2 distractors and 160 tokens:
+# with 3-5 the documents run to a median of 227 tokens (max 326) under this 512-token vocabulary,
+# doubling every inner step; with 1-2 the median is 85 and the longest (150) still fits whole.
+LM2 = LMFamily(entities=120, world_seed=11, world="v2", block_size=160, distractors=(1, 2))
 
 
 # ----------------------------------------------------------------------------- world, tokenizer, base LMs
 @lru_cache(maxsize=4)
-def _world(entities: int, seed: int) -> dict[str, list]:
+def _world_of(entities: int, seed: int, version: str = "v1", distractors: tuple[int, int] = (1, 2)) -> dict[str, list]:
+    if version == "v2":
+        from metacl.data.world_v2 import generate_world_v2
+
+        return generate_world_v2(entities, seed, n_distractors=distractors)
     from metacl.data.world import generate_world
 
     return generate_world(entities, seed)
 
 
+def _world(s: LMFamily) -> dict[str, list]:
+    return _world_of(s.entities, s.world_seed, s.world, s.distractors)
+
+
 @lru_cache(maxsize=4)
-def _tokenizer(entities: int, seed: int, vocab_size: int):
+def _tokenizer_of(entities: int, seed: int, vocab_size: int, version: str = "v1", distractors: tuple[int, int] = (1, 2)):
     from metacl.models.pretrain import train_tokenizer
 
-    return train_tokenizer([r["text"] for r in _world(entities, seed)["pretrain_corpus"]], vocab_size)
+    corpus = _world_of(entities, seed, version, distractors)["pretrain_corpus"]
+    return train_tokenizer([r["text"] for r in corpus], vocab_size)
+
+
+def _tokenizer(s: LMFamily):
+    return _tokenizer_of(s.entities, s.world_seed, s.vocab_size, s.world, s.distractors)
 
 
 def doc_batch(tokenizer, texts: list[str], block_size: int) -> dict[str, Tensor]:
@@ -118,12 +140,12 @@ def _base_state(hidden: int, settings: LMFamily) -> tuple[nn.Module, dict[str, T
     """(model, pretrained state, final pretraining loss) for one size: built and pretrained once per process."""
     from metacl.models.pretrain import PRESETS, build_model
 
-    tok = _tokenizer(settings.entities, settings.world_seed, settings.vocab_size)
+    tok = _tokenizer(settings)
     heads = 2 if hidden <= 32 else 4
     preset = replace(PRESETS["tiny"], hidden_size=hidden, num_layers=settings.layers, num_heads=heads,
                      intermediate_size=2 * hidden, block_size=settings.block_size)
     model = build_model(preset, tok, seed=1000 + hidden)
-    docs = [r["text"] for r in _world(settings.entities, settings.world_seed)["pretrain_corpus"]]
+    docs = [r["text"] for r in _world(settings)["pretrain_corpus"]]
     g = torch.Generator().manual_seed(hidden)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.pretrain_lr, weight_decay=0.0)
     model.train()
@@ -147,7 +169,7 @@ def base_lm(hidden: int, settings: LMFamily | None = None) -> tuple[nn.Module, A
     """(model, tokenizer, pretraining loss) of the cached pretrained base LM of this size."""
     s = settings or LM
     model, _, final = _base_state(hidden, s)
-    return model, _tokenizer(s.entities, s.world_seed, s.vocab_size), final
+    return model, _tokenizer(s), final
 
 
 # ----------------------------------------------------------------------------- episodes
@@ -164,11 +186,11 @@ def _tl_loss(model: nn.Module, params: dict[str, Tensor], batch) -> Tensor:
     return lm_loss(model, params, batch[0])
 
 
-def lm_episode(rng: random.Random, cfg, pool: str = "meta"):
+def lm_episode(rng: random.Random, cfg, pool: str = "meta", settings: LMFamily | None = None):
     """A pretrained tiny Llama learning `cfg.tasks_per_episode` tasks of new-fact documents."""
-    s = LM
-    world = _world(s.entities, s.world_seed)
-    tok = _tokenizer(s.entities, s.world_seed, s.vocab_size)
+    s = settings or LM
+    world = _world(s)
+    tok = _tokenizer(s)
     hidden = rng.choice(list(s.hidden_sizes))
     model, state, _ = _base_state(hidden, s)
     facts = list(world["meta_train" if pool == "meta" else "meta_val"])
@@ -193,19 +215,24 @@ def lm_episode(rng: random.Random, cfg, pool: str = "meta"):
     return Episode(model, params, tasks, _lm_loss, tl_loss_fn=_tl_loss)
 
 
+def lm2_episode(rng: random.Random, cfg, pool: str = "meta"):
+    """`lm2`: an lm episode on the world-v2 settings `LM2`."""
+    return lm_episode(rng, cfg, pool, LM2)
+
+
 def digits_lm_episode(rng: random.Random, cfg, pool: str = "meta"):
     """`digits+lm`: an lm episode with probability `LM.mix_lm`, else a digits episode."""
     return lm_episode(rng, cfg, pool) if rng.random() < LM.mix_lm else digits_episode(rng, cfg, pool)
 
 
-def settings_dict() -> dict:
+def settings_dict(family: str = "lm") -> dict:
     """The family settings, for run summaries."""
     from dataclasses import asdict
 
-    return asdict(LM)
+    return asdict(LM2 if family == "lm2" else LM)
 
 
-__all__ = ["LM", "LMFamily", "lm_episode", "digits_lm_episode", "base_lm", "doc_batch", "probe_batch", "settings_dict"]
+__all__ = ["LM", "LM2", "LMFamily", "lm_episode", "lm2_episode", "digits_lm_episode", "base_lm", "doc_batch", "probe_batch", "settings_dict"]
 
 # Merged into metacl.optim.meta_train.FAMILIES (this module must not import meta_train at load time).
-FAMILIES = {"lm": lm_episode, "digits+lm": digits_lm_episode}
+FAMILIES = {"lm": lm_episode, "lm2": lm2_episode, "digits+lm": digits_lm_episode}
