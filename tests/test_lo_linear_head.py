@@ -112,9 +112,11 @@ def test_linear_head_fast_step_matches_reference_across_consolidate(chunk_size):
         assert moved > 1e-3, f"{name} barely moved: the comparison would be vacuous"
 
 
-def test_linear_head_functional_matches_the_torch_optimizer():
+@pytest.mark.parametrize("anchor_start", [False, True])
+def test_linear_head_functional_matches_the_torch_optimizer(anchor_start):
     """`LearnedFunctional` (meta-training) and `LearnedOptimizer` (deployment) take the same steps."""
     meta, cfg = _random_linear_meta(3)
+    cfg.anchor_start = anchor_start
     torch.manual_seed(4)
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
@@ -244,3 +246,31 @@ def test_linear_head_bf16_params_follow_the_float32_step():
         tol = (s0.abs() + d32.abs()) * 2**-8 + 1e-6   # one bf16 rounding of the fp32 result
         assert ((d16 - d32).abs() <= tol).all(), name
         assert d32.abs().mean() > 2 * tol.mean(), "steps too small for this comparison to mean anything"
+
+
+def test_anchor_start_anchors_the_starting_weights_and_its_drift_feature_pulls_back():
+    """`anchor_start`: the weights a run starts from are the anchor from step 1, so a positive drift
+    coefficient pulls towards them (an L2-SP-like term a CKL run can use; without it the drift feature is 0
+    until a `consolidate()` that a single-task run never calls)."""
+    def run(anchor_start, drift_coef):
+        cfg = NetConfig(init_lr=1e-2, head="linear", anchor_start=anchor_start)
+        meta = init_meta(cfg, 0)
+        meta["coef.b"][7] = drift_coef / nw.COEF_FEATURE_SCALE[7]  # coefficient in effect on (p - anchor) / rms(p)
+        torch.manual_seed(5)
+        model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
+        start = [p.detach().clone() for p in model.parameters()]
+        opt = LearnedOptimizer(model.parameters(), meta=meta, config=cfg, total_steps=20)
+        for step in range(20):
+            x, y = _data(step)
+            model.zero_grad()
+            (model(x) - y).pow(2).mean().backward()
+            opt.step()
+            if step == 0:
+                for p, p0 in zip(model.parameters(), start):
+                    assert ("anchor" in opt.state[p]) == anchor_start
+                    assert not anchor_start or torch.equal(opt.state[p]["anchor"], p0)
+        return sum((p.detach() - p0).pow(2).sum().item() for p, p0 in zip(model.parameters(), start)) ** 0.5
+
+    free, pulled = run(True, 0.0), run(True, 5.0)
+    assert pulled < 0.8 * free, (pulled, free)
+    assert run(False, 5.0) == pytest.approx(run(False, 0.0), rel=1e-6)  # no anchor: drift is 0, the coefficient inert

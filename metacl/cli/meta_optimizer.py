@@ -48,9 +48,13 @@ def register(subparsers) -> None:
                    help="bf16: autocast the episodes' forward passes (fp32 master weights)")
     p.add_argument("--head", choices=["mlp", "linear"], default="mlp",
                    help="per-parameter head: mlp (as the shipped weights) or linear (per-tensor coefficients, ~3x cheaper step)")
+    p.add_argument("--anchor-start", action="store_true",
+                   help="treat the starting weights as a finished task (anchor + drift features from step 1); "
+                        "saved in the weights' config, so deployment does the same")
     p.add_argument("--plasticity", type=float, default=0.0,
                    help="weight of the plasticity term: each task's held-out new-task loss above AdamW's on the same episode")
     p.add_argument("--plasticity-form", choices=["hinge", "ratio"], default="hinge")
+    p.add_argument("--baseline-lr", type=float, default=3e-3, help="lr of the fixed AdamW the held-out evaluation compares with")
     p.add_argument("--plasticity-lr", type=float, default=None, help="lr of the reference AdamW (default: a tuned one is best)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--no-progress", action="store_true")
@@ -83,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
         init_lr=args.init_lr, seed=args.seed, ckpt_every=args.ckpt_every, eval_episodes=args.eval_episodes,
         min_tasks=args.min_tasks, kinds=args.kinds, normalize=args.normalize, learn_reduce=args.learn_reduce,
         meta_batch=args.meta_batch, max_bad_steps=args.max_bad_steps, precision=args.precision,
-        head=args.head, plasticity=args.plasticity, plasticity_form=args.plasticity_form,
-        plasticity_lr=args.plasticity_lr,
+        head=args.head, anchor_start=args.anchor_start, plasticity=args.plasticity, plasticity_form=args.plasticity_form,
+        plasticity_lr=args.plasticity_lr, baseline_lr=args.baseline_lr,
     )
     summary = meta_train(cfg, args.out, resume=args.resume, progress=not args.no_progress,
                          command="metacl " + " ".join(sys.argv[1:]))

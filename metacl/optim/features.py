@@ -40,6 +40,13 @@ def init_tensor_state(p: Tensor) -> dict[str, Tensor]:
     return st
 
 
+def start_state(p: Tensor, anchored: bool = False) -> dict[str, Tensor]:
+    """The state a tensor starts with: fresh, or (`NetConfig.anchor_start`) consolidated at its
+    starting value, so the drift features measure the distance from the weights training began at."""
+    st = init_tensor_state(p)
+    return consolidate_tensor(p, st) if anchored else st
+
+
 def advance_state(p: Tensor, g: Tensor, st: dict[str, Tensor]) -> dict[str, Tensor]:
     """One EMA step of momenta, second moment and importance; out-of-place (keeps autograd)."""
     new = dict(st)

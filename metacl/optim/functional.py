@@ -61,7 +61,7 @@ class LearnedFunctional:
         return {
             "t": torch.zeros(()),
             "t_task": torch.zeros(()),
-            "tensors": {n: fe.init_tensor_state(p.detach()) for n, p in params.items()},
+            "tensors": {n: fe.start_state(p.detach(), self.cfg.anchor_start) for n, p in params.items()},
         }
 
     def update(self, params: dict[str, Tensor], grads: dict[str, Tensor | None], state: dict[str, Any], step: int = 0):

@@ -126,7 +126,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             if len(st) == 0:
                 st["step"] = torch.zeros((), dtype=torch.float32)
                 st["task_step"] = torch.zeros((), dtype=torch.float32)
-                st.update(fe.init_tensor_state(p.detach().float()))
+                st.update(fe.start_state(p.detach().float(), self.cfg.anchor_start))
             st["step"] += 1
             st["task_step"] += 1
             g = p.grad.float()

@@ -83,6 +83,7 @@ class MetaTrainConfig:
     plasticity_form: str = "hinge"   # hinge | ratio
     plasticity_lr: float | None = None  # AdamW lr of the reference run (None = baseline_lr); use a tuned one
     head: str = "mlp"                # the optimizer network's per-parameter head (metacl.optim.network.HEADS)
+    anchor_start: bool = False       # consolidate at the start of every episode (NetConfig.anchor_start)
 
     def check(self) -> None:
         if self.family not in FAMILIES:
@@ -247,9 +248,10 @@ class OptimizerMetaLearner:
     def __init__(self, cfg: MetaTrainConfig, out: str | Path, info, net: nw.NetConfig | None = None,
                  command: str | None = None):
         self.cfg, self.out, self.dist = cfg, Path(out), info
-        if net is not None and net.head != cfg.head:
-            raise MetaclError(f"meta_train: net.head={net.head!r} but cfg.head={cfg.head!r}; set both to the same head")
-        self.net = net or nw.NetConfig(init_lr=cfg.init_lr, head=cfg.head)
+        if net is not None and (net.head, net.anchor_start) != (cfg.head, cfg.anchor_start):
+            raise MetaclError(f"meta_train: net (head={net.head!r}, anchor_start={net.anchor_start}) and cfg "
+                              f"(head={cfg.head!r}, anchor_start={cfg.anchor_start}) disagree; set both the same")
+        self.net = net or nw.NetConfig(init_lr=cfg.init_lr, head=cfg.head, anchor_start=cfg.anchor_start)
         self.command = command or " ".join(["metacl"] + sys.argv[1:])
         self.step, self.bad_steps = 0, 0
         self.setup()

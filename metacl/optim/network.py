@@ -43,6 +43,12 @@ class NetConfig:
     init_lr: float = 1e-3       # exp(log_scale) at init: the Adam-like learning rate
     max_log_mag: float = 2.0    # exp(magnitude) is clamped to [exp(-6), exp(max_log_mag)]
     head: str = "mlp"           # per-parameter head: "mlp" (the shipped weights) or "linear" (see HEADS)
+    # True: the starting weights count as a finished task, i.e. every tensor is consolidated before its
+    # first step (anchor = the weights it starts from, old importance 0). Why: a CKL run learns one task
+    # from a pretrained LM and never reaches a task boundary, so without this the drift-from-anchor
+    # features (the ones that can learn an L2-SP-like pull back to what the model knew) are zero for
+    # the whole run. Weights trained with it must be deployed with it: it is part of their config.
+    anchor_start: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
