@@ -5,7 +5,7 @@
 Why this design: the machine is shared, so the optimizers are timed round-robin in one process
 (each round runs every optimizer once, the order rotating), and both the calling thread's CPU
 time (`time.thread_time`, insensitive to being descheduled) and wall time are recorded; with
-`torch.set_num_threads(1)` the thread's CPU time is all the step's work. Every optimizer has its
+`torch.set_num_threads(1)` the thread's CPU time is all the step's work (with `--threads 2` read the wall-time ratios). Every optimizer has its
 own copy of the model and all share one set of gradients (none of them writes to a gradient),
 rescaled between rounds so the statistics keep moving. Rows: AdamW (foreach), the learned
 optimizer with the shipped weights (MLP head), the same with `compile=True` (its warm-up step
@@ -52,12 +52,16 @@ def _optimizers(params_of, which):
         ps = params_of(name)
         if name == "adamw":
             out[name] = torch.optim.AdamW(ps, lr=1e-4, foreach=True)
-        elif name == "learned_mlp":
-            out[name] = LearnedOptimizer.pretrained(ps, total_steps=100)
+        elif name == "learned_mlp":  # the MLP head: the shipped digits weights
+            out[name] = LearnedOptimizer.pretrained(ps, name="digits", total_steps=100)
         elif name == "learned_mlp_compiled":  # the warm-up step compiles (not timed)
-            out[name] = LearnedOptimizer.pretrained(ps, total_steps=100, compile=True)
+            out[name] = LearnedOptimizer.pretrained(ps, name="digits", total_steps=100, compile=True)
         elif name == "learned_linear":
             out[name] = LearnedOptimizer(ps, config=NetConfig(head="linear"), total_steps=100)
+        elif name == "learned_linear_anchor":  # + anchor_start: the consolidated state (anchor, old importance)
+            out[name] = LearnedOptimizer(ps, config=NetConfig(head="linear", anchor_start=True), total_steps=100)
+        elif name == "learned_default":  # whatever `LearnedOptimizer.pretrained()` ships
+            out[name] = LearnedOptimizer.pretrained(ps, total_steps=100)
     return out
 
 
@@ -116,7 +120,7 @@ def breakdown(model_name: str, rounds: int) -> dict:
     a = nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)])
     for p, q in zip(m.parameters(), a.parameters()):
         p.grad = q.grad = torch.randn_like(p) * 1e-3
-    opt = LearnedOptimizer.pretrained(m.parameters(), total_steps=100)
+    opt = LearnedOptimizer.pretrained(m.parameters(), name="digits", total_steps=100)
     adam = torch.optim.AdamW(a.parameters(), lr=1e-4, foreach=True)
     opt.step()
     adam.step()
@@ -176,11 +180,12 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", default="adamw,learned_mlp,learned_mlp_compiled,learned_linear")
     ap.add_argument("--breakdown", default="8.4M", help="model whose MLP-head step is timed part by part ('' = none)")
     ap.add_argument("--label", default="preliminary (shared machine)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (the issue's first figures used 2)")
     ap.add_argument("--out", default=None, help="JSON file to write")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     which = [r.strip() for r in args.rows.split(",") if r.strip()]
-    res = {"command": "OMP_NUM_THREADS=1 python " + " ".join(sys.argv), "label": args.label,
+    res = {"command": f"OMP_NUM_THREADS={args.threads} python " + " ".join(sys.argv), "label": args.label,
            "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
            "threads": torch.get_num_threads(), "loadavg_before": os.getloadavg(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
            "models": {}}

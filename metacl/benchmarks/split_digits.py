@@ -52,6 +52,7 @@ class RunConfig:
     replay_size: int = 200
     optimizer_path: str | None = None  # learned: None = shipped default weights
     learned_lr: float = 1.0
+    consolidate_decay: float = 1.0  # learned: old-task importance kept at each task end (LearnedOptimizer.consolidate)
     extra: dict = field(default_factory=dict)
 
 
@@ -59,12 +60,9 @@ def _make_optimizer(method: str, model: nn.Module, cfg: RunConfig) -> torch.opti
     if method == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.sgd_lr)
     if method == "learned":
-        from metacl.optim import LearnedOptimizer
+        from metacl.optim import load_optimizer
 
-        kw = dict(lr=cfg.learned_lr, total_steps=cfg.steps_per_task)
-        if cfg.optimizer_path:
-            return LearnedOptimizer.from_pretrained(cfg.optimizer_path, model.parameters(), **kw)
-        return LearnedOptimizer.pretrained(model.parameters(), **kw)
+        return load_optimizer(cfg.optimizer_path, model.parameters(), lr=cfg.learned_lr, total_steps=cfg.steps_per_task)
     return torch.optim.Adam(model.parameters(), lr=cfg.adam_lr)
 
 
@@ -115,7 +113,7 @@ def run_sequence(tasks: list[Task], method: str, arch: str = "mlp", seed: int = 
             step += 1
         # end of task: method-specific consolidation
         if method == "learned":
-            opt.consolidate()
+            opt.consolidate(cfg.consolidate_decay)
         if method == "ewc":
             prior.consolidate(_empirical_fisher(model, task), model.named_parameters())
         if method == "lwf":

@@ -7,6 +7,7 @@ lives in `metacl.optim` (a lower layer) and is imported only when asked for.
 
 from __future__ import annotations
 
+
 from typing import Iterable
 
 import torch
@@ -33,11 +34,9 @@ def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, 
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
     if name == "learned":
-        from metacl.optim import LearnedOptimizer  # lazily: adamw/sgd runs never import the learned optimizer
+        from metacl.optim.learned import load_optimizer  # lazily: adamw/sgd runs never import the learned optimizer
         kwargs = {"lr": learned_lr}
         if total_steps:
             kwargs["total_steps"] = int(total_steps)
-        if path:
-            return LearnedOptimizer.from_pretrained(path, params, **kwargs)
-        return LearnedOptimizer.pretrained(params, **kwargs)
+        return load_optimizer(path, params, **kwargs)  # a folder, a shipped name (`digits`) or None = the default
     raise MetaclError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")

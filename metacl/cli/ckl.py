@@ -33,7 +33,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=d.seeds, help="seeds; mean ± std over them (default 0)")
     p.add_argument("--out", metavar="DIR", help="output folder (metrics.jsonl, summary.json, table.md, plot.png)")
     p.add_argument("--optimizer", choices=["adamw", "sgd", "learned"], default=d.optimizer, help="default adamw")
-    p.add_argument("--optimizer-path", metavar="DIR", help="weights of the learned optimizer (default: shipped weights)")
+    p.add_argument("--optimizer-path", metavar="DIR", help="weights of the learned optimizer: a folder, or a shipped name (default, digits) (default: the shipped default)")
     p.add_argument("--learned-lr", type=float, default=d.learned_lr, help="multiplier on the learned optimizer's step (default 1)")
     p.add_argument("--lr", type=float, default=d.lr,
                    help=f"learning rate for adamw/sgd (default {d.lr:g}, a large-model value; small models such as "

@@ -133,15 +133,18 @@ def tensor_token(p: Tensor, g: Tensor, st: dict[str, Tensor], sc: dict, frac: fl
     return torch.stack([f.reshape(()) for f in feats])
 
 
-def consolidate_tensor(p: Tensor, st: dict[str, Tensor]) -> dict[str, Tensor]:
+def consolidate_tensor(p: Tensor, st: dict[str, Tensor], decay: float = 1.0) -> dict[str, Tensor]:
     """End of a task: fold the current importance into the old-task importance, anchor the weight.
 
     Max-accumulation (as in SPG) keeps a weight protected if *any* earlier task needed it.
-    Detached on purpose: old-task statistics are inputs to the optimizer, not things to differentiate.
+    `decay` < 1 shrinks the old importance before the max (decay 0: only the last task counts), a
+    plasticity knob for long sequences where max-accumulation protects everything; every shipped
+    weight was trained with 1. Detached on purpose: old-task statistics are inputs to the optimizer,
+    not things to differentiate.
     """
     new = dict(st)
     imp = _minmax(st["imp"], st["imp"].min(), st["imp"].max()).detach()
-    new["imp_prev"] = torch.maximum(st["imp_prev"], imp) if "imp_prev" in st else imp
+    new["imp_prev"] = torch.maximum(decay * st["imp_prev"], imp) if "imp_prev" in st else imp
     new["anchor"] = p.detach().clone()
     new["imp"] = torch.zeros_like(st["imp"])
     return new

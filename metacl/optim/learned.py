@@ -250,13 +250,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
             imp[s:e].lerp_(torch.mul(g[s:e], p[s:e], out=tmp[: e - s]).abs_(), w)
 
     @torch.no_grad()
-    def consolidate(self) -> None:
-        """Call at the end of a task: old-task importance + anchors feed the retention features."""
+    def consolidate(self, decay: float = 1.0) -> None:
+        """Call at the end of a task: old-task importance + anchors feed the retention features.
+
+        `decay` (< 1: earlier tasks' importance fades, see `features.consolidate_tensor`) trades
+        protection of old tasks for plasticity; the weights were meta-trained with 1."""
         for group in self.param_groups:
             for p in group["params"]:
                 st = self.state.get(p)
                 if st and "imp" in st:
-                    new = fe.consolidate_tensor(p.detach().float(), {k: v for k, v in st.items() if k not in _COUNTERS})
+                    new = fe.consolidate_tensor(p.detach().float(), {k: v for k, v in st.items() if k not in _COUNTERS}, decay)
                     st.update(new)
                     st["task_step"] = torch.zeros((), dtype=torch.float32)
 
@@ -298,9 +301,37 @@ class LearnedOptimizer(torch.optim.Optimizer):
         return cls(params, meta=meta, config=cfg, **kwargs)
 
     @classmethod
-    def pretrained(cls, params: Iterable, **kwargs) -> "LearnedOptimizer":
-        """The default weights shipped in `metacl/optim/weights/` (see default.json for provenance)."""
-        return cls.from_pretrained(WEIGHTS_DIR, params, **kwargs)
+    def pretrained(cls, params: Iterable, name: str = "default", **kwargs) -> "LearnedOptimizer":
+        """Weights shipped in `metacl/optim/weights/<name>.{safetensors,json}` (the JSON holds their provenance).
+
+        `default`: meta-trained for LM fine-tuning (see default.json); `digits`: the earlier default,
+        meta-trained on digit MLPs (`shipped_weights()` lists what is there).
+        """
+        meta, cfg, _ = load_meta(WEIGHTS_DIR, stem=_shipped_stem(name))
+        return cls(params, meta=meta, config=cfg, **kwargs)
+
+
+def load_optimizer(path_or_name: str | os.PathLike | None, params: Iterable, **kwargs) -> LearnedOptimizer:
+    """What `--optimizer-path` means everywhere: None = the shipped default, a shipped name (`digits`) that
+    is not also a path on disk = those shipped weights, else a weights directory."""
+    if path_or_name is None:
+        return LearnedOptimizer.pretrained(params, **kwargs)
+    if not os.path.exists(path_or_name) and str(path_or_name) in shipped_weights():
+        return LearnedOptimizer.pretrained(params, name=str(path_or_name), **kwargs)
+    return LearnedOptimizer.from_pretrained(path_or_name, params, **kwargs)
+
+
+def shipped_weights() -> list[str]:
+    """Names accepted by `LearnedOptimizer.pretrained(name=...)`."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors") if (WEIGHTS_DIR / f"{p.stem}.json").is_file())
+
+
+def _shipped_stem(name: str) -> str:
+    names = shipped_weights()
+    if name not in names:
+        raise MetaclError(f"no shipped learned-optimizer weights named {name!r}; choose one of {', '.join(names)} "
+                          "or load your own with LearnedOptimizer.from_pretrained(DIR, params)")
+    return name
 
 
 def _check_meta(meta: dict[str, Tensor], cfg: nw.NetConfig, where: str) -> None:
@@ -314,7 +345,9 @@ def _check_meta(meta: dict[str, Tensor], cfg: nw.NetConfig, where: str) -> None:
         )
 
 
-def _files(path: Path) -> tuple[Path, Path]:
+def _files(path: Path, stem: str | None = None) -> tuple[Path, Path]:
+    if stem:
+        return path / f"{stem}.safetensors", path / f"{stem}.json"
     if path.is_dir() and (path / "default.safetensors").is_file() and not (path / WEIGHTS_FILE).is_file():
         return path / "default.safetensors", path / "default.json"
     return path / WEIGHTS_FILE, path / CONFIG_FILE
@@ -338,10 +371,10 @@ def save_meta(path: str | os.PathLike, meta: dict[str, Tensor], cfg: nw.NetConfi
     return path
 
 
-def load_meta(path: str | os.PathLike) -> tuple[dict[str, Tensor], nw.NetConfig, dict]:
-    """Read weights written by `save_meta`; `CheckpointError` with a fix if missing or corrupt."""
+def load_meta(path: str | os.PathLike, stem: str | None = None) -> tuple[dict[str, Tensor], nw.NetConfig, dict]:
+    """Read weights written by `save_meta` (`stem`: `<stem>.*` files, as shipped); `CheckpointError` with a fix if missing or corrupt."""
     path = Path(path)
-    wf, cf = _files(path)
+    wf, cf = _files(path, stem)
     if not wf.is_file() or not cf.is_file():
         raise CheckpointError(
             f"learned-optimizer weights not found in {path} (need {wf.name} and {cf.name}); "
