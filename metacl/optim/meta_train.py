@@ -372,6 +372,10 @@ class OptimizerMetaLearner:
         summary = {"config": asdict(cfg), "net": self.net.to_dict(), "eval_heldout": ev, "command": self.command,
                    "git_commit": _git_commit(), "meta_params": nw.meta_numel(self.meta), "world_size": self.dist.world_size,
                    "bad_steps": self.bad_steps, **peak_memory("cpu")}
+        if "lm" in cfg.family:  # the generated world and tiny base LMs the episodes were drawn from
+            from metacl.optim.lm_family import settings_dict
+
+            summary["lm_family"] = settings_dict(cfg.family)
         save_meta(self.out, self.meta, self.net,
                   info={k: summary[k] for k in ("command", "git_commit", "eval_heldout")} | {"seed": cfg.seed})
         write_json_atomic(self.out / "summary.json", summary)
