@@ -274,3 +274,33 @@ def test_anchor_start_anchors_the_starting_weights_and_its_drift_feature_pulls_b
     free, pulled = run(True, 0.0), run(True, 5.0)
     assert pulled < 0.8 * free, (pulled, free)
     assert run(False, 5.0) == pytest.approx(run(False, 0.0), rel=1e-6)  # no anchor: drift is 0, the coefficient inert
+
+
+def test_coef_scale_is_part_of_the_config_and_only_rescales_coefficients(tmp_path):
+    """Weights saved with their own `coef_scale` load with it; the same coefficients in effect give the same steps."""
+    from metacl.optim.learned import load_meta, save_meta
+
+    base = NetConfig(init_lr=1e-2, head="linear", anchor_start=True)
+    wide = NetConfig(init_lr=1e-2, head="linear", anchor_start=True, coef_scale=(1, 1, 1, 1, 0.01, 0.01, 0.01, 1.0))
+    m_base, m_wide = init_meta(base, 0), init_meta(wide, 0)
+    m_base["coef.b"][7] = 2.0 / nw.COEF_FEATURE_SCALE[7]   # both: drift coefficient 2 in effect
+    m_wide["coef.b"][7] = 2.0
+    m_base["coef.w"][:, 7] = m_wide["coef.w"][:, 7] = 0.0
+    save_meta(tmp_path / "wide", m_wide, wide)
+    m_wide, wide, _ = load_meta(tmp_path / "wide")
+    assert tuple(wide.coef_scale) == (1, 1, 1, 1, 0.01, 0.01, 0.01, 1.0)
+    out = []
+    for meta, cfg in ((m_base, base), (m_wide, wide)):
+        torch.manual_seed(5)
+        model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
+        opt = LearnedOptimizer(model.parameters(), meta=meta, config=cfg, total_steps=10)
+        for step in range(10):
+            x, y = _data(step)
+            model.zero_grad()
+            (model(x) - y).pow(2).mean().backward()
+            opt.step()
+        out.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    with pytest.raises(MetaclError, match="coef_scale has 3 entries"):
+        nw.coef_scale(NetConfig(head="linear", coef_scale=(1, 1, 1)))

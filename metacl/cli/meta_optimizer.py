@@ -51,6 +51,9 @@ def register(subparsers) -> None:
     p.add_argument("--anchor-start", action="store_true",
                    help="treat the starting weights as a finished task (anchor + drift features from step 1); "
                         "saved in the weights' config, so deployment does the same")
+    p.add_argument("--coef-scale", type=float, nargs=8, default=None, metavar="S",
+                   help="linear head: scale of each feature's coefficient (g, m0.5, m0.9, m0.99, value, importance, "
+                        "old importance, drift; default 1 1 1 1 0.01 0.01 0.01 0.01)")
     p.add_argument("--plasticity", type=float, default=0.0,
                    help="weight of the plasticity term: each task's held-out new-task loss above AdamW's on the same episode")
     p.add_argument("--plasticity-form", choices=["hinge", "ratio"], default="hinge")
@@ -87,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         init_lr=args.init_lr, seed=args.seed, ckpt_every=args.ckpt_every, eval_episodes=args.eval_episodes,
         min_tasks=args.min_tasks, kinds=args.kinds, normalize=args.normalize, learn_reduce=args.learn_reduce,
         meta_batch=args.meta_batch, max_bad_steps=args.max_bad_steps, precision=args.precision,
-        head=args.head, anchor_start=args.anchor_start, plasticity=args.plasticity, plasticity_form=args.plasticity_form,
+        head=args.head, anchor_start=args.anchor_start, coef_scale=tuple(args.coef_scale) if args.coef_scale else None, plasticity=args.plasticity, plasticity_form=args.plasticity_form,
         plasticity_lr=args.plasticity_lr, baseline_lr=args.baseline_lr,
     )
     summary = meta_train(cfg, args.out, resume=args.resume, progress=not args.no_progress,

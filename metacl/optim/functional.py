@@ -37,7 +37,7 @@ def compute_updates(
     """
     scal = [fe.tensor_scalars(p, g, st, t) for p, g, st in entries]
     tokens = torch.stack([fe.tensor_token(p, g, st, sc, frac) for (p, g, st), sc in zip(entries, scal)])
-    cond, log_s = nw.tensor_conditioning(meta, nw.tensor_context(meta, cfg, tokens))
+    cond, log_s = nw.tensor_conditioning(meta, nw.tensor_context(meta, cfg, tokens), cfg)
     out = []
     for i, ((p, g, st), sc) in enumerate(zip(entries, scal)):
         if cfg.head == "linear":

@@ -145,7 +145,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             scal.append(sc)
             tokens.append(tok.to(device))
         # 3) the transformer over tensor tokens: per-tensor conditioning and step scale
-        cond, log_s = nw.tensor_conditioning(meta, nw.tensor_context(meta, self.cfg, torch.stack(tokens)))
+        cond, log_s = nw.tensor_conditioning(meta, nw.tensor_context(meta, self.cfg, torch.stack(tokens)), self.cfg)
         if self.cfg.head == "linear":
             self._apply_linear(todo, entries, scal, cond, log_s, meta)
             return loss

@@ -84,6 +84,7 @@ class MetaTrainConfig:
     plasticity_lr: float | None = None  # AdamW lr of the reference run (None = baseline_lr); use a tuned one
     head: str = "mlp"                # the optimizer network's per-parameter head (metacl.optim.network.HEADS)
     anchor_start: bool = False       # consolidate at the start of every episode (NetConfig.anchor_start)
+    coef_scale: tuple[float, ...] | None = None  # linear head: NetConfig.coef_scale (None = the module default)
 
     def check(self) -> None:
         if self.family not in FAMILIES:
@@ -251,7 +252,8 @@ class OptimizerMetaLearner:
         if net is not None and (net.head, net.anchor_start) != (cfg.head, cfg.anchor_start):
             raise MetaclError(f"meta_train: net (head={net.head!r}, anchor_start={net.anchor_start}) and cfg "
                               f"(head={cfg.head!r}, anchor_start={cfg.anchor_start}) disagree; set both the same")
-        self.net = net or nw.NetConfig(init_lr=cfg.init_lr, head=cfg.head, anchor_start=cfg.anchor_start)
+        self.net = net or nw.NetConfig(init_lr=cfg.init_lr, head=cfg.head, anchor_start=cfg.anchor_start,
+                                       coef_scale=cfg.coef_scale)
         self.command = command or " ".join(["metacl"] + sys.argv[1:])
         self.step, self.bad_steps = 0, 0
         self.setup()

@@ -49,6 +49,8 @@ class NetConfig:
     # features (the ones that can learn an L2-SP-like pull back to what the model knew) are zero for
     # the whole run. Weights trained with it must be deployed with it: it is part of their config.
     anchor_start: bool = False
+    # linear head: the per-feature scale of its coefficients (None = COEF_FEATURE_SCALE); saved with the weights
+    coef_scale: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +91,18 @@ CTX_COEF_SCALE = 0.1
 # meta-trainings diverge (held-out meta-loss 182 against a tuned AdamW's 1.02, seed 1). At 0.01
 # the same meta-step moves them as much as an Adam-like weight decay of 1e-4 per unit of lr.
 COEF_FEATURE_SCALE = (1.0, 1.0, 1.0, 1.0, 0.01, 0.01, 0.01, 0.01)
+
+
+def coef_scale(cfg: NetConfig | None) -> tuple[float, ...]:
+    """The linear head's per-feature coefficient scale of `cfg` (the module default if it sets none)."""
+    if cfg is None or cfg.coef_scale is None:
+        return COEF_FEATURE_SCALE
+    if len(cfg.coef_scale) != len(COEF_FEATURE_SCALE):
+        from metacl.errors import MetaclError
+
+        raise MetaclError(f"NetConfig coef_scale has {len(cfg.coef_scale)} entries; give one per feature "
+                          f"({len(COEF_FEATURE_SCALE)}, the order of features.param_features)")
+    return tuple(float(x) for x in cfg.coef_scale)
 
 
 def init_meta(cfg: NetConfig, seed: int = 0) -> dict[str, Tensor]:
@@ -154,14 +168,14 @@ def tensor_context(meta: dict[str, Tensor], cfg: NetConfig, tokens: Tensor) -> T
     return x
 
 
-def tensor_conditioning(meta: dict[str, Tensor], ctx: Tensor) -> tuple[Tensor, Tensor]:
+def tensor_conditioning(meta: dict[str, Tensor], ctx: Tensor, cfg: NetConfig | None = None) -> tuple[Tensor, Tensor]:
     """Per-tensor conditioning from the context vectors, and the bounded log step-scale (T,).
 
     MLP head: the hidden bias (T, H). Linear head: the feature coefficients (T, F).
     """
     log_s = 2.0 * torch.tanh(ctx @ meta["ctx_s.w"])
     if "coef.w" in meta:
-        scale = torch.tensor(COEF_FEATURE_SCALE, dtype=ctx.dtype, device=ctx.device)
+        scale = torch.tensor(coef_scale(cfg), dtype=ctx.dtype, device=ctx.device)
         return (meta["coef.b"] + CTX_COEF_SCALE * (ctx @ meta["coef.w"])) * scale, log_s
     return ctx @ meta["ctx_h.w"], log_s
 
