@@ -46,6 +46,8 @@ def main(argv=None) -> int:
         problems.append(f"the tree {REPO} has uncommitted changes (git status --porcelain is not empty)")
     if trained_at != head:
         problems.append(f"the run recorded commit {trained_at} but HEAD is {head}")
+    if info.get("git_dirty") is not False:  # True, or not recorded (runs from before it was)
+        problems.append(f"the run does not record a clean tree at its start (git_dirty: {info.get('git_dirty')})")
     if problems and not args.allow_dirty:
         raise SystemExit("refusing to export: " + "; ".join(problems) + ". Commit, re-run meta-training from that "
                          "commit and export again, or pass --allow-dirty to export with dirty: true")

@@ -6,7 +6,7 @@
 #                 seed 11: neither the table's world nor its base LM is ever seen) -> $RUNS/lo_lm2
 #   init          the untrained network of the same config (the `random` control) -> $RUNS/lo_lm2_init
 #   adamw         finetune + AdamW, lr tuned on tl_val over 3e-4 / 1e-3 / 3e-3 (seed 0), then seeds 0 1 2
-#   learned       finetune + the learned optimizer, its step multiplier tuned on tl_val over 0.5 / 1 / 2
+#   learned       finetune + the learned optimizer, its step multiplier tuned on tl_val over 0.5 / 1 / 2 / 4 / 8
 #   random        finetune + the untrained network, the same grid (what meta-training changed)
 #   replay        replay + AdamW at adamw's chosen lr, replay_per_batch tuned over 2 / 4 / 8
 #   oracle        oracle token weights + AdamW at adamw's chosen lr (the benchmark's headroom)
@@ -45,9 +45,9 @@ EOF
           ;;
     adamw)   metacl ckl tune "${SET[@]}" --strategy finetune --grid lr=3e-4,1e-3,3e-3 "${TUNE[@]}" --out "$T/adamw" ;;
     learned) metacl ckl tune "${SET[@]}" --strategy finetune --optimizer learned --optimizer-path "$LO" \
-               --grid learned_lr=0.5,1,2 "${TUNE[@]}" --out "$T/learned" ;;
+               --grid learned_lr=0.5,1,2,4,8 "${TUNE[@]}" --out "$T/learned" ;;
     random)  metacl ckl tune "${SET[@]}" --strategy finetune --optimizer learned --optimizer-path "$RUNS/lo_lm2_init" \
-               --grid learned_lr=0.5,1,2 "${TUNE[@]}" --out "$T/random" ;;
+               --grid learned_lr=0.5,1,2,4,8 "${TUNE[@]}" --out "$T/random" ;;
     replay)  metacl ckl tune "${SET[@]}" --strategy replay --lr "$(chosen "$T/adamw" lr)" \
                --grid replay_per_batch=2,4,8 "${TUNE[@]}" --out "$T/replay" ;;
     oracle)  metacl ckl run "${SET[@]}" --strategy oracle --oracle-data "$W/tl.jsonl" "$W/tl_val.jsonl" \

@@ -74,3 +74,17 @@ def test_cli_checkpoint_resume_and_es(tmp_path, capsys):
     m0 = nw.init_meta(nw.NetConfig(init_lr=3e-3), 0)
     m1, _, _ = load_meta(es_out)
     assert any(not torch.equal(m0[k], m1[k]) for k in m0)  # the ES step moved the meta-parameters
+
+
+def test_the_run_records_the_commit_it_started_from(tmp_path, monkeypatch):
+    """A commit made while a meta-training runs must not be recorded as the code that trained it."""
+    import metacl.optim.meta_train as mt
+
+    commits = iter(["start-commit", "later-commit", "later-commit", "later-commit"])
+    monkeypatch.setattr(mt, "_git_commit", lambda: next(commits))
+    monkeypatch.setattr(mt, "_git_dirty", lambda: False)
+    cfg = MetaTrainConfig(family="toy", steps=2, inner_steps=2, eval_episodes=1, ckpt_every=100)
+    summary = meta_train(cfg, tmp_path / "run", progress=False)
+    assert summary["git_commit"] == "start-commit" and summary["git_dirty"] is False
+    _, _, info = load_meta(tmp_path / "run")
+    assert info["git_commit"] == "start-commit" and info["git_dirty"] is False

@@ -232,6 +232,15 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _git_dirty() -> bool | None:
+    """Whether the checkout has uncommitted changes (git-ignored files such as runs/ do not count); None if unknown."""
+    try:
+        return bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=True,
+                                   cwd=Path(__file__).parent).stdout.strip())
+    except Exception:
+        return None
+
+
 class OptimizerMetaLearner:
     """The learned optimizer as a `metacl.metalearner.MetaLearner`: meta-parameters, their Adam, the ES noise.
 
@@ -255,6 +264,8 @@ class OptimizerMetaLearner:
         self.net = net or nw.NetConfig(init_lr=cfg.init_lr, head=cfg.head, anchor_start=cfg.anchor_start,
                                        coef_scale=cfg.coef_scale)
         self.command = command or " ".join(["metacl"] + sys.argv[1:])
+        # read now, not when the run ends: the code that trains is the code of the commit checked out at start
+        self.git_commit, self.git_dirty = _git_commit(), _git_dirty()
         self.step, self.bad_steps = 0, 0
         self.setup()
 
@@ -372,14 +383,14 @@ class OptimizerMetaLearner:
             return {"config": asdict(cfg), "rank": self.dist.rank}
         ev = evaluate(self.meta, self.net, cfg, cfg.eval_episodes, cfg.seed) if cfg.eval_episodes > 0 else {}
         summary = {"config": asdict(cfg), "net": self.net.to_dict(), "eval_heldout": ev, "command": self.command,
-                   "git_commit": _git_commit(), "meta_params": nw.meta_numel(self.meta), "world_size": self.dist.world_size,
+                   "git_commit": self.git_commit, "git_dirty": self.git_dirty, "meta_params": nw.meta_numel(self.meta), "world_size": self.dist.world_size,
                    "bad_steps": self.bad_steps, **peak_memory("cpu")}
         if "lm" in cfg.family:  # the generated world and tiny base LMs the episodes were drawn from
             from metacl.optim.lm_family import settings_dict
 
             summary["lm_family"] = settings_dict(cfg.family)
         save_meta(self.out, self.meta, self.net,
-                  info={k: summary[k] for k in ("command", "git_commit", "eval_heldout")} | {"seed": cfg.seed})
+                  info={k: summary[k] for k in ("command", "git_commit", "git_dirty", "eval_heldout")} | {"seed": cfg.seed})
         write_json_atomic(self.out / "summary.json", summary)
         return summary
 

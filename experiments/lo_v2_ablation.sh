@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Ablations of the learned optimizer of docs/results/lo_v2_table/, one change at a time against its
+# meta-training (experiments/lo_v2_table.sh, stage `meta`), each deployed as that table's `learned` row
+# (same world, LM, settings, grid learned_lr=0.5,1,2,4,8 tuned on tl_val, seeds 0 1 2).
+#
+# Usage: experiments/lo_v2_ablation.sh ID...   (RUNS=runs by default)
+#   drift    --coef-scale 1 1 1 1 0.01 0.01 0.01 1: the drift-from-anchor coefficient at scale 1, not 0.01,
+#            so meta-training can grow an L2-SP-like pull to the pretrained weights within its budget
+#            (at 0.01 a 400-step run moved it to 0.0015 in effect: a pull of ~1e-4 of the drift per step)
+#   noplast  --plasticity 0: no charge for learning less than AdamW (what the plasticity term buys)
+#   table    experiments/lo_v2_report.py over the table's rows plus every ablation present -> docs/results/lo_v2_ablation/
+set -euo pipefail
+RUNS=${RUNS:-runs}
+W=$RUNS/w2/world_e200_d3-5; LM=$RUNS/w2/lm_small_s0; T=$RUNS/lo_v2
+LO_STEPS=${LO_STEPS:-400}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+SET=(--model "$LM" --data "$W" --epochs 8 --batch-size 8 --max-length 256 --no-exact-match --device cpu)
+META=(--family lm2 --head linear --anchor-start --plasticity 1.0 --plasticity-lr 1e-3 --baseline-lr 1e-3 --init-lr 1e-3
+      --steps "$LO_STEPS" --inner-steps 16 --tasks-per-episode 2 --meta-lr 3e-3 --seed 0 --ckpt-every 10
+      --eval-episodes 6 --no-progress)
+for id in "$@"; do
+  echo "=== $id $(date -u +%H:%M:%S)"
+  case $id in
+    drift)   extra=(--coef-scale 1 1 1 1 0.01 0.01 0.01 1) ;;
+    noplast) extra=(--plasticity 0) ;;
+    table)
+      rows=(adamw="$T/adamw" learned="$T/learned" oracle="$T/oracle" random="$T/random")
+      for a in drift noplast; do [ -f "$T/learned_$a/final/summary.json" ] && rows+=(learned_$a="$T/learned_$a"); done
+      python experiments/lo_v2_report.py --out docs/results/lo_v2_ablation "${rows[@]}"
+      continue ;;
+    *) echo "unknown ablation $id" >&2; exit 2 ;;
+  esac
+  metacl meta-train optimizer --out "$RUNS/lo_lm2_$id" "${META[@]}" "${extra[@]}" ${RESUME:+--resume}
+  metacl ckl tune "${SET[@]}" --strategy finetune --optimizer learned --optimizer-path "$RUNS/lo_lm2_$id" \
+    --grid learned_lr=0.5,1,2,4,8 --seeds 0 --then-seeds 0 1 2 --out "$T/learned_$id"
+done
