@@ -266,3 +266,33 @@ def test_one_pass_advance_and_sum_matches_separate_advance_and_reductions():
         assert sums.keys() == ref.keys()
         for k in ref:
             torch.testing.assert_close(sums[k], ref[k], rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("anchor_start", [False, True])
+def test_linear_head_numbers_do_not_depend_on_chunk_size(anchor_start):
+    """The linear head's default chunk grew from 2^16 to 2^18 for speed (docs/benchmarks.md); its steps are
+    bit-identical to 2^16's, because the per-tensor sums are blocked by REDUCE_CHUNK, never by chunk_size.
+    Tensors above, between and below both sizes, a task boundary included."""
+    from metacl.optim import NetConfig
+    from metacl.optim.learned import REDUCE_CHUNK
+
+    torch.manual_seed(0)
+    shapes = [(700, 1000), (300, 500), (100, 50), (50,)]   # 700k > 2^18 > 150k > 2^16 > 5k
+    assert 700 * 1000 > 1 << 18 > 300 * 500 > REDUCE_CHUNK > 100 * 50
+    init = [torch.randn(s) * 0.05 for s in shapes]
+    cfg = NetConfig(head="linear", anchor_start=anchor_start)
+    runs = []
+    for chunk in (1 << 16, None):
+        ps = [torch.nn.Parameter(t.clone()) for t in init]
+        opt = LearnedOptimizer(ps, config=cfg, total_steps=6, chunk_size=chunk)
+        g = torch.Generator().manual_seed(1)
+        for step in range(6):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=g) * 1e-2
+            opt.step()
+            if step == 2:
+                opt.consolidate()
+        runs.append((opt.chunk_size, [p.detach().clone() for p in ps]))
+    assert runs[1][0] == 1 << 18
+    for a, b in zip(runs[0][1], runs[1][1]):
+        assert torch.equal(a, b)
