@@ -45,15 +45,15 @@ def main() -> None:
     cfg = MetaTrainConfig(**{k: v for k, v in run_cfg.items() if k in MetaTrainConfig.__dataclass_fields__})
     steps = cfg.inner_steps
 
-    def learned(path):
-        meta, net, _ = load_meta(path)
+    def learned(path, stem=None):
+        meta, net, _ = load_meta(path, stem=stem)
         return lambda: LearnedFunctional(meta, net, total_steps=steps)
 
     init_net = nw.NetConfig(init_lr=cfg.init_lr)
     init_meta = nw.init_meta(init_net, cfg.seed)
     optimizers = {
         "learned (lm-trained)": learned(a.run),
-        "learned (default, digits-trained)": learned(WEIGHTS_DIR),
+        "learned (shipped digits weights)": learned(WEIGHTS_DIR, "digits"),
         f"untrained network (init lr {cfg.init_lr:g})": lambda: LearnedFunctional(init_meta, init_net, total_steps=steps),
         **{f"Adam lr {lr:g}": (lambda lr=lr: adamw(lr=lr)) for lr in a.adam_lrs},
     }

@@ -4,12 +4,17 @@
         adamw=runs/lo_v2/adamw learned=runs/lo_v2/learned random=runs/lo_v2/random adamw_replay=runs/lo_v2/replay
 
 Each NAME=DIR is a `metacl ckl tune` folder. Every grid point of it (tuning seed 0, its honest epoch)
-gives one (TL, NF) point; a row's frontier is its points sorted by TL. Why: issue 15 asks for NF "at
-equal TL" against AdamW and its best retention baseline, and the rows of the table sit at different
-TL (each chose its own step size on tl_val), so NF differences there mix plasticity with retention.
-NF at the TL of another row's point is read by linear interpolation between a frontier's two
-neighbouring points (None outside its range: no extrapolation). The TL test accuracies were recorded
-by `tune` for reading only; nothing here chooses anything. Writes frontier.json and frontier.png.
+gives one (TL, NF) point. Why: issue 15 asks for NF "at equal TL" against AdamW and its best retention
+baseline, and the rows of the table sit at different TL (each chose its own step size on tl_val), so
+NF differences there mix plasticity with retention. A step-size grid is not monotone in TL (too large
+a step learns less and forgets more), so no curve through the points is interpolated; instead
+
+    best_nf(row, x) = the highest NF among the row's points with TL >= x   (None if it has none)
+
+is read at x = the TL of each row's tuned point: "at no less TL than that, the most a grid point of
+this row kept". Only Pareto points matter for it (frontier.json lists them). The TL test accuracies
+were recorded by `tune` for reading only; nothing here chooses anything. Writes frontier.json and
+frontier.png (every point, Pareto points joined).
 """
 from __future__ import annotations
 
@@ -26,15 +31,16 @@ def points(tune_dir: Path) -> list[dict]:
                     "tl_val": c["tl_val_acc"]} for c in t["configs"]), key=lambda p: p["tl"])
 
 
-def nf_at(frontier: list[dict], tl: float) -> float | None:
-    """NF of `frontier` at TL `tl` by linear interpolation; None outside its TL range."""
-    for a, b in zip(frontier, frontier[1:]):
-        if a["tl"] <= tl <= b["tl"]:
-            if b["tl"] == a["tl"]:
-                return max(a["nf"], b["nf"])
-            w = (tl - a["tl"]) / (b["tl"] - a["tl"])
-            return a["nf"] + w * (b["nf"] - a["nf"])
-    return None
+def best_nf(pts: list[dict], tl: float) -> float | None:
+    """The highest NF among `pts` with TL >= `tl` (None if none reaches it)."""
+    ok = [p["nf"] for p in pts if p["tl"] >= tl - 1e-12]
+    return max(ok) if ok else None
+
+
+def pareto(pts: list[dict]) -> list[dict]:
+    """Points no other point beats on both TL and NF, by TL."""
+    return [p for p in pts if not any(q["tl"] >= p["tl"] and q["nf"] >= p["nf"] and q is not p
+                                      and (q["tl"], q["nf"]) != (p["tl"], p["nf"]) for q in pts)]
 
 
 def main() -> None:
@@ -42,39 +48,42 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", metavar="NAME=DIR")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    fronts = {}
+    fronts, chosen = {}, {}
     for spec in a.runs:
         name, _, d = spec.partition("=")
         fronts[name] = points(Path(d))
-    equal = {}
-    for name, pts in fronts.items():
-        equal[name] = [{"point": p["point"], "tl": p["tl"], "nf": p["nf"],
-                        "nf_of_others_at_this_tl": {o: nf_at(f, p["tl"]) for o, f in fronts.items() if o != name}}
-                       for p in pts]
+        chosen[name] = json.loads((Path(d) / "tune.json").read_text())["configs"][
+            json.loads((Path(d) / "tune.json").read_text())["chosen"]]["name"]
+    levels = {name: next(p["tl"] for p in fronts[name] if p["point"] == chosen[name]) for name in fronts}
+    table = {f"TL >= {levels[ref]:.3f} ({ref}'s tuned point)": {name: best_nf(pts, levels[ref]) for name, pts in fronts.items()}
+             for ref in fronts}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "frontier.json", {"seed": 0, "protocol": "honest (epoch chosen on tl_val)",
-                                              "frontiers": fronts, "equal_tl": equal})
+                                              "points": fronts, "pareto": {k: pareto(v) for k, v in fronts.items()},
+                                              "chosen": chosen, "best_nf_at_tl": table})
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
     for name, pts in fronts.items():
-        ax.plot([p["tl"] for p in pts], [p["nf"] for p in pts], marker="o", label=name)
+        line, = ax.plot([p["tl"] for p in pts], [p["nf"] for p in pts], "o", alpha=0.6)
+        par = pareto(pts)
+        ax.plot([p["tl"] for p in par], [p["nf"] for p in par], "-", color=line.get_color(), label=name)
         for p in pts:
             ax.annotate(p["point"].split("=")[-1], (p["tl"], p["nf"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("TL accuracy (honest epoch, seed 0)")
     ax.set_ylabel("NF accuracy")
-    ax.set_title("Grid points of each row: up and right is better")
+    ax.set_title("Every grid point; lines join each row's Pareto points (up-right is better)", fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "frontier.png", dpi=120)
-    for name, rows in equal.items():
-        for r in rows:
-            others = ", ".join(f"{o} {v:.3f}" if v is not None else f"{o} n/a" for o, v in r["nf_of_others_at_this_tl"].items())
-            print(f"{name} {r['point']}: TL {r['tl']:.3f} NF {r['nf']:.3f} | NF of the others at this TL: {others}")
+    print("| best NF of a grid point with TL at least ... | " + " | ".join(fronts) + " |")
+    print("|---|" + "---:|" * len(fronts))
+    for level, row in table.items():
+        print(f"| {level} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in row.values()) + " |")
 
 
 if __name__ == "__main__":

@@ -125,13 +125,21 @@ def test_save_and_load_pretrained(tmp_path):
         LearnedOptimizer(model.parameters(), lr=-1.0)
 
 
-def test_pretrained_default_weights_train_a_fresh_model():
+# The digits weights halve this toy's loss in 50 steps (1.61 -> 0.20). The LM-trained default is damped:
+# at multiplier 1 it goes 1.61 -> 1.54 where Adam at lr 1e-3 (its nominal step) reaches 1.06, and at the
+# multiplier world v2's tl_val chose (4) 1.61 -> 1.37 (seeds 5 6 7: x0.85 / 0.83 / 0.87); see
+# docs/results/lo_v2.md. So the default is only asked to learn steadily here, not fast.
+@pytest.mark.parametrize("name, lr, at_most", [("digits", 1.0, 0.5), ("default", 4.0, 0.9)])
+def test_pretrained_weights_train_a_fresh_model(name, lr, at_most):
     model, x, y = _problem(5)
-    opt = LearnedOptimizer.pretrained(model.parameters(), total_steps=50)
+    opt = LearnedOptimizer.pretrained(model.parameters(), name=name, total_steps=50, lr=lr)
     first = _loss(model, x, y).item()
+    losses = []
     for _ in range(50):
         opt.zero_grad(); _loss(model, x, y).backward(); opt.step()
-    assert _loss(model, x, y).item() < 0.5 * first
+        losses.append(_loss(model, x, y).item())
+    assert losses[-1] < at_most * first
+    assert max(losses[25:]) < losses[0]  # no blow-up along the way
 
 
 def test_meta_gradient_reaches_every_meta_parameter_through_unroll():

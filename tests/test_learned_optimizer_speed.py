@@ -150,10 +150,11 @@ def test_fused_network_matches_param_update():
 
 
 def test_pretrained_weights_still_load_and_match_reference():
-    """The shipped default weights go through the optimised path and give the reference numbers."""
+    """The shipped MLP-head (digits) weights go through the optimised path and give the reference numbers
+    (the linear-head default has its own reference test in tests/test_lo_linear_head.py)."""
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
-    opt = LearnedOptimizer.pretrained(model.parameters(), total_steps=4, chunk_size=33)
+    opt = LearnedOptimizer.pretrained(model.parameters(), name="digits", total_steps=4, chunk_size=33)
     meta, cfg = opt.meta, opt.cfg
     params = [p.detach().clone() for p in model.parameters()]
     state = {"t": 0, "t_task": 0}

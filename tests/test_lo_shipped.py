@@ -21,6 +21,10 @@ def test_default_and_digits_weights_are_shipped_with_their_provenance():
         info = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())["info"]
         assert info["command"].startswith("metacl meta-train optimizer"), name
         assert info.get("dirty") is False and info.get("git_commit"), f"{name}: exported from a clean commit"
+    default = json.loads((WEIGHTS_DIR / "default.json").read_text())
+    assert "--family lm2" in default["info"]["command"]  # meta-trained for LM fine-tuning (world v2 LMs, 3 sizes)
+    assert default["config"]["head"] == "linear" and default["config"]["anchor_start"] is True
+    assert default["info"]["git_dirty"] is False and default["info"]["train_git_commit"] == default["info"]["git_commit"]
     digits = json.loads((WEIGHTS_DIR / "digits.json").read_text())["info"]["command"]
     assert "--family" not in digits or "--family digits" in digits  # the digits family (the CLI default)
 

@@ -27,7 +27,7 @@ from typing import Any, Iterable
 import torch
 
 from metacl.errors import MetaclError
-from metacl.optim.learned import LearnedOptimizer
+from metacl.optim.learned import LearnedOptimizer, load_optimizer
 
 def constant_schedule(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
     """A scheduler that keeps every group's lr (the learned optimizer's multiplier) where it is."""
@@ -41,7 +41,8 @@ def trainer_optimizers(params: Iterable, args: Any = None, total_steps: int | No
     params: the model's parameters (or param groups). args: the `TrainingArguments` (optional),
     read for `max_steps`. total_steps: steps per task; None = `args.max_steps` if > 0, else set by
     `LearnedOptimizerCallback` when training starts. weights: a directory written by
-    `save_pretrained`; None = the shipped default weights. kwargs go to `LearnedOptimizer`.
+    `save_pretrained`, or a shipped name (`digits`); None = the shipped default weights. kwargs go to
+    `LearnedOptimizer`.
     """
     if total_steps is not None and total_steps < 1:
         raise MetaclError(f"trainer_optimizers(total_steps={total_steps}): pass the expected number of steps (>= 1) or None")
@@ -49,8 +50,7 @@ def trainer_optimizers(params: Iterable, args: Any = None, total_steps: int | No
     if from_trainer and args is not None and getattr(args, "max_steps", -1) and args.max_steps > 0:
         total_steps = int(args.max_steps)
     kw = dict(kwargs, total_steps=total_steps)
-    opt = (LearnedOptimizer.pretrained(params, **kw) if weights is None
-           else LearnedOptimizer.from_pretrained(weights, params, **kw))
+    opt = load_optimizer(weights, params, **kw)
     opt.total_steps_given = not from_trainer  # taken from args: Trainer's own count still wins at train start
     return opt, constant_schedule(opt)
 
