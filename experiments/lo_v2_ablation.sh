@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Ablations of the learned optimizer of docs/results/lo_v2_table/, one change at a time against its
 # meta-training (experiments/lo_v2_table.sh, stage `meta`), each deployed as that table's `learned` row
-# (same world, LM, settings, grid learned_lr=0.5,1,2,4,8 tuned on tl_val, seeds 0 1 2).
+# (same world, LM, settings, grid learned_lr=0.5,1,2,4,8,16 tuned on tl_val, seeds 0 1 2;
+# 16 added after drift chose 8, the edge of the table's grid).
 #
 # Usage: experiments/lo_v2_ablation.sh ID...   (RUNS=runs by default)
 #   drift    --coef-scale 1 1 1 1 0.01 0.01 0.01 1: the drift-from-anchor coefficient at scale 1, not 0.01,
@@ -32,5 +33,5 @@ for id in "$@"; do
   esac
   metacl meta-train optimizer --out "$RUNS/lo_lm2_$id" "${META[@]}" "${extra[@]}" ${RESUME:+--resume}
   metacl ckl tune "${SET[@]}" --strategy finetune --optimizer learned --optimizer-path "$RUNS/lo_lm2_$id" \
-    --grid learned_lr=0.5,1,2,4,8 --seeds 0 --then-seeds 0 1 2 --out "$T/learned_$id"
+    --grid learned_lr=0.5,1,2,4,8,16 --seeds 0 --then-seeds 0 1 2 --out "$T/learned_$id"
 done

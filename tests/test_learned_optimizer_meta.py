@@ -88,3 +88,13 @@ def test_the_run_records_the_commit_it_started_from(tmp_path, monkeypatch):
     assert summary["git_commit"] == "start-commit" and summary["git_dirty"] is False
     _, _, info = load_meta(tmp_path / "run")
     assert info["git_commit"] == "start-commit" and info["git_dirty"] is False
+
+
+def test_resume_accepts_a_run_with_tuple_settings(tmp_path):
+    """coef_scale is a tuple in the config and a list in the checkpoint's JSON: resuming must not call that a change."""
+    cfg = MetaTrainConfig(family="toy", steps=2, inner_steps=2, eval_episodes=0, ckpt_every=1, head="linear",
+                          coef_scale=(1, 1, 1, 1, 0.01, 0.01, 0.01, 1.0))
+    meta_train(cfg, tmp_path / "run", progress=False)
+    cfg.steps = 3
+    summary = meta_train(cfg, tmp_path / "run", resume=True, progress=False)
+    assert summary["config"]["steps"] == 3

@@ -354,7 +354,8 @@ class OptimizerMetaLearner:
         """Restore a checkpoint in place; refuses one made with other settings."""
         ckpt_dir = self.out / "checkpoint"
         saved = {k: v for k, v in st["config"].items() if k not in _RESUMABLE}
-        now = {k: v for k, v in asdict(self.cfg).items() if k in saved}
+        # through JSON a tuple (coef_scale) comes back as a list: compare them as lists
+        now = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.cfg).items() if k in saved}
         if saved != now:
             diff = sorted(k for k in saved if saved[k] != now.get(k))
             raise CheckpointError(f"--resume: {ckpt_dir} was made with different settings ({', '.join(diff)}); use the same options or a new --out")
