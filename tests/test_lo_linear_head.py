@@ -248,6 +248,22 @@ def test_linear_head_bf16_params_follow_the_float32_step():
         assert d32.abs().mean() > 2 * tol.mean(), "steps too small for this comparison to mean anything"
 
 
+def _toy_run(meta, cfg, steps, after_step=None):
+    """A fixed tanh MLP (seed 5) trained `steps` steps on `_data` by the linear head; returns (model, start, opt)."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
+    start = [p.detach().clone() for p in model.parameters()]
+    opt = LearnedOptimizer(model.parameters(), meta=meta, config=cfg, total_steps=steps)
+    for step in range(steps):
+        x, y = _data(step)
+        model.zero_grad()
+        (model(x) - y).pow(2).mean().backward()
+        opt.step()
+        if after_step is not None:
+            after_step(step, model, start, opt)
+    return model, start, opt
+
+
 def test_anchor_start_anchors_the_starting_weights_and_its_drift_feature_pulls_back():
     """`anchor_start`: the weights a run starts from are the anchor from step 1, so a positive drift
     coefficient pulls towards them (an L2-SP-like term a CKL run can use; without it the drift feature is 0
@@ -256,19 +272,14 @@ def test_anchor_start_anchors_the_starting_weights_and_its_drift_feature_pulls_b
         cfg = NetConfig(init_lr=1e-2, head="linear", anchor_start=anchor_start)
         meta = init_meta(cfg, 0)
         meta["coef.b"][7] = drift_coef / nw.COEF_FEATURE_SCALE[7]  # coefficient in effect on (p - anchor) / rms(p)
-        torch.manual_seed(5)
-        model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
-        start = [p.detach().clone() for p in model.parameters()]
-        opt = LearnedOptimizer(model.parameters(), meta=meta, config=cfg, total_steps=20)
-        for step in range(20):
-            x, y = _data(step)
-            model.zero_grad()
-            (model(x) - y).pow(2).mean().backward()
-            opt.step()
+
+        def first_step(step, model, start, opt):
             if step == 0:
                 for p, p0 in zip(model.parameters(), start):
                     assert ("anchor" in opt.state[p]) == anchor_start
                     assert not anchor_start or torch.equal(opt.state[p]["anchor"], p0)
+
+        model, start, _ = _toy_run(meta, cfg, 20, first_step)
         return sum((p.detach() - p0).pow(2).sum().item() for p, p0 in zip(model.parameters(), start)) ** 0.5
 
     free, pulled = run(True, 0.0), run(True, 5.0)
@@ -291,14 +302,7 @@ def test_coef_scale_is_part_of_the_config_and_only_rescales_coefficients(tmp_pat
     assert tuple(wide.coef_scale) == (1, 1, 1, 1, 0.01, 0.01, 0.01, 1.0)
     out = []
     for meta, cfg in ((m_base, base), (m_wide, wide)):
-        torch.manual_seed(5)
-        model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
-        opt = LearnedOptimizer(model.parameters(), meta=meta, config=cfg, total_steps=10)
-        for step in range(10):
-            x, y = _data(step)
-            model.zero_grad()
-            (model(x) - y).pow(2).mean().backward()
-            opt.step()
+        model, _, _ = _toy_run(meta, cfg, 10)
         out.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*out):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

@@ -7,7 +7,6 @@ lives in `metacl.optim` (a lower layer) and is imported only when asked for.
 
 from __future__ import annotations
 
-
 from typing import Iterable
 
 import torch

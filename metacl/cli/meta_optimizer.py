@@ -90,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
         init_lr=args.init_lr, seed=args.seed, ckpt_every=args.ckpt_every, eval_episodes=args.eval_episodes,
         min_tasks=args.min_tasks, kinds=args.kinds, normalize=args.normalize, learn_reduce=args.learn_reduce,
         meta_batch=args.meta_batch, max_bad_steps=args.max_bad_steps, precision=args.precision,
-        head=args.head, anchor_start=args.anchor_start, coef_scale=tuple(args.coef_scale) if args.coef_scale else None, plasticity=args.plasticity, plasticity_form=args.plasticity_form,
+        head=args.head, anchor_start=args.anchor_start,
+        coef_scale=tuple(args.coef_scale) if args.coef_scale else None,
+        plasticity=args.plasticity, plasticity_form=args.plasticity_form,
         plasticity_lr=args.plasticity_lr, baseline_lr=args.baseline_lr,
     )
     summary = meta_train(cfg, args.out, resume=args.resume, progress=not args.no_progress,

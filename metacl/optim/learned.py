@@ -62,9 +62,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         total_steps: expected number of steps per task (the clock restarts at `consolidate()`), for the "fraction of training done" feature;
             None = not known yet: 1000 until `metacl.optim.hf.LearnedOptimizerCallback` sets Trainer's max_steps.
         chunk_size: parameters per chunk of the per-parameter step (bounds extra memory); None = 2^16 for
-            the MLP head, 2^18 for the linear head (whose dozen in-place passes per chunk run ~1.3x faster
-            on 2^18 at 1 thread and ~1.6x at 2 threads, and whose numbers do not depend on it: its
-            reductions always run in blocks of `REDUCE_CHUNK`).
+            the MLP head, 2^18 for the linear head (whose dozen in-place passes per chunk ran 1.15x faster
+            on 2^18 at 1 thread and 1.26x at 2 threads, experiments/bench_lo_chunk.py, and whose numbers
+            do not depend on it: its reductions always run in blocks of `REDUCE_CHUNK`).
         compile: MLP head only: run the per-parameter features + MLP as one `torch.compile`d loop
             per tensor (`metacl.optim.compiled`; same numbers to float32 rounding, ~1.4x faster on CPU,
             the first step compiles). Falls back to the eager step, with a warning, if compiling fails.

@@ -258,9 +258,10 @@ class OptimizerMetaLearner:
     def __init__(self, cfg: MetaTrainConfig, out: str | Path, info, net: nw.NetConfig | None = None,
                  command: str | None = None):
         self.cfg, self.out, self.dist = cfg, Path(out), info
-        if net is not None and (net.head, net.anchor_start) != (cfg.head, cfg.anchor_start):
-            raise MetaclError(f"meta_train: net (head={net.head!r}, anchor_start={net.anchor_start}) and cfg "
-                              f"(head={cfg.head!r}, anchor_start={cfg.anchor_start}) disagree; set both the same")
+        shared = ("head", "anchor_start", "coef_scale")  # set on both: the net must be what cfg asks for
+        if net is not None and any(getattr(net, k) != getattr(cfg, k) for k in shared):
+            got = ", ".join(f"{k}={getattr(net, k)!r} vs {getattr(cfg, k)!r}" for k in shared if getattr(net, k) != getattr(cfg, k))
+            raise MetaclError(f"meta_train: net and cfg disagree ({got}); set both the same")
         self.net = net or nw.NetConfig(init_lr=cfg.init_lr, head=cfg.head, anchor_start=cfg.anchor_start,
                                        coef_scale=cfg.coef_scale)
         self.command = command or " ".join(["metacl"] + sys.argv[1:])
