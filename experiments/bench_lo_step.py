@@ -8,9 +8,9 @@ time (`time.thread_time`, insensitive to being descheduled) and wall time are re
 `torch.set_num_threads(1)` the thread's CPU time is all the step's work (with `--threads 2` read the wall-time ratios). Every optimizer has its
 own copy of the model and all share one set of gradients (none of them writes to a gradient),
 rescaled between rounds so the statistics keep moving. Rows: AdamW (foreach), the learned
-optimizer with the shipped weights (MLP head), the same with `compile=True` (its warm-up step
-compiles and is not timed), and with the linear head (`NetConfig(head="linear")`,
-untrained weights: the cost does not depend on their values). Ratios use the per-round medians.
+optimizer with the shipped weights (MLP head), the same with `compile=True` (its warm-up steps
+compile and are not timed), and with the linear head (`NetConfig(head="linear")`, untrained
+weights: the cost does not depend on their values; also with `anchor_start`, and that compiled). Ratios use the per-round medians.
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ def _optimizers(params_of, which):
             out[name] = LearnedOptimizer(ps, config=NetConfig(head="linear"), total_steps=100)
         elif name == "learned_linear_anchor":  # + anchor_start: the consolidated state (anchor, old importance)
             out[name] = LearnedOptimizer(ps, config=NetConfig(head="linear", anchor_start=True), total_steps=100)
+        elif name == "learned_linear_anchor_compiled":  # the same, compile=True (its warm-up steps compile)
+            out[name] = LearnedOptimizer(ps, config=NetConfig(head="linear", anchor_start=True), total_steps=100,
+                                         compile=True)
         elif name == "learned_default":  # whatever `LearnedOptimizer.pretrained()` ships
             out[name] = LearnedOptimizer.pretrained(ps, total_steps=100)
     return out
@@ -80,7 +83,8 @@ def bench(model_name: str, rounds: int, which: list[str]) -> dict:
         return list(m.parameters())
 
     opts = _optimizers(params_of, which)
-    for o in opts.values():  # warm-up: allocates state
+    for o in opts.values():  # warm-up: allocates state (and compiles, for the compiled rows)
+        o.step()
         o.step()
     cpu = {n: [] for n in opts}
     wall = {n: [] for n in opts}

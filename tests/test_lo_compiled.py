@@ -1,5 +1,5 @@
-"""`LearnedOptimizer(compile=True)`: the compiled MLP-head step takes the eager step's numbers
-(to float32 rounding) before and after `consolidate()`, and a failing compile falls back cleanly."""
+"""`LearnedOptimizer(compile=True)`: the compiled step (MLP head; linear head) takes the eager step's
+numbers (to float32 rounding) before and after `consolidate()`, and a failing compile falls back cleanly."""
 
 import warnings
 
@@ -13,21 +13,21 @@ from metacl.optim import compiled as co
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _meta():
-    cfg = NetConfig(hidden=4, d_model=8, n_heads=2, n_layers=1, init_lr=1e-2)  # small graph: quick to compile
+def _meta(head="mlp"):
+    cfg = NetConfig(hidden=4, d_model=8, n_heads=2, n_layers=1, init_lr=1e-2, head=head)  # small graph: quick to compile
     meta = init_meta(cfg, 2)
     g = torch.Generator().manual_seed(2)
-    for k in ("mlp2.w", "ctx_s.w", "skip.w", "mlp1.b", "mlp2.b"):
-        meta[k] = torch.randn(meta[k].shape, generator=g) * 0.3
+    for k in meta:  # away from the Adam-like start, so every feature's coefficient matters
+        meta[k] = meta[k] + torch.randn(meta[k].shape, generator=g) * 0.3
     return meta, cfg
 
 
-def _pair(**kw):
+def _pair(head="mlp", **kw):
     torch.manual_seed(0)
     a = nn.Sequential(nn.Linear(5, 9), nn.Tanh(), nn.Linear(9, 2))
     b = nn.Sequential(nn.Linear(5, 9), nn.Tanh(), nn.Linear(9, 2))
     b.load_state_dict(a.state_dict())
-    meta, cfg = _meta()
+    meta, cfg = _meta(head)
     return a, b, LearnedOptimizer(a.parameters(), meta=meta, config=cfg, **kw), \
         LearnedOptimizer(b.parameters(), meta=meta, config=cfg, compile=True, **kw)
 
@@ -41,8 +41,9 @@ def _step(models, opts, seed):
         o.step()
 
 
-def test_compiled_step_matches_eager_across_consolidate():
-    a, b, oa, ob = _pair(total_steps=5)
+@pytest.mark.parametrize("head", ["mlp", "linear"])
+def test_compiled_step_matches_eager_across_consolidate(head):
+    a, b, oa, ob = _pair(head, total_steps=5)
     start = [p.detach().clone() for p in a.parameters()]
     for step in range(5):
         _step((a, b), (oa, ob), step)
@@ -55,12 +56,13 @@ def test_compiled_step_matches_eager_across_consolidate():
         torch.testing.assert_close(q, p, rtol=0, atol=1e-6)
 
 
-def test_a_failing_compile_warns_once_and_takes_the_eager_step(monkeypatch):
+@pytest.mark.parametrize("head", ["mlp", "linear"])
+def test_a_failing_compile_warns_once_and_takes_the_eager_step(monkeypatch, head):
     def broken(*a, **k):
         raise RuntimeError("no C++ compiler here")
 
     monkeypatch.setattr(co.torch, "compile", broken)
-    a, b, oa, ob = _pair(total_steps=3)
+    a, b, oa, ob = _pair(head, total_steps=3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for step in range(3):

@@ -65,9 +65,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
             the MLP head, 2^18 for the linear head (whose dozen in-place passes per chunk ran 1.15x faster
             on 2^18 at 1 thread and 1.26x at 2 threads, experiments/bench_lo_chunk.py, and whose numbers
             do not depend on it: its reductions always run in blocks of `REDUCE_CHUNK`).
-        compile: MLP head only: run the per-parameter features + MLP as one `torch.compile`d loop
-            per tensor (`metacl.optim.compiled`; same numbers to float32 rounding, ~1.4x faster on CPU,
-            the first step compiles). Falls back to the eager step, with a warning, if compiling fails.
+        compile: run the per-parameter work as `torch.compile`d loops per tensor (`metacl.optim.compiled`;
+            same numbers to float32 rounding, the first steps compile, needs a C++ compiler on CPU): the
+            MLP head's features + MLP (~1.4x faster on CPU); the linear head's state advance with its
+            sums and its update (one fused, threaded pass each; docs/benchmarks.md). Falls back to the
+            eager step, with a warning, if compiling fails.
     """
 
     def __init__(
@@ -96,10 +98,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.chunk_size = int(chunk_size) if chunk_size else (1 << 18 if cfg.head == "linear" else 1 << 16)
         self._meta_device = torch.device("cpu")
         self._compiled = None
-        if compile and cfg.head == "mlp":
-            from metacl.optim.compiled import CompiledStep
+        if compile:
+            from metacl.optim.compiled import CompiledLinear, CompiledStep
 
-            self._compiled = CompiledStep()
+            self._compiled = CompiledLinear() if cfg.head == "linear" else CompiledStep()
 
     # ------------------------------------------------------------------ the step
     def _meta_on(self, device: torch.device) -> dict[str, Tensor]:
@@ -140,12 +142,14 @@ class LearnedOptimizer(torch.optim.Optimizer):
             pf = p.detach().float()
             frac = min(1.0, (float(st["task_step"]) - 1) / self.total_steps)
             sums = None
-            if linear and pf.numel() > REDUCE_CHUNK and all(
-                    t.is_contiguous() for t in (pf, g, *(v for k, v in st.items() if k not in _COUNTERS))):
+            fast = all(t.is_contiguous() for t in (pf, g, *(v for k, v in st.items() if k not in _COUNTERS)))
+            if linear and fast and self._compiled is not None:
+                sums = self._compiled_advance(pf, g, st)  # None: not compiled after all, eager below
+            if sums is None and linear and fast and pf.numel() > REDUCE_CHUNK:
                 if tmp is None:
                     tmp = torch.empty(REDUCE_CHUNK, dtype=torch.float32, device=device)
                 sums = fe.advance_and_sum_(pf, g, st, REDUCE_CHUNK, tmp)  # one pass: advance + reduce
-            else:
+            elif sums is None:
                 self._advance_inplace(pf, g, st, REDUCE_CHUNK)
             sc, tok = fe.scalars_and_token(pf, g, st, float(st["step"]), frac, sums)
             entries.append((pf, g, st))
@@ -211,6 +215,22 @@ class LearnedOptimizer(torch.optim.Optimizer):
             p.sub_((lr * u.view_as(p)).to(p.dtype))
         return True
 
+    def _compiled_advance(self, pf: Tensor, g: Tensor, st: dict[str, Tensor]) -> dict[str, Tensor] | None:
+        """Linear head through `metacl.optim.compiled.linear_advance`: the sums, or None if it is unavailable."""
+        cons = "imp_prev" in st
+        f = [st[k].view(-1) for k in ("m0", "m1", "m2", "v", "imp")]
+        pfl = pf.view(-1)
+        extra = (st["imp_prev"].view(-1), st["anchor"].view(-1)) if cons else (pfl, pfl)
+        out = self._compiled.advance(pfl, g.reshape(-1), *f, *extra, cons)
+        if out is None:
+            return None
+        n = pf.numel()
+        sums = {"pp": out[0], "mm": out[1], "gg": out[2], "mg": out[3], "imp_min": out[4], "imp_max": out[5],
+                "imp_mean": out[6] / n}
+        if cons:
+            sums.update(prev_min=out[7], prev_max=out[8], prev_mean=out[9] / n, dd=out[10])
+        return sums
+
     def _apply_linear(self, todo, entries, scal, coefs: Tensor, log_s: Tensor, meta: dict[str, Tensor]) -> None:
         """Linear head: each tensor's update is its coefficient mix of the features (`features.linear_update_`).
 
@@ -231,6 +251,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
             direct = p.dtype == torch.float32 and p.is_contiguous()
             target = p.view(-1) if direct else pf.reshape(-1).clone()
             views = {k: v.reshape(-1) for k, v in st.items() if k not in _COUNTERS}
+            if self._compiled is not None and self._compiled_apply(target, g.reshape(-1), views, sc, coef_rows[i],
+                                                                   lr * scales[i]):
+                if not direct:
+                    p.copy_(target.view_as(p))
+                continue
             gfl, n = g.reshape(-1), p.numel()
             for s in range(0, n, self.chunk_size):
                 e = min(n, s + self.chunk_size)
@@ -238,6 +263,19 @@ class LearnedOptimizer(torch.optim.Optimizer):
                                   coef_rows[i], lr * scales[i], num_mem[: e - s], den_mem[: e - s])
             if not direct:
                 p.copy_(target.view_as(p))
+
+    def _compiled_apply(self, target: Tensor, g: Tensor, views: dict[str, Tensor], sc: dict, coef: list[float],
+                        alpha: float) -> bool:
+        """Linear head through `metacl.optim.compiled.linear_apply`; False (nothing applied) if it is unavailable."""
+        from metacl.optim.compiled import linear_scalars
+
+        cons = "imp_prev" in views
+        if not all(v.is_contiguous() for v in (g, *views.values())):
+            return False
+        s = torch.tensor(linear_scalars(sc, coef, alpha, cons), dtype=torch.float32, device=target.device)
+        extra = (views["imp_prev"], views["anchor"]) if cons else (target, target)
+        return bool(self._compiled.apply(target, g, views["m0"], views["m1"], views["m2"], views["v"], views["imp"],
+                                         *extra, s, cons))
 
     @staticmethod
     def _advance_inplace(p: Tensor, g: Tensor, st: dict[str, Tensor], chunk: int = 1 << 16) -> None:
