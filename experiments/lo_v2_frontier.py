@@ -3,7 +3,7 @@
     python experiments/lo_v2_frontier.py --out docs/results/lo_v2_table/frontier \
         adamw=runs/lo_v2/adamw learned=runs/lo_v2/learned random=runs/lo_v2/random adamw_replay=runs/lo_v2/replay
 
-Each NAME=DIR is a `metacl ckl tune` folder. Every grid point of it (tuning seed 0, its honest epoch)
+Each NAME=DIR is a `metacl ckl tune` folder or its tune.json (e.g. a committed docs/results/lo_v2_table/tune/adamw.json). Every grid point of it (tuning seed 0, its honest epoch)
 gives one (TL, NF) point. Why: issue 15 asks for NF "at equal TL" against AdamW and its best retention
 baseline, and the rows of the table sit at different TL (each chose its own step size on tl_val), so
 NF differences there mix plasticity with retention. A step-size grid is not monotone in TL (too large
@@ -26,7 +26,8 @@ from metacl.utils import write_json_atomic
 
 
 def points(tune_dir: Path) -> list[dict]:
-    t = json.loads((tune_dir / "tune.json").read_text())
+    """Grid points of a tune folder, or of a tune.json file itself (as committed under docs/results/*/tune/)."""
+    t = json.loads((tune_dir if tune_dir.is_file() else tune_dir / "tune.json").read_text())
     return sorted(({"point": c["name"], "tl": c["tl_test_acc_at_honest_not_used"], "nf": c["nf_acc_at_honest"],
                     "tl_val": c["tl_val_acc"]} for c in t["configs"]), key=lambda p: p["tl"])
 

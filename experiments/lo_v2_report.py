@@ -21,7 +21,7 @@ import json
 import shutil
 from pathlib import Path
 
-from metacl.ckl.report import plot_runs, read_rows, summarize
+from metacl.ckl.report import closure, plot_runs, read_rows, summarize
 from metacl.utils import write_json_atomic
 
 GOAL_NF_GAIN = 0.15
@@ -44,12 +44,11 @@ def table_rows(aggs: dict[str, dict], protocol: str) -> list[dict]:
             raise SystemExit(f"no '{need}' row among {sorted(aggs)}; the table needs both references")
     tl = {k: a[protocol]["tl_acc"]["mean"] for k, a in aggs.items()}
     nf = {k: a[protocol]["nf_acc"]["mean"] for k, a in aggs.items()}
-    head = tl["oracle"] - tl["adamw"]
     return [{"row": k, "seeds": len(aggs[k][protocol]["tl_acc"]["values"]),
              "tl_acc": tl[k], "tl_std": aggs[k][protocol]["tl_acc"]["std"],
              "nf_acc": nf[k], "nf_std": aggs[k][protocol]["nf_acc"]["std"],
              "tl_minus_adamw": tl[k] - tl["adamw"], "nf_minus_adamw": nf[k] - nf["adamw"],
-             "closure": (tl[k] - tl["adamw"]) / head if head > 0 else None} for k in aggs]
+             "closure": closure(tl[k], tl["adamw"], tl["oracle"])} for k in aggs]
 
 
 def markdown(rows: list[dict], protocol: str, chosen: dict[str, str]) -> str:

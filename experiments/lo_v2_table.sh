@@ -10,6 +10,8 @@
 #   random        finetune + the untrained network, the same grid (what meta-training changed)
 #   replay        replay + AdamW at adamw's chosen lr, replay_per_batch tuned over 2 / 4 / 8
 #   oracle        oracle token weights + AdamW at adamw's chosen lr (the benchmark's headroom)
+#   ewc, lwf      for the equal-TL frontier only (experiments/lo_v2_frontier.py): ewc_lambda over 100 / 1000 / 10000,
+#                 lwf_alpha over 0.5 / 1 / 2, at adamw's chosen lr, seed 0 (the frontier reads the tuning seed only)
 #   tw            the token weighter for the learned+taalm row ($RUNS/taalm_v2_abl/tw_A13, as in issue 19's table)
 #   learned_taalm taalm (that weighter) + the learned optimizer at learned's chosen multiplier
 #   table         experiments/lo_v2_report.py -> docs/results/lo_v2_table/
@@ -50,6 +52,10 @@ EOF
                --grid learned_lr=0.5,1,2,4,8 "${TUNE[@]}" --out "$T/random" ;;
     replay)  metacl ckl tune "${SET[@]}" --strategy replay --lr "$(chosen "$T/adamw" lr)" \
                --grid replay_per_batch=2,4,8 "${TUNE[@]}" --out "$T/replay" ;;
+    ewc)     metacl ckl tune "${SET[@]}" --strategy ewc --lr "$(chosen "$T/adamw" lr)" \
+               --grid ewc_lambda=100,1000,10000 --seeds 0 --then-seeds 0 --out "$T/ewc" ;;
+    lwf)     metacl ckl tune "${SET[@]}" --strategy lwf --lr "$(chosen "$T/adamw" lr)" \
+               --grid lwf_alpha=0.5,1,2 --seeds 0 --then-seeds 0 --out "$T/lwf" ;;
     oracle)  metacl ckl run "${SET[@]}" --strategy oracle --oracle-data "$W/tl.jsonl" "$W/tl_val.jsonl" \
                --lr "$(chosen "$T/adamw" lr)" --seeds 0 1 2 --out "$T/oracle" ;;
     tw)      [ -d "$RUNS/taalm_v2_abl/tw_A13/best" ] || experiments/taalm_v2_ablation.sh "$LM" "$W" "$RUNS/taalm_v2_abl" A13 ;;

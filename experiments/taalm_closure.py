@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+from metacl.ckl.report import closure
+
 
 def closure_rows(aggregates: dict, protocol: str = "honest") -> list[dict]:
     """One row per entry of {name: aggregate}; needs 'finetune' and 'oracle' among them."""
@@ -22,11 +24,10 @@ def closure_rows(aggregates: dict, protocol: str = "honest") -> list[dict]:
             raise SystemExit(f"no '{need}' row among {sorted(aggregates)}; closure needs both references")
     tl = {k: a[protocol]["tl_acc"]["mean"] for k, a in aggregates.items()}
     nf = {k: a[protocol]["nf_acc"]["mean"] for k, a in aggregates.items()}
-    head = tl["oracle"] - tl["finetune"]
     rows = []
     for k in aggregates:
         rows.append({"row": k, "tl_acc": tl[k], "nf_acc": nf[k], "nf_minus_finetune": nf[k] - nf["finetune"],
-                     "closure": (tl[k] - tl["finetune"]) / head if head > 0 else None,
+                     "closure": closure(tl[k], tl["finetune"], tl["oracle"]),
                      "seeds": len(aggregates[k][protocol]["tl_acc"].get("values", []))})
     return rows
 

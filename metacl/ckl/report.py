@@ -79,6 +79,14 @@ def summarize(rows: Sequence[dict]) -> dict[str, Any]:
             "aggregate": agg, "epochs": epochs, "curves": curves}
 
 
+def closure(tl: float, tl_ref: float, tl_oracle: float) -> float | None:
+    """The share of the oracle's TL gain over a reference row that a row's TL reaches,
+    (tl - tl_ref) / (tl_oracle - tl_ref): the column every meta-learner table has. None when the
+    oracle does not beat the reference (no headroom, so nothing to close)."""
+    head = tl_oracle - tl_ref
+    return (tl - tl_ref) / head if head > 0 else None
+
+
 def _fmt(ms: dict, digits: int = 3) -> str:
     if ms["mean"] is None:
         return "n/a"
