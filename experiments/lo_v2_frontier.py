@@ -53,8 +53,8 @@ def main() -> None:
     for spec in a.runs:
         name, _, d = spec.partition("=")
         fronts[name] = points(Path(d))
-        chosen[name] = json.loads((Path(d) / "tune.json").read_text())["configs"][
-            json.loads((Path(d) / "tune.json").read_text())["chosen"]]["name"]
+        t = json.loads((Path(d) if Path(d).is_file() else Path(d) / "tune.json").read_text())
+        chosen[name] = t["configs"][t["chosen"]]["name"]
     levels = {name: next(p["tl"] for p in fronts[name] if p["point"] == chosen[name]) for name in fronts}
     table = {f"TL >= {levels[ref]:.3f} ({ref}'s tuned point)": {name: best_nf(pts, levels[ref]) for name, pts in fronts.items()}
              for ref in fronts}
