@@ -25,9 +25,13 @@ from pathlib import Path
 from metacl.utils import write_json_atomic
 
 
-def points(tune_dir: Path) -> list[dict]:
-    """Grid points of a tune folder, or of a tune.json file itself (as committed under docs/results/*/tune/)."""
-    t = json.loads((tune_dir if tune_dir.is_file() else tune_dir / "tune.json").read_text())
+def read_tune(path: Path) -> dict:
+    """tune.json of a tune folder, or the file itself (as committed under docs/results/*/tune/)."""
+    return json.loads((path if path.is_file() else path / "tune.json").read_text())
+
+
+def points(t: dict) -> list[dict]:
+    """Grid points of a tune.json."""
     return sorted(({"point": c["name"], "tl": c["tl_test_acc_at_honest_not_used"], "nf": c["nf_acc_at_honest"],
                     "tl_val": c["tl_val_acc"]} for c in t["configs"]), key=lambda p: p["tl"])
 
@@ -52,8 +56,8 @@ def main() -> None:
     fronts, chosen = {}, {}
     for spec in a.runs:
         name, _, d = spec.partition("=")
-        fronts[name] = points(Path(d))
-        t = json.loads((Path(d) if Path(d).is_file() else Path(d) / "tune.json").read_text())
+        t = read_tune(Path(d))
+        fronts[name] = points(t)
         chosen[name] = t["configs"][t["chosen"]]["name"]
     levels = {name: next(p["tl"] for p in fronts[name] if p["point"] == chosen[name]) for name in fronts}
     table = {f"TL >= {levels[ref]:.3f} ({ref}'s tuned point)": {name: best_nf(pts, levels[ref]) for name, pts in fronts.items()}
