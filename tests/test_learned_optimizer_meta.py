@@ -98,3 +98,27 @@ def test_resume_accepts_a_run_with_tuple_settings(tmp_path):
     cfg.steps = 3
     summary = meta_train(cfg, tmp_path / "run", resume=True, progress=False)
     assert summary["config"]["steps"] == 3
+
+
+def test_init_from_starts_where_the_given_weights_are(tmp_path):
+    """--init-from: a 0-step run exports exactly the weights it started from (a run dir, or the shipped
+    default by name); weights of another network config are refused with the differing keys named."""
+    cfg = MetaTrainConfig(family="toy", steps=2, inner_steps=2, eval_episodes=0, ckpt_every=100, head="linear",
+                          init_lr=1e-3, anchor_start=True)
+    meta_train(cfg, tmp_path / "a", progress=False)
+    first, _, _ = load_meta(tmp_path / "a")
+    fresh = nw.init_meta(nw.NetConfig(head="linear", init_lr=1e-3, anchor_start=True), 0)
+    assert any(not torch.equal(first[k], fresh[k]) for k in first)  # two meta-steps moved the weights
+    again = MetaTrainConfig(**{**cfg.__dict__, "steps": 0, "init_from": str(tmp_path / "a")})
+    meta_train(again, tmp_path / "b", progress=False)
+    second, _, _ = load_meta(tmp_path / "b")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    shipped, shipped_cfg, _ = load_meta(nw.__file__.rsplit("/", 1)[0] + "/weights", stem="default")
+    named = MetaTrainConfig(**{**cfg.__dict__, "steps": 0, "init_from": "default",
+                               "coef_scale": shipped_cfg.coef_scale})
+    meta_train(named, tmp_path / "c", progress=False)
+    third, _, _ = load_meta(tmp_path / "c")
+    assert all(torch.equal(shipped[k], third[k]) for k in shipped)
+    other = MetaTrainConfig(**{**cfg.__dict__, "steps": 0, "init_from": str(tmp_path / "a"), "anchor_start": False})
+    with pytest.raises(Exception, match="anchor_start"):
+        meta_train(other, tmp_path / "d", progress=False)

@@ -59,6 +59,9 @@ def register(subparsers) -> None:
     p.add_argument("--plasticity-form", choices=["hinge", "ratio"], default="hinge")
     p.add_argument("--baseline-lr", type=float, default=3e-3, help="lr of the fixed AdamW the held-out evaluation compares with")
     p.add_argument("--plasticity-lr", type=float, default=None, help="lr of the reference AdamW (default: a tuned one is best)")
+    p.add_argument("--init-from", default=None, metavar="WEIGHTS",
+                   help="start from these weights (a directory written by meta-training, or a shipped name such as "
+                        "default) instead of a fresh init, e.g. to continue short-horizon weights on longer tasks")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         head=args.head, anchor_start=args.anchor_start,
         coef_scale=tuple(args.coef_scale) if args.coef_scale else None,
         plasticity=args.plasticity, plasticity_form=args.plasticity_form,
-        plasticity_lr=args.plasticity_lr, baseline_lr=args.baseline_lr,
+        plasticity_lr=args.plasticity_lr, baseline_lr=args.baseline_lr, init_from=args.init_from,
     )
     summary = meta_train(cfg, args.out, resume=args.resume, progress=not args.no_progress,
                          command="metacl " + " ".join(sys.argv[1:]))

@@ -135,13 +135,34 @@ class CompiledStep(_Lazy):
 
 
 class CompiledLinear(_Lazy):
-    """Lazily compiled `linear_advance` (returns the sums, or None) and `linear_apply` (True, or None)."""
+    """Lazily compiled `linear_advance` and `linear_apply`, spoken in the optimizer's terms: its state
+    dict in, the sums dict of `features.advance_and_sum_` out; the scalars of `features.linear_update_`
+    in, packed here by `linear_scalars`. Both layouts live beside the kernels that read them. Every
+    tensor handed in must be contiguous (the caller checks once per step)."""
 
     def __init__(self):
         super().__init__(linear_advance, linear_apply)
 
-    def advance(self, *args) -> Tensor | None:
-        return self._call(0, *args)
+    def advance(self, pf: Tensor, g: Tensor, st: dict[str, Tensor]) -> dict[str, Tensor] | None:
+        """Advance `st` in place; the per-tensor sums keyed as `advance_and_sum_` keys them, or None
+        when not compiled (nothing advanced: the caller takes the eager path)."""
+        cons = "imp_prev" in st
+        pfl = pf.view(-1)
+        extra = (st["imp_prev"].view(-1), st["anchor"].view(-1)) if cons else (pfl, pfl)
+        out = self._call(0, pfl, g.view(-1), *(st[k].view(-1) for k in ("m0", "m1", "m2", "v", "imp")), *extra, cons)
+        if out is None:
+            return None
+        n = pf.numel()
+        sums = {"pp": out[0], "mm": out[1], "gg": out[2], "mg": out[3], "imp_min": out[4], "imp_max": out[5],
+                "imp_mean": out[6] / n}
+        if cons:
+            sums.update(prev_min=out[7], prev_max=out[8], prev_mean=out[9] / n, dd=out[10])
+        return sums
 
-    def apply(self, *args) -> bool | None:
-        return self._call(1, *args)
+    def apply(self, target: Tensor, g: Tensor, views: dict[str, Tensor], sc: dict, coef: list[float],
+              alpha: float) -> bool:
+        """`target -= alpha * update` in place (flat fp32); False when not compiled (nothing applied)."""
+        cons = "imp_prev" in views
+        s = torch.tensor(linear_scalars(sc, coef, alpha, cons), dtype=torch.float32, device=target.device)
+        extra = (views["imp_prev"], views["anchor"]) if cons else (target, target)
+        return bool(self._call(1, target, g, *(views[k] for k in ("m0", "m1", "m2", "v", "imp")), *extra, s, cons))

@@ -128,7 +128,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         device = todo[0][0].device
         meta = self._meta_on(device)
         # 1) advance every tensor's statistics in place, 2) whole-tensor reductions -> one token each
-        entries, scal, tokens = [], [], []
+        entries, scal, tokens, fasts = [], [], [], []
         linear, tmp = self.cfg.head == "linear", None
         for p, _ in todo:
             st = self.state[p]
@@ -144,7 +144,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             sums = None
             fast = all(t.is_contiguous() for t in (pf, g, *(v for k, v in st.items() if k not in _COUNTERS)))
             if linear and fast and self._compiled is not None:
-                sums = self._compiled_advance(pf, g, st)  # None: not compiled after all, eager below
+                sums = self._compiled.advance(pf, g, st)  # None: not compiled after all, eager below
             if sums is None and linear and fast and pf.numel() > REDUCE_CHUNK:
                 if tmp is None:
                     tmp = torch.empty(REDUCE_CHUNK, dtype=torch.float32, device=device)
@@ -153,12 +153,13 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 self._advance_inplace(pf, g, st, REDUCE_CHUNK)
             sc, tok = fe.scalars_and_token(pf, g, st, float(st["step"]), frac, sums)
             entries.append((pf, g, st))
+            fasts.append(fast)
             scal.append(sc)
             tokens.append(tok.to(device))
         # 3) the transformer over tensor tokens: per-tensor conditioning and step scale
         cond, log_s = nw.tensor_conditioning(meta, nw.tensor_context(meta, self.cfg, torch.stack(tokens)), self.cfg)
         if self.cfg.head == "linear":
-            self._apply_linear(todo, entries, scal, cond, log_s, meta)
+            self._apply_linear(todo, entries, scal, cond, log_s, meta, fasts)
             return loss
         b1 = (meta["mlp1.b"] + cond).unsqueeze(-1)             # (T, H, 1)
         scales = torch.exp(meta["log_scale"] + log_s)           # (T,)
@@ -215,23 +216,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             p.sub_((lr * u.view_as(p)).to(p.dtype))
         return True
 
-    def _compiled_advance(self, pf: Tensor, g: Tensor, st: dict[str, Tensor]) -> dict[str, Tensor] | None:
-        """Linear head through `metacl.optim.compiled.linear_advance`: the sums, or None if it is unavailable."""
-        cons = "imp_prev" in st
-        f = [st[k].view(-1) for k in ("m0", "m1", "m2", "v", "imp")]
-        pfl = pf.view(-1)
-        extra = (st["imp_prev"].view(-1), st["anchor"].view(-1)) if cons else (pfl, pfl)
-        out = self._compiled.advance(pfl, g.reshape(-1), *f, *extra, cons)
-        if out is None:
-            return None
-        n = pf.numel()
-        sums = {"pp": out[0], "mm": out[1], "gg": out[2], "mg": out[3], "imp_min": out[4], "imp_max": out[5],
-                "imp_mean": out[6] / n}
-        if cons:
-            sums.update(prev_min=out[7], prev_max=out[8], prev_mean=out[9] / n, dd=out[10])
-        return sums
-
-    def _apply_linear(self, todo, entries, scal, coefs: Tensor, log_s: Tensor, meta: dict[str, Tensor]) -> None:
+    def _apply_linear(self, todo, entries, scal, coefs: Tensor, log_s: Tensor, meta: dict[str, Tensor],
+                      fasts: list[bool]) -> None:
         """Linear head: each tensor's update is its coefficient mix of the features (`features.linear_update_`).
 
         Applied in place, chunk by chunk, so a chunk's dozen passes run on data that stays in cache.
@@ -251,8 +237,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             direct = p.dtype == torch.float32 and p.is_contiguous()
             target = p.view(-1) if direct else pf.reshape(-1).clone()
             views = {k: v.reshape(-1) for k, v in st.items() if k not in _COUNTERS}
-            if self._compiled is not None and self._compiled_apply(target, g.reshape(-1), views, sc, coef_rows[i],
-                                                                   lr * scales[i]):
+            if fasts[i] and self._compiled is not None and self._compiled.apply(target, g.view(-1), views, sc,
+                                                                                coef_rows[i], lr * scales[i]):
                 if not direct:
                     p.copy_(target.view_as(p))
                 continue
@@ -263,19 +249,6 @@ class LearnedOptimizer(torch.optim.Optimizer):
                                   coef_rows[i], lr * scales[i], num_mem[: e - s], den_mem[: e - s])
             if not direct:
                 p.copy_(target.view_as(p))
-
-    def _compiled_apply(self, target: Tensor, g: Tensor, views: dict[str, Tensor], sc: dict, coef: list[float],
-                        alpha: float) -> bool:
-        """Linear head through `metacl.optim.compiled.linear_apply`; False (nothing applied) if it is unavailable."""
-        from metacl.optim.compiled import linear_scalars
-
-        cons = "imp_prev" in views
-        if not all(v.is_contiguous() for v in (g, *views.values())):
-            return False
-        s = torch.tensor(linear_scalars(sc, coef, alpha, cons), dtype=torch.float32, device=target.device)
-        extra = (views["imp_prev"], views["anchor"]) if cons else (target, target)
-        return bool(self._compiled.apply(target, g, views["m0"], views["m1"], views["m2"], views["v"], views["imp"],
-                                         *extra, s, cons))
 
     @staticmethod
     def _advance_inplace(p: Tensor, g: Tensor, st: dict[str, Tensor], chunk: int = 1 << 16) -> None:
@@ -359,11 +332,19 @@ class LearnedOptimizer(torch.optim.Optimizer):
 def load_optimizer(path_or_name: str | os.PathLike | None, params: Iterable, **kwargs) -> LearnedOptimizer:
     """What `--optimizer-path` means everywhere: None = the shipped default, a shipped name (`digits`) that
     is not also a path on disk = those shipped weights, else a weights directory."""
+    meta, cfg, _ = read_weights(path_or_name)
+    return LearnedOptimizer(params, meta=meta, config=cfg, **kwargs)
+
+
+def read_weights(path_or_name: str | os.PathLike | None) -> tuple[dict[str, Tensor], nw.NetConfig, dict]:
+    """(meta-parameters, config, info) named as `load_optimizer` names them: None = the shipped default,
+    a shipped name that is not a path on disk = those weights, else a weights directory. Shared with
+    `meta-train optimizer --init-from`, so both read one name the same way."""
     if path_or_name is None:
-        return LearnedOptimizer.pretrained(params, **kwargs)
+        return load_meta(WEIGHTS_DIR, stem=_shipped_stem("default"))
     if not os.path.exists(path_or_name) and str(path_or_name) in shipped_weights():
-        return LearnedOptimizer.pretrained(params, name=str(path_or_name), **kwargs)
-    return LearnedOptimizer.from_pretrained(path_or_name, params, **kwargs)
+        return load_meta(WEIGHTS_DIR, stem=_shipped_stem(str(path_or_name)))
+    return load_meta(path_or_name)
 
 
 def shipped_weights() -> list[str]:

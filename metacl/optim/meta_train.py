@@ -85,6 +85,8 @@ class MetaTrainConfig:
     head: str = "mlp"                # the optimizer network's per-parameter head (metacl.optim.network.HEADS)
     anchor_start: bool = False       # consolidate at the start of every episode (NetConfig.anchor_start)
     coef_scale: tuple[float, ...] | None = None  # linear head: NetConfig.coef_scale (None = the module default)
+    init_from: str | None = None     # start from these weights (a run dir or a shipped name), not a fresh init:
+                                     # a horizon curriculum continues short-horizon weights on longer tasks
 
     def check(self) -> None:
         if self.family not in FAMILIES:
@@ -273,10 +275,27 @@ class OptimizerMetaLearner:
     def setup(self) -> None:
         cfg = self.cfg
         seed_everything(cfg.seed)
-        self.meta = {k: v.requires_grad_(True) for k, v in nw.init_meta(self.net, cfg.seed).items()}
+        self.meta = {k: v.requires_grad_(True) for k, v in self._start_meta().items()}
         self.mopt = torch.optim.Adam(list(self.meta.values()), lr=cfg.meta_lr)
         self.es_gen = torch.Generator().manual_seed(cfg.seed + 7)
         self.t0 = time.time()
+
+    def _start_meta(self) -> dict[str, Tensor]:
+        """A fresh init, or `cfg.init_from`'s weights when they were saved with this very network config
+        (a different head, anchor, scale or init lr would silently mean another optimizer)."""
+        if self.cfg.init_from is None:
+            return nw.init_meta(self.net, self.cfg.seed)
+        from metacl.optim.learned import read_weights
+
+        meta, saved, _ = read_weights(self.cfg.init_from)
+        flat = lambda d: {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}  # JSON gives lists
+        mine, theirs = flat(self.net.to_dict()), flat(saved.to_dict())
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if diff:
+            got = ", ".join(f"{k}={theirs.get(k)!r} (this run {mine.get(k)!r})" for k in diff)
+            raise MetaclError(f"--init-from {self.cfg.init_from}: those weights have another network config ({got}); "
+                              "pass the matching --head / --anchor-start / --coef-scale / --init-lr")
+        return {k: v.detach().clone().float() for k, v in meta.items()}
 
     def meta_step(self) -> dict[str, Any]:
         from metacl import distributed as dist
