@@ -4,11 +4,13 @@
 # (same world, LM, settings, grid learned_lr=0.5,1,2,4,8,16 tuned on tl_val, seeds 0 1 2;
 # 16 added after drift chose 8, the edge of the table's grid).
 #
-# Usage: experiments/lo_v2_ablation.sh ID...   (RUNS=runs by default)
+# Usage: experiments/lo_v2_ablation.sh ID...   (RUNS=runs by default; GRID=0.5,1,2,4,8,16 the learned_lr grid,
+#        widened where a row chose the grid's edge; a rerun resumes: finished meta-training and points are kept)
 #   drift    --coef-scale 1 1 1 1 0.01 0.01 0.01 1: the drift-from-anchor coefficient at scale 1, not 0.01,
 #            so meta-training can grow an L2-SP-like pull to the pretrained weights within its budget
 #            (at 0.01 a 400-step run moved it to 0.0015 in effect: a pull of ~1e-4 of the drift per step)
-#   noplast  --plasticity 0: no charge for learning less than AdamW (what the plasticity term buys)
+#   noplast  --plasticity 0: no charge for learning less than AdamW (what the plasticity term buys); it chose
+#            x16, the grid's edge, so it was rerun with GRID=0.5,1,2,4,8,16,32,64
 #   drift_plr3  drift's meta-training with the plasticity reference AdamW at lr 3e-3 instead of 1e-3 (one
 #            change against `drift`): drift kept NF but learned less than the tuned AdamW (TL -0.033), and the
 #            hinge against AdamW 1e-3 on 16-step tasks never bound at deployment scale; a stronger reference
@@ -43,7 +45,9 @@ for id in "$@"; do
       continue ;;
     *) echo "unknown ablation $id" >&2; exit 2 ;;
   esac
-  metacl meta-train optimizer --out "$RUNS/lo_lm2_$id" "${META[@]}" "${extra[@]}" ${RESUME:+--resume}
+  if [ ! -f "$RUNS/lo_lm2_$id/optimizer.safetensors" ]; then
+    metacl meta-train optimizer --out "$RUNS/lo_lm2_$id" "${META[@]}" "${extra[@]}" ${RESUME:+--resume}
+  fi
   metacl ckl tune "${SET[@]}" --strategy finetune --optimizer learned --optimizer-path "$RUNS/lo_lm2_$id" \
-    --grid learned_lr=0.5,1,2,4,8,16 --seeds 0 --then-seeds 0 1 2 --out "$T/learned_$id"
+    --grid learned_lr="${GRID:-0.5,1,2,4,8,16}" --seeds 0 --then-seeds 0 1 2 --out "$T/learned_$id"
 done
