@@ -16,7 +16,11 @@
 #      each strategy's tune.json, tune.md (every point, its tl_val score, the choice and the rule) and
 #      final summary.json / table.md copied to $DOCS/<strategy>/, and the exact command in $DOCS/command.txt.
 #
-# Env: LRS, EPOCHS, PATIENCE, SEEDS, TUNE_SEEDS, NO_OPTION_GRID=1 (lr axis only), EXTRA (flags for
+# STRATEGY+learned (e.g. finetune+learned) is STRATEGY with the learned optimizer (`--optimizer learned`, the
+# shipped default weights, or OPTIMIZER_PATH): its lr axis is the update multiplier, --grid
+# learned_lr=$LEARNED_LRS, in place of AdamW's lr; the option axis is STRATEGY's.
+#
+# Env: LRS, LEARNED_LRS, OPTIMIZER_PATH, EPOCHS, PATIENCE, SEEDS, TUNE_SEEDS, NO_OPTION_GRID=1 (lr axis only), EXTRA (flags for
 # every run, e.g. "--device cuda --batch-size 16"), METACL (the command, default `metacl`), DOCS.
 # The defaults are the reported protocol; smaller values are for smoke tests only.
 # Reruns resume: finished points, seeds and final runs are skipped.
@@ -28,6 +32,7 @@ TAG=${4:?TAG (names RUNS/TAG and docs/results/TAG_table)}
 shift 4
 
 LRS=${LRS:-3e-4,1e-3,3e-3}
+LEARNED_LRS=${LEARNED_LRS:-0.5,1,2,4,8,16}
 EPOCHS=${EPOCHS:-30}
 PATIENCE=${PATIENCE:-3}
 SEEDS=${SEEDS:-"0 1 2"}
@@ -84,24 +89,29 @@ row_of() { echo "$GRID_TABLE" | awk -v s="$1" '$1 == s {print; exit}'; }
 finals=()
 mkdir -p "$DOCS"
 for s in $STRATEGIES; do
-  row=$(row_of "$s")
+  base=${s%+learned}
+  opt=(); lrgrid="lr=$LRS"
+  if [ "$base" != "$s" ]; then
+    opt=(--optimizer learned ${OPTIMIZER_PATH:+--optimizer-path "$OPTIMIZER_PATH"}); lrgrid="learned_lr=$LEARNED_LRS"
+  fi
+  row=$(row_of "$base")
   if [ -z "$row" ]; then
-    echo "baselines_v2.sh: strategy $s has no row in GRID_TABLE; add one (option axis or -)" >&2; exit 2
+    echo "baselines_v2.sh: strategy $base has no row in GRID_TABLE; add one (option axis or -)" >&2; exit 2
   fi
   axis=$(echo "$row" | awk '{print $2}')
   fixed=$(echo "$row" | awk '{print $3}')
   grid=()
-  if echo "$LISTING" | awk -v s="$s" '$1 == s' | grep -q "\[no training\]"; then
+  if echo "$LISTING" | awk -v s="$base" '$1 == s' | grep -q "\[no training\]"; then
     : # never trains: one point, no learning rate to choose
   else
-    grid+=(--grid "lr=$LRS")
+    grid+=(--grid "$lrgrid")
     if [ "$axis" != "-" ] && [ "${NO_OPTION_GRID:-0}" != 1 ]; then grid+=(--grid "$axis"); fi
   fi
   [ "$fixed" = "-" ] && fixed=""
   out="$RUNS/$TAG/$s"
   echo "=== $s: tune ${grid[*]:-(no grid)} $(date -u +%H:%M:%S)"
   # shellcheck disable=SC2086  # EXTRA, fixed and the seed lists are word lists on purpose
-  $METACL ckl tune --model "$MODEL" --data "$DATA" --strategy "$s" --out "$out" \
+  $METACL ckl tune --model "$MODEL" --data "$DATA" --strategy "$base" "${opt[@]}" --out "$out" \
     --epochs "$EPOCHS" --patience "$PATIENCE" --seeds $TUNE_SEEDS --then-seeds $SEEDS \
     "${grid[@]}" $fixed $EXTRA
   mkdir -p "$DOCS/$s"
@@ -114,6 +124,6 @@ $METACL ckl compare "${finals[@]}" --out "$DOCS"
 {
   echo "# written by experiments/baselines_v2.sh at $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "experiments/baselines_v2.sh $RUNS $DATA $MODEL $TAG $STRATEGIES"
-  echo "LRS=$LRS EPOCHS=$EPOCHS PATIENCE=$PATIENCE SEEDS=\"$SEEDS\" TUNE_SEEDS=\"$TUNE_SEEDS\" NO_OPTION_GRID=${NO_OPTION_GRID:-0} EXTRA=\"$EXTRA\""
+  echo "LRS=$LRS LEARNED_LRS=$LEARNED_LRS OPTIMIZER_PATH=${OPTIMIZER_PATH:-} EPOCHS=$EPOCHS PATIENCE=$PATIENCE SEEDS=\"$SEEDS\" TUNE_SEEDS=\"$TUNE_SEEDS\" NO_OPTION_GRID=${NO_OPTION_GRID:-0} EXTRA=\"$EXTRA\""
 } > "$DOCS/command.txt"
 echo "wrote $DOCS/table.md, plot.png, command.txt and <strategy>/tune.json, tune.md, summary.json, table.md"
