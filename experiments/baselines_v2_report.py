@@ -1,10 +1,12 @@
 """The world-v2 baselines table (issue 16) as markdown, from the runs of experiments/baselines_v2.sh.
 
 Reads RUNS/TAG/<strategy>/{tune.json,final/summary.json} for every strategy that has finished
-(tuning + all final seeds) and prints one row each: the flags chosen on tl_val, honest TL / NF / epoch,
+(tuning + all final seeds), or the copies the script makes in docs (DOCS/<strategy>/{tune.json,summary.json}),
+so the committed table can be rebuilt without the runs, and prints one row each: the flags chosen on tl_val, honest TL / NF / epoch,
 paper TL / NF, seeds. Strategies still tuning are listed as not finished.
 
     python experiments/baselines_v2_report.py runs/bv2/baselines_v2 --json docs/results/baselines_v2_table/rows.json
+    python experiments/baselines_v2_report.py docs/results/baselines_v2_table --json docs/results/baselines_v2_table/rows.json
 """
 import argparse
 import json
@@ -17,8 +19,10 @@ def main() -> None:
     ap.add_argument("--json")
     a = ap.parse_args()
     rows, unfinished = [], []
-    for d in sorted(Path(a.root).iterdir()):
+    for d in sorted(p for p in Path(a.root).iterdir() if p.is_dir()):
         s, t = d / "final" / "summary.json", d / "tune.json"
+        if not s.is_file():
+            s = d / "summary.json"  # a docs copy
         if not (s.is_file() and t.is_file()):
             unfinished.append(d.name)
             continue
