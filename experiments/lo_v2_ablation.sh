@@ -19,6 +19,7 @@
 #            16-step tasks) meta-trained on for LONG_STEPS (100) more steps on 48-step tasks (--init-from default
 #            --inner-steps 48; --seed 1 so the episodes are not the first run's): deployment runs ~120 steps per
 #            task, 7x the 16 the default saw, and the plasticity hinge against AdamW barely binds on 16-step tasks
+#   (docs/results/lo_v2_ablation3/ holds long48 and the widened noplast; lo_v2.md has their numbers)
 #   table    experiments/lo_v2_report.py over the table's rows (adamw and oracle required; learned and random
 #            if present) plus every ablation present -> docs/results/lo_v2_ablation/ (DOCS to write elsewhere)
 set -euo pipefail
