@@ -21,7 +21,9 @@
 # (`metacl ckl tune`, the grid and the choice in each stage's tune.json).
 set -euo pipefail
 RUNS=${RUNS:-runs}
-W=$RUNS/w2/world_e200_d3-5; LM=$RUNS/w2/lm_small_s0; LO=$RUNS/lo_lm2; T=$RUNS/lo_v2
+W=$RUNS/w2/world_e200_d3-5; LM=$RUNS/w2/lm_small_s0; T=$RUNS/lo_v2
+# LO: the meta-trained weights (LO=default: the shipped default, bit for bit $RUNS/lo_lm2 of the `meta` stage)
+LO=${LO:-$RUNS/lo_lm2}
 LO_STEPS=${LO_STEPS:-400}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 SET=(--model "$LM" --data "$W" --epochs 8 --batch-size 8 --max-length 256 --no-exact-match --device cpu)

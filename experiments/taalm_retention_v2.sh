@@ -10,6 +10,9 @@
 #   tune    seeds $TUNE_SEEDS ("0 1") of taalm and each candidate with --nf meta_nf.jsonl -> RUNS/ret_tune/*
 #   choose  RUNS/ret_tune/choice.json (+ docs/results/taalm_v2_table/retention_choice.json)
 #   rows    the chosen candidate, seeds 0 1 2, the world-v2 table settings -> RUNS/w2/world_v2_d3-5_taalm_retention
+#   vw_cheapest  the committed validation-world candidates re-read with rule `cheapest` (highest TL ratio among
+#           NF gain >= 0.10; set 2026-12-03 after max_nf's choice cost 9.9% TL on test) -> its choice JSON, then that
+#           config on the test world, seeds 0 1 2 -> RUNS/w2/world_v2_d3-5_taalm_retention_cheapest
 #   lm2_rows / lm2_table  finetune, oracle, random, taalm on the rebuilt LM -> docs/results/taalm_v2_table_lm2/
 #   vw_build / vw_tune / vw_choose / vw_rows: the same grid and rule on a separate *validation world* (seed 1,
 #           its own base LM and A13 weighter, 3 seeds, its 100 TL facts as the TL score instead of the test
@@ -46,6 +49,9 @@ chosen() {
   metacl ckl run "${SET[@]}" --seeds 0 1 2 --strategy "${s[@]}" --taalm-predictor "$P" --out "$2" > "$2.log" 2>&1
 }
 D=docs/results/taalm_v2_table_lm2
+# TAG names the base-LM build the lm2_* rows ran on (each CPU gives the same command other weights),
+# TABLE where lm2_table writes: TAG=lm3 TABLE=docs/results/taalm_v2_table_lm3 for the 2026-12-03 build
+TAG=${TAG:-lm2}; TABLE=${TABLE:-$D}
 for stage in "$@"; do
   echo "=== $stage $(date -u +%H:%M:%S)"
   case $stage in
@@ -69,22 +75,30 @@ for stage in "$@"; do
     vw_choose)
       python experiments/taalm_retention_choose.py "$RUNS/ret_tune_vw" --metric tl_acc --json "$RUNS/ret_tune_vw/choice.json"
       mkdir -p $D && cp "$RUNS/ret_tune_vw/choice.json" $D/retention_choice_valworld.json ;;
-    vw_rows) chosen "$RUNS/ret_tune_vw/choice.json" "$RUNS/w2/world_v2_d3-5_taalm_retention_vw" ;;
+    vw_rows) chosen "${VW_CHOICE:-$RUNS/ret_tune_vw/choice.json}" "$RUNS/w2/world_v2_d3-5_taalm_retention_vw" ;;  # VW_CHOICE: e.g. the committed JSON
+    vw_cheapest)
+      python experiments/taalm_retention_choose.py --from-json $D/retention_choice_valworld.json --rule cheapest \
+        --json $D/retention_choice_valworld_cheapest.json
+      out=$RUNS/w2/world_v2_d3-5_taalm_retention_cheapest_$TAG
+      [ -f "$out/summary.json" ] || chosen $D/retention_choice_valworld_cheapest.json "$out" ;;
     lm2_rows)  # the reference rows on the rebuilt LM (RUNS/w2/lm_small_s0), as run on 2026-12-02
       for r in finetune oracle random taalm_A13; do
         case $r in
           finetune) st=(finetune) ;; oracle) st=(oracle --oracle-data "$W2/tl.jsonl" "$W2/tl_val.jsonl") ;;
           random) st=(random --random-predictor "$P") ;; taalm_A13) st=(taalm --taalm-predictor "$P") ;;
         esac
-        out=$RUNS/w2/world_v2_d3-5_${r}_lm2
+        out=$RUNS/w2/world_v2_d3-5_${r}_$TAG
         [ -f "$out/summary.json" ] || metacl ckl run "${SET[@]}" --seeds 0 1 2 --strategy "${st[@]}" --out "$out" > "$out.log" 2>&1
       done ;;
     lm2_table)
-      python experiments/taalm_table.py --epochs 8 --out $D finetune=$RUNS/w2/world_v2_d3-5_finetune_lm2 \
-        oracle=$RUNS/w2/world_v2_d3-5_oracle_lm2 random=$RUNS/w2/world_v2_d3-5_random_lm2 \
-        taalm=$RUNS/w2/world_v2_d3-5_taalm_A13_lm2 taalm_retention=$RUNS/w2/world_v2_d3-5_taalm_retention_vw \
-        taalm_retention_tlval_choice=$RUNS/w2/world_v2_d3-5_taalm_retention
-      python experiments/taalm_closure.py $D/summary.json --json $D/closure.json ;;
+      rows=(finetune=$RUNS/w2/world_v2_d3-5_finetune_$TAG oracle=$RUNS/w2/world_v2_d3-5_oracle_$TAG
+            random=$RUNS/w2/world_v2_d3-5_random_$TAG taalm=$RUNS/w2/world_v2_d3-5_taalm_A13_$TAG)
+      for r in taalm_retention=world_v2_d3-5_taalm_retention_vw taalm_retention_tlval_choice=world_v2_d3-5_taalm_retention \
+               taalm_retention_cheapest=world_v2_d3-5_taalm_retention_cheapest_$TAG; do
+        [ -f "$RUNS/w2/${r#*=}/summary.json" ] && rows+=("${r%%=*}=$RUNS/w2/${r#*=}")
+      done
+      python experiments/taalm_table.py --epochs 8 --out "$TABLE" "${rows[@]}"
+      python experiments/taalm_closure.py "$TABLE/summary.json" --json "$TABLE/closure.json" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done
