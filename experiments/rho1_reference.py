@@ -67,7 +67,7 @@ def main(argv=None) -> int:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total, n = total + float(loss), n + 1
+            total, n = total + float(loss.detach()), n + 1
         losses.append(total / max(n, 1))
         print(f"epoch {epoch}/{a.epochs}: loss {losses[-1]:.4f}", flush=True)
     model.eval()
