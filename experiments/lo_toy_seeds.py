@@ -1,0 +1,62 @@
+"""The tuned-AdamW toy test's setting over several meta-training seeds, on the machine it runs on.
+
+tests/test_learned_optimizer_meta.py::test_short_meta_training_beats_a_tuned_adamw_on_heldout_toys runs one
+seed; its trajectory depends on the CPU's floating-point path (on 2026-12-03's AMD EPYC, avx2 without
+avx512, the MLP head's seed 0 misses the 0.9x bar that it met where the test was written). This records,
+per seed, AdamW's tuned lr, the learned and AdamW held-out meta-losses, and whether the learned one is
+below 0.9x AdamW's, with the CPU's model name, so the test's one seed can be read against the spread.
+
+    python experiments/lo_toy_seeds.py --head mlp --seeds 0 1 2 3 --out docs/results/lo_toy_tuned/seeds_mlp_epyc_avx2.json
+"""
+import argparse
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+
+from metacl.optim import network as nw
+from metacl.optim.baselines import tune_adamw
+from metacl.optim.meta_train import MetaTrainConfig, meta_train
+from metacl.utils import write_json_atomic
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--head", default="mlp", choices=["mlp", "linear"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    rows = {}
+    for seed in a.seeds:
+        cfg = MetaTrainConfig(family="toy", steps=40, inner_steps=8, meta_lr=0.01, meta_batch=2, eval_episodes=8,
+                              ckpt_every=100, head=a.head, seed=seed)
+        best, _ = tune_adamw(cfg, (0.03, 0.1, 0.3, 1.0), episodes=8, seed=101)
+        cfg.init_lr = cfg.baseline_lr = best
+        with tempfile.TemporaryDirectory() as d:
+            s = meta_train(cfg, Path(d) / "run", net=nw.NetConfig(init_lr=best, head=a.head), progress=False)
+        learned, adam = s["eval_heldout"]["learned"]["meta_loss"], s["eval_heldout"]["adam"]["meta_loss"]
+        rows[str(seed)] = {"adamw_lr": best, "learned_meta_loss": learned, "adamw_meta_loss": adam,
+                           "beats_0.9x": learned < 0.9 * adam}
+        print(f"seed {seed}: AdamW lr {best}, learned {learned:.3f} vs AdamW {adam:.3f}: "
+              f"{'beats' if learned < 0.9 * adam else 'misses'} 0.9x", flush=True)
+    write_json_atomic(a.out, {"head": a.head, "rows": rows, "beats": sum(r["beats_0.9x"] for r in rows.values()),
+                              "cpu": cpu_name(), "avx512f": "avx512f" in flags, "threads": torch.get_num_threads(),
+                              "torch": torch.__version__,
+                              "command": f"python experiments/lo_toy_seeds.py --head {a.head} --seeds "
+                                         f"{' '.join(map(str, a.seeds))} --out {a.out}"})
+
+
+if __name__ == "__main__":
+    main()
