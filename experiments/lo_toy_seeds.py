@@ -21,13 +21,10 @@ from metacl.optim.meta_train import MetaTrainConfig, meta_train
 from metacl.utils import write_json_atomic
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+def cpu_name(cpuinfo: str) -> str:
+    for line in cpuinfo.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
@@ -37,7 +34,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     rows = {}
     for seed in a.seeds:
         cfg = MetaTrainConfig(family="toy", steps=40, inner_steps=8, meta_lr=0.01, meta_batch=2, eval_episodes=8,
@@ -52,7 +49,7 @@ def main() -> None:
         print(f"seed {seed}: AdamW lr {best}, learned {learned:.3f} vs AdamW {adam:.3f}: "
               f"{'beats' if learned < 0.9 * adam else 'misses'} 0.9x", flush=True)
     write_json_atomic(a.out, {"head": a.head, "rows": rows, "beats": sum(r["beats_0.9x"] for r in rows.values()),
-                              "cpu": cpu_name(), "avx512f": "avx512f" in flags, "threads": torch.get_num_threads(),
+                              "cpu": cpu_name(cpuinfo), "avx512f": "avx512f" in cpuinfo, "threads": torch.get_num_threads(),
                               "torch": torch.__version__,
                               "command": f"python experiments/lo_toy_seeds.py --head {a.head} --seeds "
                                          f"{' '.join(map(str, a.seeds))} --out {a.out}"})

@@ -18,7 +18,6 @@ documents' sha256, the per-epoch loss), into OUT.tmp first and renamed when comp
 """
 import argparse
 import hashlib
-import json
 import shutil
 import sys
 import time
@@ -28,7 +27,7 @@ import torch
 
 from metacl.core.batching import doc_batches
 from metacl.data.lama import load_lama_jsonl
-from metacl.engine.losses import label_mask, token_nll
+from metacl.engine.losses import lm_loss
 from metacl.errors import MetaclError
 from metacl.models.loading import load_model_and_tokenizer, quiet_hf_saving
 from metacl.utils import seed_everything, write_json_atomic
@@ -61,9 +60,7 @@ def main(argv=None) -> int:
         order = torch.randperm(len(docs), generator=gen).tolist()
         total, n = 0.0, 0
         for batch in doc_batches(tok, [docs[i] for i in order], a.batch_size, a.max_length, "cpu"):
-            nll = token_nll(model, batch)
-            mask = label_mask(batch)
-            loss = (nll * mask).sum() / mask.sum().clamp(min=1)
+            loss = lm_loss(model, {}, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
