@@ -25,7 +25,6 @@ SMALL = replace(lf.LM, entities=40, vocab_size=320, hidden_sizes=(32,), pretrain
 @pytest.fixture(autouse=True)
 def small_family(monkeypatch):
     monkeypatch.setattr(lf, "LM", SMALL)
-    torch.set_num_threads(1)
 
 
 def _cfg(**kw) -> MetaTrainConfig:

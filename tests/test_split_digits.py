@@ -42,7 +42,6 @@ def test_benchmarks_are_disjoint_from_the_meta_pool_and_deterministic():
 
 @pytest.mark.parametrize("method", ["sgd", "adam", "ewc", "lwf", "replay"])
 def test_every_baseline_learns_the_first_task(method):
-    torch.set_num_threads(1)
     tasks = make_benchmark("split", seed=0)[:2]
     out = run_sequence(tasks, method, seed=0, cfg=RunConfig(steps_per_task=15))
     R = out["R"]

@@ -38,6 +38,12 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-every", type=int, default=25)
     p.add_argument("--eval-episodes", type=int, default=8)
+    p.add_argument("--val-every", type=int, default=0,
+                   help="meta-validate every N steps (and at step 0) on --val-episodes episodes of stream --val-seed "
+                        "and ship the best weights instead of the last (0: off, ship the last)")
+    p.add_argument("--val-episodes", type=int, default=8)
+    p.add_argument("--val-seed", type=int, default=101,
+                   help="validation episode stream (101: the one a tuned AdamW's lr is chosen on); not --seed")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these tiny models)")
     p.add_argument("--meta-batch", type=int, default=1,
                    help="episodes per meta-step (their meta-gradients averaged); under torchrun split over the "
@@ -97,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         coef_scale=tuple(args.coef_scale) if args.coef_scale else None,
         plasticity=args.plasticity, plasticity_form=args.plasticity_form,
         plasticity_lr=args.plasticity_lr, baseline_lr=args.baseline_lr, init_from=args.init_from,
+        val_every=args.val_every, val_episodes=args.val_episodes, val_seed=args.val_seed,
     )
     summary = meta_train(cfg, args.out, resume=args.resume, progress=not args.no_progress,
                          command="metacl " + " ".join(sys.argv[1:]))
