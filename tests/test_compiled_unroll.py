@@ -20,8 +20,6 @@ from metacl.engine.compiled_unroll import _updater, compiled_unroll_loss
 from metacl.errors import MetaclError
 
 DT = torch.float64
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 
 def weighted(model, params, batch):

@@ -19,8 +19,6 @@ from metacl.meta.token_weighting import TokenWeighter
 from metacl.models.loading import load_model_and_tokenizer
 from tests.ckl_fixtures import ckl_args, make_tiny_ckl_world
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _items(tmp_path, n=40, shared_evidence=4):
     rows = []

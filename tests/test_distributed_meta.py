@@ -120,9 +120,6 @@ def launched(tmp_path_factory):
     return {"tmp": tmp, "world": world, "lm": lm}
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def test_optimizer_two_processes_equal_one_process(launched):
     from metacl.cli.main import main
 

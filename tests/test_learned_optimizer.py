@@ -11,9 +11,6 @@ from metacl.errors import CheckpointError, MetaclError
 from metacl.optim import LearnedFunctional, LearnedOptimizer, NetConfig, init_meta
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def _problem(seed=0):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))

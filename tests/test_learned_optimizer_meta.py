@@ -12,9 +12,6 @@ from metacl.optim.baselines import tune_adamw
 from metacl.optim.meta_train import MetaTrainConfig, evaluate, meta_train
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 # The linear head's 40-step meta-training used to diverge on this test's toys (held-out meta-loss
 # 1.72 / 182 / 1.92 / 1.85 against a tuned AdamW's 1.03 / 1.02 / 1.27 / 1.84, seeds 0-3, AMD EPYC,
 # 2026-12-02): the coefficients of its value, drift and importance features lived at the scale of
@@ -134,8 +131,6 @@ def test_init_from_starts_where_the_given_weights_are(tmp_path):
 def test_meta_validation_ships_the_best_weights_and_survives_resume(tmp_path, capsys):
     """--val-every: the shipped weights are the validated best (not the last), the choice is recorded, an
     interrupted run resumed keeps the best it had found, and the test stream cannot be the validation one."""
-    from metacl.optim.meta_train import evaluate
-
     cfg = MetaTrainConfig(family="toy", steps=4, inner_steps=2, eval_episodes=1, ckpt_every=1, val_every=2,
                           val_episodes=2, meta_lr=0.05)
     full = meta_train(cfg, tmp_path / "full", progress=False)

@@ -17,9 +17,6 @@ from metacl.optim import features as fe
 from metacl.optim import network as nw
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def _random_meta(seed=1):
     """Every part of the network non-trivial (incl. a dense skip), so a wrong fused layout shows."""
     cfg = NetConfig(init_lr=1e-2)
@@ -166,7 +163,6 @@ def test_pretrained_weights_still_load_and_match_reference():
         params = _reference_step(meta, cfg, params, grads, [1.0] * len(params), state, total_steps=4)
     diff = max((p.detach() - q).abs().max().item() for p, q in zip(model.parameters(), params))
     assert diff <= 1e-6
-
 
 
 def test_bf16_params_keep_float32_state_and_follow_the_float32_step():

@@ -10,8 +10,6 @@ from torch import nn
 from metacl.optim import LearnedOptimizer, NetConfig, init_meta
 from metacl.optim import compiled as co
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _meta(head="mlp"):
     cfg = NetConfig(hidden=4, d_model=8, n_heads=2, n_layers=1, init_lr=1e-2, head=head)  # small graph: quick to compile

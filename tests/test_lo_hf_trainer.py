@@ -9,8 +9,6 @@ import torch
 from metacl.optim import LearnedOptimizer
 from metacl.optim.hf import LearnedOptimizerCallback, trainer_optimizers
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _setup(tmp_path, **targs):
     from datasets import Dataset

@@ -17,9 +17,6 @@ from metacl.optim import features as fe
 from metacl.optim import network as nw
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def _random_linear_meta(seed=1):
     """Every coefficient and the step scale depend non-trivially on the tensor context."""
     cfg = NetConfig(init_lr=1e-2, head="linear")

@@ -14,8 +14,6 @@ from metacl.optim import network as nw
 from metacl.optim import plasticity as pl
 from metacl.optim.meta_train import MetaTrainConfig, episode_loss, meta_train, toy_episode
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def test_penalty_charges_only_the_shortfall_and_only_the_learned_side():
     tl = [torch.tensor(0.5, requires_grad=True), torch.tensor(2.0, requires_grad=True)]

@@ -12,8 +12,6 @@ from metacl.meta.train_token_weighting import MetaConfig, MetaExample, MetaTrain
 from metacl.models.loading import load_model_and_tokenizer
 from metacl.models.pretrain import tiny_model_for_tests
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def world_and_lm(tmp_path_factory):

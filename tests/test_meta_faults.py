@@ -23,9 +23,6 @@ from metacl.meta.train_token_weighting import MetaConfig, MetaExample, MetaTrain
 from metacl.optim.meta_train import MetaTrainConfig, meta_train
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def _rows(run: Path) -> list[dict]:
     return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
 

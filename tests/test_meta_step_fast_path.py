@@ -25,8 +25,6 @@ from metacl.engine import adamw, adamw_kernels, input_embedding_rows, lm_loss, s
 from metacl.errors import MetaclError
 
 DT = torch.float64
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 
 @pytest.fixture

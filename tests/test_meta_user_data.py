@@ -11,8 +11,6 @@ from metacl.cli.main import main
 from metacl.meta.user_data import split_key, split_pairs
 from metacl.models.pretrain import tiny_model_for_tests
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def user_files(tmp_path_factory):

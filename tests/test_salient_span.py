@@ -14,7 +14,6 @@ from metacl.strategies import get_strategy
 from metacl.strategies.base import TrainContext
 from metacl.strategies.salient_span import salient_char_spans
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 DOCS = ["Ada Quill works for Northwind Labs since 1987 .", "the river runs to the sea in 3 days ."]
 

@@ -19,7 +19,6 @@ import torch
 from engine_fixtures import rel_err, untied_toy_lm
 
 DT = torch.float64
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

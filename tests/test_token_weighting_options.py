@@ -24,8 +24,6 @@ from metacl.strategies import get_strategy
 from metacl.strategies.base import TrainContext
 from test_token_weighting_meta import fresh_model, planted, toy  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _doc_batch(tok, ex, w=None):
     docs = pad([encode_document(tok, e.document, 32) for e in ex], tok.pad_token_id)

@@ -23,8 +23,6 @@ from metacl.meta.token_weighting import TokenWeighter
 from metacl.meta.train_token_weighting import MetaConfig, MetaTrainer, meta_objective
 from test_token_weighting_meta import _value_vs_filler, fresh_model, planted, toy  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def test_meta_config_defaults_are_the_cli_defaults():
     """What these tests call 'production' is what a user gets from the command line (the command's own

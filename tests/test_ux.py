@@ -16,7 +16,6 @@ import pytest
 from metacl.cli.main import main
 from metacl.utils import snapshot_dir
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 PEOPLE = ["Ada Quill", "Marco Vell", "Lena Ostrow", "Piet Arno", "Sara Lund", "Tomas Reyes"]
 ORGS = ["Northwind Labs", "Blue Harbor", "Northwind Labs", "Blue Harbor", "Northwind Labs", "Blue Harbor"]

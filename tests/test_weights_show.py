@@ -12,7 +12,6 @@ from metacl.meta.token_weighting import TokenWeighter
 from metacl.models.loading import load_model_and_tokenizer
 from metacl.models.pretrain import tiny_model_for_tests
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 DOC = "Ada Quill works for Northwind Labs ."
 

@@ -386,9 +386,10 @@ class OptimizerMetaLearner:
             self.best_meta = {k: v.detach().clone() for k, v in self.meta.items()}
             row["best"] = True
         if self.dist.is_main:
+            from metacl.metalearner import METRICS
             from metacl.utils import append_jsonl
 
-            append_jsonl(self.out / "metrics.jsonl", [row])
+            append_jsonl(self.out / METRICS, [row])
         return self.best
 
     def state_dict(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
