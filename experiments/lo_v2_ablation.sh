@@ -22,6 +22,9 @@
 #            16-step tasks) meta-trained on for LONG_STEPS (100) more steps on 48-step tasks (--init-from default
 #            --inner-steps 48; --seed 1 so the episodes are not the first run's): deployment runs ~120 steps per
 #            task, 7x the 16 the default saw, and the plasticity hinge against AdamW barely binds on 16-step tasks
+#   drift_plr3_pull1  drift_plr3's weights (meta-trained by the drift_plr3 id) deployed with the pull back to the
+#            anchor at multiplier 1 whatever learned_lr is (--learned-anchor-lr 1, one change against drift_plr3's
+#            row): with the pull scaled by learned_lr, a larger multiplier buys TL only slowly (lo_v2.md, drift)
 #   (docs/results/lo_v2_ablation3/ holds long48 and the widened noplast; lo_v2.md has their numbers)
 #   table    experiments/lo_v2_report.py over the table's rows (adamw and oracle required; learned and random
 #            if present) plus every ablation present -> docs/results/lo_v2_ablation/ (DOCS to write elsewhere)
@@ -42,10 +45,15 @@ for id in "$@"; do
     drift_plr3) extra=(--coef-scale 1 1 1 1 0.01 0.01 0.01 1 --plasticity-lr 3e-3) ;;
     drift_p10) extra=(--coef-scale 1 1 1 1 0.01 0.01 0.01 1 --plasticity 10) ;;
     long48)  extra=(--init-from default --inner-steps 48 --seed 1 --steps "${LONG_STEPS:-100}") ;;
+    drift_plr3_pull1)
+      [ -f "$RUNS/lo_lm2_drift_plr3/optimizer.safetensors" ] || { echo "run the drift_plr3 id first" >&2; exit 2; }
+      metacl ckl tune "${SET[@]}" --strategy finetune --optimizer learned --optimizer-path "$RUNS/lo_lm2_drift_plr3" \
+        --learned-anchor-lr 1 --grid learned_lr="${GRID:-0.5,1,2,4,8,16}" --seeds 0 --then-seeds 0 1 2 --out "$T/learned_$id"
+      continue ;;
     table)
       rows=(adamw="$T/adamw" oracle="$T/oracle")
       for r in learned random; do [ -f "$T/$r/final/summary.json" ] && rows+=($r="$T/$r"); done
-      for a in drift noplast drift_plr3 drift_p10 long48; do [ -f "$T/learned_$a/final/summary.json" ] && rows+=(learned_$a="$T/learned_$a"); done
+      for a in drift noplast drift_plr3 drift_p10 long48 drift_plr3_pull1; do [ -f "$T/learned_$a/final/summary.json" ] && rows+=(learned_$a="$T/learned_$a"); done
       python experiments/lo_v2_report.py --out "${DOCS:-docs/results/lo_v2_ablation}" "${rows[@]}"
       continue ;;
     *) echo "unknown ablation $id" >&2; exit 2 ;;

@@ -41,6 +41,7 @@ class CklConfig:
     optimizer: str = "adamw"
     optimizer_path: str | None = None
     learned_lr: float = 1.0
+    learned_anchor_lr: float | None = None  # the learned optimizer's pull to the start at this multiplier; None = learned_lr
     lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -83,6 +84,11 @@ class CklConfig:
             raise MetaclError(f"--lr must be > 0, got {self.lr}; pass e.g. --lr 1e-4")
         if self.optimizer == "learned" and not float(self.learned_lr) > 0:
             raise MetaclError(f"--learned-lr must be > 0, got {self.learned_lr}; pass e.g. --learned-lr 1")
+        if self.learned_anchor_lr is not None:
+            if self.optimizer != "learned":
+                raise MetaclError(f"--learned-anchor-lr applies to --optimizer learned only (this run uses {self.optimizer}); leave it out")
+            if not float(self.learned_anchor_lr) >= 0:
+                raise MetaclError(f"--learned-anchor-lr must be >= 0, got {self.learned_anchor_lr}; pass e.g. --learned-anchor-lr 1")
         if int(self.max_length) < 2:
             raise MetaclError(f"--max-length must be >= 2 tokens, got {self.max_length}")
         from metacl.ckl.optimizers import OPTIMIZERS

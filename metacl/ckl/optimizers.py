@@ -18,12 +18,14 @@ OPTIMIZERS = ("adamw", "sgd", "learned")
 
 def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
                     path: str | None = None, total_steps: int | None = None,
-                    learned_lr: float = 1.0) -> torch.optim.Optimizer:
+                    learned_lr: float = 1.0, learned_anchor_lr: float | None = None) -> torch.optim.Optimizer:
     """An optimizer over `params`.
 
     `lr` is the step size of AdamW/SGD. The learned optimizer predicts its own step size, so it
     ignores `lr` and takes `learned_lr` (a multiplier on its step, 1.0 = as meta-trained);
-    `path` selects its weights (default: the weights shipped with metacl).
+    `path` selects its weights (default: the weights shipped with metacl); `learned_anchor_lr`, if
+    given, applies its pull back to the starting weights at that multiplier instead of `learned_lr`
+    (`LearnedOptimizer(anchor_lr=...)`).
     """
     params = list(params)
     if lr <= 0 and name != "learned":
@@ -35,6 +37,8 @@ def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, 
     if name == "learned":
         from metacl.optim.learned import load_optimizer  # lazily: adamw/sgd runs never import the learned optimizer
         kwargs = {"lr": learned_lr}
+        if learned_anchor_lr is not None:
+            kwargs["anchor_lr"] = float(learned_anchor_lr)
         if total_steps:
             kwargs["total_steps"] = int(total_steps)
         return load_optimizer(path, params, **kwargs)  # a folder, a shipped name (`digits`) or None = the default

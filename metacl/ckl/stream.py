@@ -65,7 +65,8 @@ def optimizer_factory(cfg, ctx: TrainContext) -> Callable[[list[torch.nn.Paramet
 
     def make(params):
         return build_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                               path=cfg.optimizer_path, total_steps=ctx.total_steps, learned_lr=cfg.learned_lr)
+                               path=cfg.optimizer_path, total_steps=ctx.total_steps, learned_lr=cfg.learned_lr,
+                               learned_anchor_lr=getattr(cfg, "learned_anchor_lr", None))
 
     return make
 

@@ -35,6 +35,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=["adamw", "sgd", "learned"], default=d.optimizer, help="default adamw")
     p.add_argument("--optimizer-path", metavar="DIR", help="weights of the learned optimizer: a folder, or a shipped name (default, digits) (default: the shipped default)")
     p.add_argument("--learned-lr", type=float, default=d.learned_lr, help="multiplier on the learned optimizer's step (default 1)")
+    p.add_argument("--learned-anchor-lr", type=float, default=d.learned_anchor_lr,
+                   help="multiplier on the learned optimizer's pull back to the starting weights alone (linear head; "
+                   "default: --learned-lr, as meta-trained)")
     p.add_argument("--lr", type=float, default=d.lr,
                    help=f"learning rate for adamw/sgd (default {d.lr:g}, a large-model value; small models such as "
                    "metacl's tiny (~37k) and small (2.16M) presets learn at 1e-3, see README)")

@@ -59,6 +59,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
         meta: meta-parameters (dict of tensors); None = fresh Adam-like initialisation.
         config: `NetConfig` (or its dict) matching `meta`.
         lr: multiplier on the learned step (per group).
+        anchor_lr: linear head only (per group): the multiplier on the drift-from-anchor term alone, in
+            place of `lr`; None (the default) = `lr`, as in meta-training. Why: meta-training sees one
+            step size, and at deployment `lr` is tuned; scaling the learned pull back to the anchor with
+            it keeps the balance between moving and returning, so a larger `lr` buys new knowledge only
+            slowly (docs/results/lo_v2.md, ablation `drift`). With `anchor_lr` fixed, `lr` moves the
+            learning part only and the pull stays the strength it was meta-trained at (anchor_lr=1).
         total_steps: expected number of steps per task (the clock restarts at `consolidate()`), for the "fraction of training done" feature;
             None = not known yet: 1000 until `metacl.optim.hf.LearnedOptimizerCallback` sets Trainer's max_steps.
         chunk_size: parameters per chunk of the per-parameter step (bounds extra memory); None = 2^16 for
@@ -81,9 +87,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
         total_steps: int | None = None,
         chunk_size: int | None = None,
         compile: bool = False,
+        anchor_lr: float | None = None,
     ):
         if lr < 0:
             raise MetaclError(f"LearnedOptimizer lr={lr} is negative; pass lr >= 0 (it multiplies the learned step)")
+        if anchor_lr is not None and not anchor_lr >= 0:
+            raise MetaclError(f"LearnedOptimizer anchor_lr={anchor_lr} is negative; pass anchor_lr >= 0 or None (= lr)")
         self.total_steps_given = total_steps is not None  # an explicit horizon is never overridden
         total_steps = 1000 if total_steps is None else total_steps
         if total_steps < 1:
@@ -91,7 +100,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
         cfg = nw.NetConfig.from_dict(config) if isinstance(config, dict) else (config or nw.NetConfig())
         meta = nw.init_meta(cfg) if meta is None else meta
         _check_meta(meta, cfg, where="LearnedOptimizer(meta=...)")
-        super().__init__(params, dict(lr=lr))
+        super().__init__(params, dict(lr=lr, anchor_lr=anchor_lr))
+        if cfg.head != "linear" and any(g.get("anchor_lr") is not None for g in self.param_groups):
+            raise MetaclError(f"LearnedOptimizer anchor_lr needs the linear head (these weights use head={cfg.head!r}, "
+                              "whose MLP mixes the drift feature with the others); leave anchor_lr out")
         self.cfg = cfg
         self.meta = {k: v.detach().to(torch.float32).clone() for k, v in meta.items()}
         self.total_steps = int(total_steps)
@@ -117,12 +129,14 @@ class LearnedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         todo: list[tuple[Tensor, float]] = []
+        pulls: list[float | None] = []  # each entry's anchor_lr (None = its lr)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
                     if p.grad.is_sparse:
                         raise MetaclError("LearnedOptimizer got a sparse gradient; use dense embeddings (sparse=False)")
                     todo.append((p, group["lr"]))
+                    pulls.append(group.get("anchor_lr"))
         if not todo:
             return loss
         device = todo[0][0].device
@@ -159,7 +173,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         # 3) the transformer over tensor tokens: per-tensor conditioning and step scale
         cond, log_s = nw.tensor_conditioning(meta, nw.tensor_context(meta, self.cfg, torch.stack(tokens)), self.cfg)
         if self.cfg.head == "linear":
-            self._apply_linear(todo, entries, scal, cond, log_s, meta, fasts)
+            self._apply_linear(todo, entries, scal, cond, log_s, meta, fasts, pulls)
             return loss
         b1 = (meta["mlp1.b"] + cond).unsqueeze(-1)             # (T, H, 1)
         scales = torch.exp(meta["log_scale"] + log_s)           # (T,)
@@ -217,8 +231,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
         return True
 
     def _apply_linear(self, todo, entries, scal, coefs: Tensor, log_s: Tensor, meta: dict[str, Tensor],
-                      fasts: list[bool]) -> None:
+                      fasts: list[bool], pulls: list[float | None] | None = None) -> None:
         """Linear head: each tensor's update is its coefficient mix of the features (`features.linear_update_`).
+
+        A tensor whose group sets `anchor_lr` gets its drift coefficient rescaled by anchor_lr / lr, so
+        that term is applied at anchor_lr while the rest moves at lr.
 
         Applied in place, chunk by chunk, so a chunk's dozen passes run on data that stays in cache.
         fp32 contiguous parameters are updated where they are; others (bf16, non-contiguous) go through
@@ -233,12 +250,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
         for i, ((p, lr), (pf, g, st)) in enumerate(zip(todo, entries)):
             if lr == 0:
                 continue
+            row = coef_rows[i]
+            if pulls is not None and pulls[i] is not None:
+                row = list(row)
+                row[nw.DRIFT_FEATURE] *= pulls[i] / lr
             sc = {k: (float(v) if torch.is_tensor(v) else v) for k, v in scal[i].items()}
             direct = p.dtype == torch.float32 and p.is_contiguous()
             target = p.view(-1) if direct else pf.reshape(-1).clone()
             views = {k: v.reshape(-1) for k, v in st.items() if k not in _COUNTERS}
             if fasts[i] and self._compiled is not None and self._compiled.apply(target, g.view(-1), views, sc,
-                                                                                coef_rows[i], lr * scales[i]):
+                                                                                row, lr * scales[i]):
                 if not direct:
                     p.copy_(target.view_as(p))
                 continue
@@ -246,7 +267,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             for s in range(0, n, self.chunk_size):
                 e = min(n, s + self.chunk_size)
                 fe.linear_update_(target[s:e], gfl[s:e], {k: v[s:e] for k, v in views.items()}, sc,
-                                  coef_rows[i], lr * scales[i], num_mem[: e - s], den_mem[: e - s])
+                                  row, lr * scales[i], num_mem[: e - s], den_mem[: e - s])
             if not direct:
                 p.copy_(target.view_as(p))
 

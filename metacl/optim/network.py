@@ -30,6 +30,7 @@ from torch import Tensor
 from metacl.optim.features import N_PARAM_FEATURES, N_TOKEN_FEATURES
 
 SKIP_FEATURE = 2  # index of m(0.9)/sqrt(v) in features.param_features
+DRIFT_FEATURE = 7  # index of (p - anchor) / rms(p): the pull back to the anchor (`LearnedOptimizer(anchor_lr=...)`)
 
 
 @dataclass
