@@ -94,3 +94,14 @@ def test_the_ckl_factory_passes_it_through():
     assert [g["anchor_lr"] for g in opt.param_groups] == [1.0]
     assert [g["lr"] for g in opt.param_groups] == [4.0]
     assert build_optimizer("learned", _params(), lr=1e-3).param_groups[0]["anchor_lr"] is None
+
+
+def test_ckl_config_refuses_anchor_lr_without_the_learned_optimizer():
+    from metacl.ckl.config import CklConfig
+
+    base = dict(model="m", out="o", data="d")
+    with pytest.raises(MetaclError, match="--learned-anchor-lr applies to --optimizer learned only"):
+        CklConfig(**base, learned_anchor_lr=1.0).validate()
+    with pytest.raises(MetaclError, match="must be >= 0"):
+        CklConfig(**base, optimizer="learned", learned_anchor_lr=-1.0).validate()
+    assert CklConfig(**base, optimizer="learned", learned_anchor_lr=1.0).validate().learned_anchor_lr == 1.0
