@@ -15,7 +15,8 @@
 #   vw_choose RUNS/ret_late_vw/choice.json
 #   rows      on the test world (RUNS/w2, weighter RUNS/taalm_v2_abl/tw_A13): taalm, random (A13 shuffled) and
 #             the chosen candidate, seeds 0 1 2 -> RUNS/w2/world_v2_d3-5_{taalm_A13,random_A13,taalm_retention_late}
-#   table     with FINETUNE and ORACLE run folders of the same settings -> $TABLE
+#   salient   the salient_span control on the test world, seeds 0 1 2
+#   table     with FINETUNE and ORACLE run folders of the same settings (and salient_span if run) -> $TABLE
 set -euo pipefail
 RUNS=${1:?runs dir}; shift
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TQDM_DISABLE=1
@@ -52,9 +53,14 @@ for stage in "$@"; do
       read -r -a s <<< "${CAND[$name]}"
       out=$RUNS/w2/world_v2_d3-5_taalm_retention_late
       [ -f "$out/summary.json" ] || metacl ckl run "${S[@]}" --strategy "${s[@]}" --taalm-predictor "$P" --out "$out" > "$out.log" 2>&1 ;;
+    salient)  # the salient-span control on the same LM and settings
+      out=$RUNS/w2/world_v2_d3-5_salient_span
+      [ -f "$out/summary.json" ] || metacl ckl run --model "$W2LM" --data "$W2" "${COMMON[@]}" --strategy salient_span \
+        --out "$out" > "$out.log" 2>&1 ;;
     table)
-      python experiments/taalm_table.py --epochs 8 --out "$TABLE" finetune="${FINETUNE:?}" oracle="${ORACLE:?}" \
-        random=$RUNS/w2/world_v2_d3-5_random_A13 taalm=$RUNS/w2/world_v2_d3-5_taalm_A13 \
+      rows=(finetune="${FINETUNE:?}" oracle="${ORACLE:?}" random=$RUNS/w2/world_v2_d3-5_random_A13)
+      [ -f "$RUNS/w2/world_v2_d3-5_salient_span/summary.json" ] && rows+=(salient_span=$RUNS/w2/world_v2_d3-5_salient_span)
+      python experiments/taalm_table.py --epochs 8 --out "$TABLE" "${rows[@]}" taalm=$RUNS/w2/world_v2_d3-5_taalm_A13 \
         taalm_retention=$RUNS/w2/world_v2_d3-5_taalm_retention_late
       python experiments/taalm_closure.py "$TABLE/summary.json" --json "$TABLE/closure.json" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
