@@ -105,3 +105,22 @@ def test_ckl_config_refuses_anchor_lr_without_the_learned_optimizer():
     with pytest.raises(MetaclError, match="must be >= 0"):
         CklConfig(**base, optimizer="learned", learned_anchor_lr=-1.0).validate()
     assert CklConfig(**base, optimizer="learned", learned_anchor_lr=1.0).validate().learned_anchor_lr == 1.0
+
+
+def test_compiled_linear_step_applies_the_same_rescaled_pull():
+    """`compile=True` takes the rescaled coefficients too: equal to the eager step to float32 rounding."""
+    cfg = nw.NetConfig(head="linear", anchor_start=True)
+    meta = _trained_like(cfg)
+
+    def run(compile):
+        g = torch.Generator().manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(300, 257, generator=g))
+        opt = LearnedOptimizer([p], meta=meta, config=cfg, lr=4.0, anchor_lr=1.0, total_steps=4, compile=compile)
+        for _ in range(4):
+            p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        assert (opt._compiled is not None) == compile and not getattr(opt._compiled, "failed", None)
+        return p.detach()
+
+    eager, compiled = run(False), run(True)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-6)
