@@ -231,6 +231,8 @@ def test_stateful_strategies_and_learned_optimizer_resume_exactly(world, tmp_pat
         main(args)
     monkeypatch.setattr(protocol, "save_checkpoint", real_save)
     _check_resumes_like(world, out, ref, args)
+    summary = json.loads((ref / "summary.json").read_text())  # a learned run records its multipliers
+    assert (summary["learned_lr"], summary["learned_anchor_lr"]) == (1.0, None)
 
 
 def _total_steps(world) -> int:

@@ -236,7 +236,12 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
                "data": cfg.data or {"tl": cfg.tl, "nf": cfg.nf, "tl_val": cfg.tl_val},
                "n_tl": len(tl_test), "n_nf": len(nf), "n_tl_val": len(tl_val), "tl_val_source": val_source,
                "epochs": cfg.epochs, "optimizer": cfg.optimizer, "lr": cfg.lr, "device": str(device),
-               "patience": getattr(cfg, "patience", None), "stopped": stopped_seeds(rows, cfg.seeds), **summ}
+               "patience": getattr(cfg, "patience", None), "stopped": stopped_seeds(rows, cfg.seeds),
+               # the float path: the learned optimizer's numbers depend on torch's thread count (docs/results/lo_v2.md)
+               "torch": torch.__version__, "torch_threads": torch.get_num_threads(), **summ}
+    if cfg.optimizer == "learned":
+        summary["learned_lr"] = cfg.learned_lr
+        summary["learned_anchor_lr"] = getattr(cfg, "learned_anchor_lr", None)
     write_json_atomic(out / "summary.json", summary)
     table = table_markdown([(name, summ)])
     (out / "table.md").write_text(table)
