@@ -28,16 +28,18 @@ declare -A CAND=(
   [mix_0.5_d1]="taalm mix_review --mix-review-ratio 0.5 --mix-review-decay 1.0"
 )
 T=$RUNS/ret_late_vw
+# once OUT FLAGS...: `ckl run FLAGS --out OUT` unless OUT already holds a finished run (log in OUT.log)
+once() { local out=$1; shift; [ -f "$out/summary.json" ] || metacl ckl run "$@" --out "$out" > "$out.log" 2>&1; }
 TABLE=${TABLE:-docs/results/taalm_v2_table_lm4}
 for stage in "$@"; do
   echo "=== $stage $(date -u +%H:%M:%S)"
   case $stage in
     vw_tune)
       mkdir -p "$T"; VW=(--model "$RUNS/vw/lm" --data "$RUNS/vw/world" "${COMMON[@]}" --taalm-predictor "$RUNS/vw/tw_A13/best")
-      [ -f "$T/taalm/summary.json" ] || metacl ckl run "${VW[@]}" --strategy taalm --out "$T/taalm" > "$T/taalm.log" 2>&1
+      once "$T/taalm" "${VW[@]}" --strategy taalm
       for name in $(printf '%s\n' "${!CAND[@]}" | sort); do
         read -r -a s <<< "${CAND[$name]}"
-        [ -f "$T/$name/summary.json" ] || metacl ckl run "${VW[@]}" --strategy "${s[@]}" --out "$T/$name" > "$T/$name.log" 2>&1
+        once "$T/$name" "${VW[@]}" --strategy "${s[@]}"
         echo "  $name done $(date -u +%H:%M:%S)"
       done ;;
     vw_choose)
@@ -45,18 +47,13 @@ for stage in "$@"; do
       python experiments/taalm_retention_choose.py "$T" --metric tl_acc --rule max_nf --json "$T/choice_max_nf.json" ;;
     rows)
       S=(--model "$W2LM" --data "$W2" "${COMMON[@]}")
-      out=$RUNS/w2/world_v2_d3-5_taalm_A13
-      [ -f "$out/summary.json" ] || metacl ckl run "${S[@]}" --strategy taalm --taalm-predictor "$P" --out "$out" > "$out.log" 2>&1
-      out=$RUNS/w2/world_v2_d3-5_random_A13
-      [ -f "$out/summary.json" ] || metacl ckl run "${S[@]}" --strategy random --random-predictor "$P" --out "$out" > "$out.log" 2>&1
+      once "$RUNS/w2/world_v2_d3-5_taalm_A13" "${S[@]}" --strategy taalm --taalm-predictor "$P"
+      once "$RUNS/w2/world_v2_d3-5_random_A13" "${S[@]}" --strategy random --random-predictor "$P"
       name=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['chosen'])" "$T/choice.json")
       read -r -a s <<< "${CAND[$name]}"
-      out=$RUNS/w2/world_v2_d3-5_taalm_retention_late
-      [ -f "$out/summary.json" ] || metacl ckl run "${S[@]}" --strategy "${s[@]}" --taalm-predictor "$P" --out "$out" > "$out.log" 2>&1 ;;
+      once "$RUNS/w2/world_v2_d3-5_taalm_retention_late" "${S[@]}" --strategy "${s[@]}" --taalm-predictor "$P" ;;
     salient)  # the salient-span control on the same LM and settings
-      out=$RUNS/w2/world_v2_d3-5_salient_span
-      [ -f "$out/summary.json" ] || metacl ckl run --model "$W2LM" --data "$W2" "${COMMON[@]}" --strategy salient_span \
-        --out "$out" > "$out.log" 2>&1 ;;
+      once "$RUNS/w2/world_v2_d3-5_salient_span" --model "$W2LM" --data "$W2" "${COMMON[@]}" --strategy salient_span ;;
     table)
       rows=(finetune="${FINETUNE:?}" oracle="${ORACLE:?}" random=$RUNS/w2/world_v2_d3-5_random_A13)
       [ -f "$RUNS/w2/world_v2_d3-5_salient_span/summary.json" ] && rows+=(salient_span=$RUNS/w2/world_v2_d3-5_salient_span)

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from metacl.cli.main import main
 
@@ -58,8 +59,7 @@ def test_finetune_run_learns_and_writes_everything_then_lora_and_compare(setup, 
     assert paper["tl_acc"]["mean"] == pytest.approx(max(r["tl_acc"] for r in rows[1:]))
     assert paper["total"]["mean"] == pytest.approx(paper["tl_acc"]["mean"] + paper["nf_acc"]["mean"])
     assert summary["n_tl"] + summary["n_tl_val"] == 8  # 1 of 8 TL items carved as tl_val, not scored
-    import torch  # the float path is recorded: torch and its thread count (the suite runs at one)
-
+    # the float path is recorded: torch and its thread count (the suite runs at one)
     assert (summary["torch"], summary["torch_threads"]) == (torch.__version__, 1) and "learned_lr" not in summary
     table = capsys.readouterr().out
     assert "paper (best TL test epoch)" in table and "honest (epoch by tl_val)" in table

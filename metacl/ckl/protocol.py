@@ -241,7 +241,7 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
                "torch": torch.__version__, "torch_threads": torch.get_num_threads(), **summ}
     if cfg.optimizer == "learned":
         summary["learned_lr"] = cfg.learned_lr
-        summary["learned_anchor_lr"] = getattr(cfg, "learned_anchor_lr", None)
+        summary["learned_anchor_lr"] = cfg.learned_anchor_lr
     write_json_atomic(out / "summary.json", summary)
     table = table_markdown([(name, summ)])
     (out / "table.md").write_text(table)

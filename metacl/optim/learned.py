@@ -231,7 +231,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         return True
 
     def _apply_linear(self, todo, entries, scal, coefs: Tensor, log_s: Tensor, meta: dict[str, Tensor],
-                      fasts: list[bool], pulls: list[float | None] | None = None) -> None:
+                      fasts: list[bool], pulls: list[float | None]) -> None:
         """Linear head: each tensor's update is its coefficient mix of the features (`features.linear_update_`).
 
         A tensor whose group sets `anchor_lr` gets its drift coefficient rescaled by anchor_lr / lr, so
@@ -251,7 +251,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             if lr == 0:
                 continue
             row = coef_rows[i]
-            if pulls is not None and pulls[i] is not None:
+            if pulls[i] is not None:
                 row = list(row)
                 row[nw.DRIFT_FEATURE] *= pulls[i] / lr
             sc = {k: (float(v) if torch.is_tensor(v) else v) for k, v in scal[i].items()}
