@@ -98,6 +98,54 @@ def test_lwf_loss_zero_when_models_agree_and_positive_when_they_differ():
     assert ctx.model.lm_head.weight.grad.abs().sum() > 0
 
 
+def test_lwf_complement_distils_only_where_the_token_weights_are_low():
+    """--lwf-tokens complement: a position the weighter learns (w = 1) is not distilled, one it skips (w = 0) is."""
+    ctx = make_ctx()
+    lwf = LwF(lwf_tokens="complement")
+    lwf.before_task(ctx)
+    batch = random_batch(pad_last=0)
+    with torch.no_grad():
+        base = ctx.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    w = torch.zeros(batch["labels"].shape)
+    w[:, 5] = 1.0          # the target at column 5 (predicted from position 4) is the one to learn
+    ctx.token_weights = w
+    moved = base.clone()
+    moved[:, 4] += 3.0 * torch.randn(moved.shape[-1])
+    assert float(lwf.extra_loss(ctx, batch, moved)) == pytest.approx(0.0, abs=1e-6)
+    assert float(LwF(lwf_tokens="all").extra_loss(ctx, batch, moved)) > 1e-3   # the default distils it
+    moved = base.clone()
+    moved[:, 6] += 3.0 * torch.randn(moved.shape[-1])   # predicts column 7, weight 0: distilled
+    assert float(lwf.extra_loss(ctx, batch, moved)) > 1e-3
+    ctx.token_weights = 0.25 * torch.ones(batch["labels"].shape)   # partial weights: the KL is a weighted mean
+    torch.testing.assert_close(lwf.extra_loss(ctx, batch, moved), next_token_kl(base, moved, 0.75 * torch.ones(w.shape), 2.0))
+
+
+def test_lwf_complement_refuses_a_composition_without_a_weighter():
+    from metacl.ckl.stream import build_strategies
+
+    with pytest.raises(MetaclError, match="token-weighting strategy"):
+        build_strategies(["lwf"], {"lwf_tokens": "complement"})
+    with pytest.raises(MetaclError, match="token-weighting strategy"):
+        build_strategies(["ewc", "lwf"], {"lwf_tokens": "complement"})
+    assert [s.name for s in build_strategies(["salient_span", "lwf"], {"lwf_tokens": "complement"})] == ["salient_span", "lwf"]
+    with pytest.raises(MetaclError, match="--lwf-tokens"):
+        LwF(lwf_tokens="weighted")
+
+
+def test_the_loop_hands_extra_losses_the_combined_token_weights():
+    from metacl.ckl.train import combined_weights, loss_terms
+
+    ctx = make_ctx()
+    strategies = [get_strategy("salient_span")(), LwF(lwf_tokens="complement")]
+    for s in strategies:
+        s.before_task(ctx)
+    batch = random_batch()
+    loss_terms(strategies, ctx, batch)
+    nll = torch.zeros(batch["labels"].shape)
+    torch.testing.assert_close(ctx.token_weights, combined_weights(strategies, ctx, batch, nll))
+    assert 0 < float(ctx.token_weights.sum()) < float((batch["labels"] != -100).sum())
+
+
 def test_next_token_kl_ignores_masked_positions():
     old = torch.randn(1, 5, 7)
     new = old.clone()

@@ -57,7 +57,10 @@ class Probe:
 
 def build_strategies(names: Sequence[str], options: dict[str, Any]) -> list[Strategy]:
     """Fresh strategy objects for `names` (composed in that order) from one options mapping."""
-    return [get_strategy(n).from_options(options) for n in names]
+    out = [get_strategy(n).from_options(options) for n in names]
+    for s in out:
+        s.check_composition(out)
+    return out
 
 
 def optimizer_factory(cfg, ctx: TrainContext) -> Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]:

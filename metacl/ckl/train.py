@@ -89,6 +89,7 @@ def loss_terms(strategies: Sequence[Strategy], ctx: TrainContext, batch: Batch,
     logits = logits.float()  # the loss itself always in fp32 (a no-op without autocast)
     nll = nll_from_logits(logits, batch["labels"])
     w = combined_weights(strategies, ctx, batch, nll)
+    ctx.token_weights = w.detach()  # what extra_loss hooks may read (lwf --lwf-tokens complement)
     extra = None
     for s in strategies:
         e = s.extra_loss(ctx, batch, logits)

@@ -63,6 +63,9 @@ class TrainContext:
     generator: torch.Generator | None = None
     last_loss: float = float("nan")
     scratch: dict[str, Any] = field(default_factory=dict)  # per-strategy state, keyed by strategy name
+    # the batch's combined token weights (label mask x every strategy's token_weights), detached; the loop
+    # sets it before the extra_loss hooks, so a loss term can act where the weights are low (lwf's complement)
+    token_weights: torch.Tensor | None = None
     _reference: nn.Module | None = None
 
     def trainable(self) -> list[tuple[str, nn.Parameter]]:
@@ -160,6 +163,15 @@ class Strategy:
     def token_weights(self, ctx: TrainContext, batch: Batch, nll: torch.Tensor) -> torch.Tensor | None:
         """(B, T) non-negative weights for the per-token NLL, or None to leave them alone."""
         return None
+
+    def check_composition(self, strategies: "list[Strategy]") -> None:
+        """Raise MetaclError if this strategy cannot act in this composition (it is one of `strategies`).
+
+        Called once when a run builds its strategies, before anything is written."""
+
+    def weights_tokens(self) -> bool:
+        """Whether this strategy overrides `token_weights` (reweights the NLL)."""
+        return type(self).token_weights is not Strategy.token_weights
     def extra_loss(self, ctx: TrainContext, batch: Batch, logits: torch.Tensor) -> torch.Tensor | None:
         return None
     def before_step(self, ctx: TrainContext) -> None: ...

@@ -74,7 +74,8 @@ CARDS: dict[str, Card] = {
         "corpus and anchored at the base LM."),
     "lwf": Card(
         "loss = L + alpha T^2 mean_t KL(p_old(.|x_<t)/T || p_new(.|x_<t)/T)   on the current documents",
-        "The distilled outputs are the next-token distributions of the task-start LM at every target position."),
+        "The distilled outputs are the next-token distributions of the task-start LM at every target position "
+        "(--lwf-tokens complement: each position weighted by 1 - the token weights of a weighter it is composed with)."),
     "replay": Card(
         "buffer = reservoir(K) over old_corpus then earlier tasks' documents;  batch <- batch + m buffer documents",
         "In single-task CKL the buffer holds pre-training documents, the only 'old task' there is."),
