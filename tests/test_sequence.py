@@ -122,3 +122,29 @@ def test_sequence_optimizer_rows_and_icl_memory(tmp_path, monkeypatch):
     assert (out / "heatmap_finetune@learned.png").is_file()
     # a learned-optimizer path without --optimizer learned is a user error (one line, exit 2)
     assert main(base + ["--strategies", "finetune", "--optimizer-path", str(tmp_path)]) == 2
+    assert main(base + ["--strategies", "finetune", "--learned-anchor-lr", "1"]) == 2   # same for the anchor multiplier
+
+
+def test_sequence_learned_anchor_lr_reaches_the_optimizer(tmp_path, monkeypatch):
+    import metacl.ckl.stream as stream
+    from metacl.cli.main import main
+    from metacl.data.world import write_world
+    from metacl.models.pretrain import tiny_model_for_tests
+
+    world = tmp_path / "world"
+    write_world(world, 40, 0)
+    texts = [json.loads(l)["text"] for l in (world / "pretrain_corpus.jsonl").read_text().splitlines()[:200]]
+    model = tiny_model_for_tests(tmp_path / "lm", texts)
+    got = []
+    real = stream.build_optimizer
+    monkeypatch.setattr(stream, "build_optimizer", lambda *a, **kw: got.append(kw) or real(*a, **kw))
+    out = tmp_path / "seq"
+    argv = ["ckl", "sequence", "--model", str(model), "--world", str(world), "--out", str(out), "--periods", "2",
+            "--facts-per-period", "2", "--epochs", "1", "--max-nf", "2", "--batch-size", "4", "--max-length", "64",
+            "--device", "cpu", "--seeds", "0", "--strategies", "finetune", "--optimizer", "learned",
+            "--learned-lr", "2", "--learned-anchor-lr", "0.5"]
+    assert main(argv) == 0
+    assert got and all(kw["learned_lr"] == 2 and kw["learned_anchor_lr"] == 0.5 for kw in got)
+    r = json.loads((out / "runs" / "finetune@learned" / "seed_0.json").read_text())
+    assert r["optim"]["learned_anchor_lr"] == 0.5
+    assert main(argv[:-1] + ["-1"]) == 2

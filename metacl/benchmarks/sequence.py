@@ -62,6 +62,7 @@ class SequenceConfig:
     optimizer: str = "adamw"
     optimizer_path: str | None = None
     learned_lr: float = 1.0
+    learned_anchor_lr: float | None = None  # the learned optimizer's pull to the start at this multiplier; None = learned_lr
     precision: str = "fp32"              # fp32 | bf16 (autocast around forward passes, fp32 weights)
     ckpt_every: int | None = None        # training steps between mid-seed checkpoints; None = once per epoch, 0 = off
     max_bad_steps: int = 10              # stop after this many skipped (non-finite) steps; 0 = never stop
@@ -86,6 +87,9 @@ class SequenceConfig:
         if self.optimizer_path and self.optimizer != "learned":
             raise MetaclError(f"--optimizer-path {self.optimizer_path} is only used by --optimizer learned; "
                               "add --optimizer learned or drop --optimizer-path")
+        from metacl.ckl.config import check_learned_anchor_lr
+
+        check_learned_anchor_lr(self.optimizer, self.learned_anchor_lr)
         if self.ckpt_every is not None and int(self.ckpt_every) < 0:
             raise MetaclError(f"--ckpt-every must be >= 0 training steps (0 = no checkpoints), got {self.ckpt_every}")
         if int(self.max_bad_steps) < 0:
@@ -105,7 +109,7 @@ class SequenceConfig:
         # --out can collect strategies run by several commands over the same sequence
         # (the optimizer too: its rows get their own name, see run_name)
         for k in ("out", "device", "progress", "eval_batch_size", "strategies", "seeds", "strategy_options",
-                  "optimizer", "optimizer_path", "learned_lr", "ckpt_every", "max_bad_steps"):
+                  "optimizer", "optimizer_path", "learned_lr", "learned_anchor_lr", "ckpt_every", "max_bad_steps"):
             d.pop(k)
         if d.get("precision") == "fp32":  # added later: hashed only when not the default, so older folders resume
             d.pop("precision")
@@ -193,6 +197,8 @@ def run_strategy_seed(cfg: SequenceConfig, spec: str, seed: int, periods: list[l
                       save=save if ckpt_dir is not None else None, ckpt_every=cfg.ckpt_every, resume=resume, info=info)
     opts = {k: v for k, v in cfg.strategy_options.items()}
     optim = {"optimizer": cfg.optimizer, "optimizer_path": cfg.optimizer_path, "learned_lr": cfg.learned_lr}
+    if cfg.learned_anchor_lr is not None:
+        optim["learned_anchor_lr"] = cfg.learned_anchor_lr
     return {"strategy": spec, "name": cfg.run_name(spec), "seed": seed, "strategy_options": opts, "optim": optim,
             "R": R, "nf": nf_curve, "losses": stats["losses"], "seconds": round(time.time() - t0, 1)}
 

@@ -84,11 +84,7 @@ class CklConfig:
             raise MetaclError(f"--lr must be > 0, got {self.lr}; pass e.g. --lr 1e-4")
         if self.optimizer == "learned" and not float(self.learned_lr) > 0:
             raise MetaclError(f"--learned-lr must be > 0, got {self.learned_lr}; pass e.g. --learned-lr 1")
-        if self.learned_anchor_lr is not None:
-            if self.optimizer != "learned":
-                raise MetaclError(f"--learned-anchor-lr applies to --optimizer learned only (this run uses {self.optimizer}); leave it out")
-            if not float(self.learned_anchor_lr) >= 0:
-                raise MetaclError(f"--learned-anchor-lr must be >= 0, got {self.learned_anchor_lr}; pass e.g. --learned-anchor-lr 1")
+        check_learned_anchor_lr(self.optimizer, self.learned_anchor_lr)
         if int(self.max_length) < 2:
             raise MetaclError(f"--max-length must be >= 2 tokens, got {self.max_length}")
         from metacl.ckl.optimizers import OPTIMIZERS
@@ -127,3 +123,13 @@ class CklConfig:
     @classmethod
     def field_names(cls) -> set[str]:
         return {f.name for f in fields(cls)}
+
+
+def check_learned_anchor_lr(optimizer: str, value: float | None) -> None:
+    """--learned-anchor-lr: only with the learned optimizer, and >= 0 (shared by `ckl run` and `ckl sequence`)."""
+    if value is None:
+        return
+    if optimizer != "learned":
+        raise MetaclError(f"--learned-anchor-lr applies to --optimizer learned only (this run uses {optimizer}); leave it out")
+    if not float(value) >= 0:
+        raise MetaclError(f"--learned-anchor-lr must be >= 0, got {value}; pass e.g. --learned-anchor-lr 1")

@@ -39,6 +39,9 @@ def register_cli(ckl_subparsers) -> None:
                    help="weights of the learned optimizer (default: shipped weights)")
     p.add_argument("--learned-lr", type=float, default=d.learned_lr,
                    help="multiplier on the learned optimizer's step (default 1)")
+    p.add_argument("--learned-anchor-lr", type=float, default=d.learned_anchor_lr, metavar="X",
+                   help="learned optimizer, linear head: apply its pull back to the starting weights at X "
+                        "instead of --learned-lr (default: --learned-lr)")
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="bf16: autocast forward passes (fp32 weights)")
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every, metavar="N",
