@@ -7,7 +7,8 @@
 #   ID: refs (finetune, oracle, salient_span rows; run once) | A0 .. A9 (see the case below) | table
 #   table: prints/writes the closure of every ckl_* run present (experiments/taalm_closure.py)
 # Env: STEPS (60), VAL_EVERY (20), EPOCHS (8), SEED (0), DEVICE (cpu), RESUME=1 (meta-training),
-#      PLUS (A17: a folder whose meta_train.jsonl adds fresh worlds' pairs; meta_val/meta_nf = the world's)
+#      PLUS (A17: a folder whose meta_train.jsonl adds fresh worlds' pairs; meta_val/meta_nf = the world's),
+#      NO_CKL=1 (meta-train only: no 1-seed ckl row on the world's TL, e.g. when the choice must not see TL)
 # Meta-training as experiments/taalm_meta.sh (K 2 AdamW 1e-3, outer 3e-3, meta-batch 4, 256 tokens,
 # validation 3 CKL epochs on 32 meta_val facts); CKL as experiments/taalm_ckl.sh (AdamW 1e-3,
 # batch 8, 128 tokens, EPOCHS epochs). Later flags override earlier ones (argparse keeps the last).
@@ -51,5 +52,5 @@ for id in "$@"; do
     ${RESUME:+--resume}
   python -c "import json,sys; s=json.load(open(sys.argv[1])); print('best_is_untrained', s.get('best_is_untrained'))" \
     "$RUNS/tw_$id/summary.json"
-  ckl "$id" taalm --taalm-predictor "$RUNS/tw_$id/best"
+  [ -n "${NO_CKL:-}" ] || ckl "$id" taalm --taalm-predictor "$RUNS/tw_$id/best"
 done

@@ -29,6 +29,7 @@ def stats(tw, items):
                 (on if mask[t] else off).append(w[t])
     mo, mf = sum(on) / len(on), sum(off) / len(off)
     return {"object_mean": mo, "other_mean": mf, "ratio": mo / mf, "object_tokens": len(on), "other_tokens": len(off),
+            "object_share": sum(on) / (sum(on) + sum(off)),  # the share of the weight mass on the objects
             "mean": (sum(on) + sum(off)) / (len(on) + len(off))}
 
 
