@@ -25,6 +25,14 @@
 #   drift_plr3_pull1  drift_plr3's weights (meta-trained by the drift_plr3 id) deployed with the pull back to the
 #            anchor at multiplier 1 whatever learned_lr is (--learned-anchor-lr 1, one change against drift_plr3's
 #            row): with the pull scaled by learned_lr, a larger multiplier buys TL only slowly (lo_v2.md, drift)
+#   drift_plr3_imp  drift_plr3's meta-training with the importance-weighted pull (--imp-pull: p -= rho_T *
+#            imp/(imp + mean imp) * (p - anchor) after each step, rho_T per tensor from the transformer, not scaled
+#            by lr) and the old importance primed on the base LM's pre-training text (--prime-batches 8 in
+#            meta-training, --learned-prime-docs 128 at deployment: the same 128 documents' worth). Why: the linear
+#            head mixes its features additively, so the old importance can only push a weight by a constant, never
+#            hold the weights that matter (EWC's importance x drift is not among its features), and in CKL the old
+#            importance is 0 without priming; every pull tried so far (drift, pull1) held all weights alike.
+#            Declared 2026-12-04 before its meta-training; same grid (GRID=0.5,...,32), seeds and threads as pull1.
 #   (docs/results/lo_v2_ablation3/ holds long48 and the widened noplast; lo_v2.md has their numbers)
 #   table    experiments/lo_v2_report.py over the table's rows (adamw and oracle required; learned and random
 #            if present) plus every ablation present -> docs/results/lo_v2_ablation/ (DOCS to write elsewhere)
@@ -39,11 +47,14 @@ META=(--family lm2 --head linear --anchor-start --plasticity 1.0 --plasticity-lr
       --eval-episodes 6 --no-progress)
 for id in "$@"; do
   echo "=== $id $(date -u +%H:%M:%S)"
+  deploy=()
   case $id in
     drift)   extra=(--coef-scale 1 1 1 1 0.01 0.01 0.01 1) ;;
     noplast) extra=(--plasticity 0) ;;
     drift_plr3) extra=(--coef-scale 1 1 1 1 0.01 0.01 0.01 1 --plasticity-lr 3e-3) ;;
     drift_p10) extra=(--coef-scale 1 1 1 1 0.01 0.01 0.01 1 --plasticity 10) ;;
+    drift_plr3_imp) extra=(--coef-scale 1 1 1 1 0.01 0.01 0.01 1 --plasticity-lr 3e-3 --imp-pull --prime-batches 8)
+                    deploy=(--learned-prime-docs 128) ;;
     long48)  extra=(--init-from default --inner-steps 48 --seed 1 --steps "${LONG_STEPS:-100}") ;;
     drift_plr3_pull1)
       [ -f "$RUNS/lo_lm2_drift_plr3/optimizer.safetensors" ] || { echo "run the drift_plr3 id first" >&2; exit 2; }
@@ -53,7 +64,7 @@ for id in "$@"; do
     table)
       rows=(adamw="$T/adamw" oracle="$T/oracle")
       for r in learned random; do [ -f "$T/$r/final/summary.json" ] && rows+=($r="$T/$r"); done
-      for a in drift noplast drift_plr3 drift_p10 long48 drift_plr3_pull1; do [ -f "$T/learned_$a/final/summary.json" ] && rows+=(learned_$a="$T/learned_$a"); done
+      for a in drift noplast drift_plr3 drift_p10 long48 drift_plr3_pull1 drift_plr3_imp; do [ -f "$T/learned_$a/final/summary.json" ] && rows+=(learned_$a="$T/learned_$a"); done
       python experiments/lo_v2_report.py --out "${DOCS:-docs/results/lo_v2_ablation}" "${rows[@]}"
       continue ;;
     *) echo "unknown ablation $id" >&2; exit 2 ;;
@@ -61,6 +72,6 @@ for id in "$@"; do
   if [ ! -f "$RUNS/lo_lm2_$id/optimizer.safetensors" ]; then
     metacl meta-train optimizer --out "$RUNS/lo_lm2_$id" "${META[@]}" "${extra[@]}" ${RESUME:+--resume}
   fi
-  metacl ckl tune "${SET[@]}" --strategy finetune --optimizer learned --optimizer-path "$RUNS/lo_lm2_$id" \
+  metacl ckl tune "${SET[@]}" --strategy finetune --optimizer learned --optimizer-path "$RUNS/lo_lm2_$id" "${deploy[@]}" \
     --grid learned_lr="${GRID:-0.5,1,2,4,8,16}" --seeds 0 --then-seeds 0 1 2 --out "$T/learned_$id"
 done

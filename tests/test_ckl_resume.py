@@ -215,7 +215,8 @@ def test_stateful_strategies_and_learned_optimizer_resume_exactly(world, tmp_pat
     import metacl.ckl.protocol as protocol
 
     at = _total_steps(world) // 2 + 1
-    extra = ("--strategy", "recadam", "replay", "--replay-per-batch", "1", "--optimizer", "learned")
+    extra = ("--strategy", "recadam", "replay", "--replay-per-batch", "1", "--optimizer", "learned",
+             "--learned-prime-docs", "4")   # primed on old text before the first step; a resume restores that state
     out, ref = tmp_path / "cut", tmp_path / "ref"
     assert main(_args(world, ref, *extra)) == 0
     real_save = protocol.save_checkpoint
@@ -232,7 +233,7 @@ def test_stateful_strategies_and_learned_optimizer_resume_exactly(world, tmp_pat
     monkeypatch.setattr(protocol, "save_checkpoint", real_save)
     _check_resumes_like(world, out, ref, args)
     summary = json.loads((ref / "summary.json").read_text())  # a learned run records its multipliers
-    assert (summary["learned_lr"], summary["learned_anchor_lr"]) == (1.0, None)
+    assert (summary["learned_lr"], summary["learned_anchor_lr"], summary["learned_prime_docs"]) == (1.0, None, 4)
 
 
 def _total_steps(world) -> int:

@@ -78,6 +78,22 @@ def test_meta_gradient_reaches_optimizer_through_an_lm_episode():
     assert any(k.startswith("layer") for k in nonzero) and len(nonzero) >= len(meta) // 2, sorted(nonzero)
 
 
+def test_primed_episode_gives_the_pull_a_meta_gradient():
+    """--prime-batches: the episode carries the base LM's old importance (mean |grad * p| on its pre-training
+    text), the optimizer is primed with it before task 1, and the importance pull gets a meta-gradient."""
+    cfg = _cfg(head="linear", anchor_start=True, imp_pull=True, prime_batches=2)
+    ep = lf.lm_episode(random.Random(0), cfg)
+    assert ep.old_importance is not None and set(ep.old_importance) == set(ep.params)
+    assert all(float(v.min()) >= 0 for v in ep.old_importance.values())
+    assert sum(float(v.sum()) for v in ep.old_importance.values()) > 0
+    assert lf.lm_episode(random.Random(0), _cfg()).old_importance is None   # off by default
+    net = nw.NetConfig(init_lr=1e-3, head="linear", anchor_start=True, imp_pull=True)
+    meta = {k: v.requires_grad_(True) for k, v in nw.init_meta(net, 0).items()}
+    loss, _ = episode_loss(ep, LearnedFunctional(meta, net, total_steps=cfg.inner_steps), cfg)
+    loss.backward()
+    assert float(meta["pull.b"].grad.abs()) > 0
+
+
 def test_short_lm_meta_training_beats_a_poor_fixed_optimizer_on_heldout_episodes(tmp_path):
     # The poor optimizer is the untrained (Adam-like) network with a far too large step, 3e-2: on a
     # pretrained LM it overwrites the old world and learns nothing useful (AdamW 3e-2 vs 1e-3 roughly

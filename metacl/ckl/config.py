@@ -42,6 +42,7 @@ class CklConfig:
     optimizer_path: str | None = None
     learned_lr: float = 1.0
     learned_anchor_lr: float | None = None  # the learned optimizer's pull to the start at this multiplier; None = learned_lr
+    learned_prime_docs: int = 0          # learned optimizer: measure its old-task importance on N old-corpus docs first
     lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -85,6 +86,11 @@ class CklConfig:
         if self.optimizer == "learned" and not float(self.learned_lr) > 0:
             raise MetaclError(f"--learned-lr must be > 0, got {self.learned_lr}; pass e.g. --learned-lr 1")
         check_learned_anchor_lr(self.optimizer, self.learned_anchor_lr)
+        if int(self.learned_prime_docs) != 0:
+            if self.optimizer != "learned":
+                raise MetaclError(f"--learned-prime-docs applies to --optimizer learned only (this run uses {self.optimizer}); leave it out")
+            if int(self.learned_prime_docs) < 0:
+                raise MetaclError(f"--learned-prime-docs must be >= 0 documents, got {self.learned_prime_docs}")
         if int(self.max_length) < 2:
             raise MetaclError(f"--max-length must be >= 2 tokens, got {self.max_length}")
         from metacl.ckl.optimizers import OPTIMIZERS

@@ -166,6 +166,8 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
     fit_run_to_model(cfg, model_config, {"TL": tl_test, "NF": nf, "TL_val": tl_val})  # --max-length vs the model's context
     old_corpus = read_corpus([cfg.old_corpus]) if cfg.old_corpus else list(data.old_corpus)
     needy = [s.name for s in checked if getattr(s, "needs_old_corpus", False)]
+    if cfg.optimizer == "learned" and int(getattr(cfg, "learned_prime_docs", 0) or 0) > 0:
+        needy.append("--learned-prime-docs")
     if needy and not old_corpus:
         where = cfg.old_corpus or (f"{cfg.data}/pretrain_corpus.jsonl" if cfg.data else "no --data folder")
         raise MetaclError(f"strategy {', '.join(needy)} needs old text (rehearsal or an importance estimate on old data) "
@@ -242,6 +244,7 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
     if cfg.optimizer == "learned":
         summary["learned_lr"] = cfg.learned_lr
         summary["learned_anchor_lr"] = cfg.learned_anchor_lr
+        summary["learned_prime_docs"] = cfg.learned_prime_docs
     write_json_atomic(out / "summary.json", summary)
     table = table_markdown([(name, summ)])
     (out / "table.md").write_text(table)

@@ -67,11 +67,38 @@ def optimizer_factory(cfg, ctx: TrainContext) -> Callable[[list[torch.nn.Paramet
     """The recipe `train_task` calls after every `before_task` (LoRA swaps the parameters there)."""
 
     def make(params):
-        return build_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                               path=cfg.optimizer_path, total_steps=ctx.total_steps, learned_lr=cfg.learned_lr,
-                               learned_anchor_lr=getattr(cfg, "learned_anchor_lr", None))
+        opt = build_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                              path=cfg.optimizer_path, total_steps=ctx.total_steps, learned_lr=cfg.learned_lr,
+                              learned_anchor_lr=getattr(cfg, "learned_anchor_lr", None))
+        n_prime = int(getattr(cfg, "learned_prime_docs", 0) or 0)
+        if n_prime > 0 and hasattr(opt, "prime"):
+            prime_on_old_corpus(opt, ctx, n_prime)
+        return opt
 
     return make
+
+
+def prime_on_old_corpus(opt, ctx: TrainContext, n_docs: int) -> int:
+    """`LearnedOptimizer.prime` on `n_docs` old-corpus documents, in batches of the run's size.
+
+    The documents are drawn with a generator of their own (seeded by the run's seed), so priming does
+    not change the batch order the run would have without it.
+    """
+    from metacl.core.batching import doc_batches
+    from metacl.errors import MetaclError
+    from metacl.strategies.importance import mean_nll
+    from metacl.strategies.memory import sample_indices
+
+    if not ctx.old_corpus:
+        raise MetaclError("--learned-prime-docs needs old text (the base LM's pre-training corpus); pass --old-corpus FILE")
+    idx = sample_indices(len(ctx.old_corpus), min(n_docs, len(ctx.old_corpus)), torch.Generator().manual_seed(ctx.seed))
+    batches = doc_batches(ctx.tokenizer, [ctx.old_corpus[i] for i in idx], ctx.batch_size, ctx.max_length, ctx.device)
+    was = ctx.model.training
+    ctx.model.eval()  # importance of the model as it is (no dropout noise)
+    try:
+        return opt.prime([lambda b=b: mean_nll(ctx.model, b) for b in batches])
+    finally:
+        ctx.model.train(was)
 
 
 def run_tasks(

@@ -60,6 +60,12 @@ def register(subparsers) -> None:
     p.add_argument("--coef-scale", type=float, nargs=8, default=None, metavar="S",
                    help="linear head: scale of each feature's coefficient (g, m0.5, m0.9, m0.99, value, importance, "
                         "old importance, drift; default 1 1 1 1 0.01 0.01 0.01 0.01)")
+    p.add_argument("--imp-pull", action="store_true",
+                   help="linear head: learn an importance-weighted pull back to the anchor, applied beside the step "
+                        "(not scaled by lr); saved in the weights' config")
+    p.add_argument("--prime-batches", type=int, default=0, metavar="N",
+                   help="lm families: measure the old-task importance on N pre-training batches of each base LM "
+                        "before every episode (deploy with ckl run --learned-prime-docs)")
     p.add_argument("--plasticity", type=float, default=0.0,
                    help="weight of the plasticity term: each task's held-out new-task loss above AdamW's on the same episode")
     p.add_argument("--plasticity-form", choices=["hinge", "ratio"], default="hinge")
@@ -101,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         meta_batch=args.meta_batch, max_bad_steps=args.max_bad_steps, precision=args.precision,
         head=args.head, anchor_start=args.anchor_start,
         coef_scale=tuple(args.coef_scale) if args.coef_scale else None,
+        imp_pull=args.imp_pull, prime_batches=args.prime_batches,
         plasticity=args.plasticity, plasticity_form=args.plasticity_form,
         plasticity_lr=args.plasticity_lr, baseline_lr=args.baseline_lr, init_from=args.init_from,
         val_every=args.val_every, val_episodes=args.val_episodes, val_seed=args.val_seed,

@@ -37,6 +37,9 @@ class Episode:
     loss_fn: Callable[[nn.Module, dict[str, Tensor], Any], Tensor]
     scales: list[float] | None = None
     tl_loss_fn: Callable[[nn.Module, dict[str, Tensor], Any], Tensor] | None = None  # new-task part of a held-out loss
+    # mean |grad * p| on the optimizee's old data (pre-training), given to the learned optimizer's `prime` before
+    # the first task; None = no priming (MetaTrainConfig.prime_batches = 0, or a family without old data)
+    old_importance: dict[str, Tensor] | None = None
 
 
 def _classifier_loss(model: nn.Module, params: dict[str, Tensor], batch) -> Tensor:

@@ -150,6 +150,25 @@ def consolidate_tensor(p: Tensor, st: dict[str, Tensor], decay: float = 1.0) -> 
     return new
 
 
+def prime_tensor(p: Tensor, st: dict[str, Tensor], importance: Tensor) -> dict[str, Tensor]:
+    """Before the first step: make `importance` (measured on old data) the old-task importance, anchored at p.
+
+    The same fold as `consolidate_tensor` at the end of a task, with the statistic supplied instead of
+    accumulated: what the state would hold after a task spent on the old data. Why: a CKL run's old
+    "task" is pre-training, which the optimizer never saw, so without this its old importance is 0.
+    """
+    return consolidate_tensor(p, {**st, "imp": importance.to(p.dtype)})
+
+
+def pull_ratio(imp_prev: Tensor) -> Tensor:
+    """Per-parameter share of the importance-weighted pull, in [0, 1): imp / (imp + mean(imp)).
+
+    Scale-free and bounded (0.5 at the tensor's mean importance, -> 1 for the few that matter most),
+    so the pull `rho * ratio * (p - anchor)` is a contraction for any rate rho <= 1.
+    """
+    return imp_prev / (imp_prev + imp_prev.mean() + 1e-12)
+
+
 # ---------------------------------------------------------------------------------------------
 # Eager fast path (used by `LearnedOptimizer.step`, never differentiated).
 #

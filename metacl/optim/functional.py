@@ -29,15 +29,21 @@ def compute_updates(
     entries: list[tuple[Tensor, Tensor, dict[str, Tensor]]],
     t: float,
     frac: float,
+    rates: list | None = None,
 ) -> list[Tensor]:
     """Updates (same shapes as the params) for `entries` = [(param, grad, advanced_state), ...].
 
     Full-tensor version: right for meta-training on small models. The `torch.optim` wrapper
-    does the same thing chunk by chunk.
+    does the same thing chunk by chunk. `rates`: if a list, it receives each tensor's rate of the
+    importance-weighted pull (`network.pull_rates`; None per tensor without `imp_pull`).
     """
     scal = [fe.tensor_scalars(p, g, st, t) for p, g, st in entries]
     tokens = torch.stack([fe.tensor_token(p, g, st, sc, frac) for (p, g, st), sc in zip(entries, scal)])
-    cond, log_s = nw.tensor_conditioning(meta, nw.tensor_context(meta, cfg, tokens), cfg)
+    ctx = nw.tensor_context(meta, cfg, tokens)
+    cond, log_s = nw.tensor_conditioning(meta, ctx, cfg)
+    if rates is not None:
+        rho = nw.pull_rates(meta, cfg, ctx)
+        rates.extend([None] * len(entries) if rho is None else list(rho.unbind(0)))
     out = []
     for i, ((p, g, st), sc) in enumerate(zip(entries, scal)):
         if cfg.head == "linear":
@@ -76,9 +82,23 @@ class LearnedFunctional:
         new_params = dict(params)
         if entries:
             frac = min(1.0, (t_task - 1) / self.total_steps)
-            for n, u in zip(names, compute_updates(self.meta, self.cfg, entries, t, frac)):
-                new_params[n] = params[n] - self.lr * u
+            rates: list = []
+            updates = compute_updates(self.meta, self.cfg, entries, t, frac, rates)
+            for n, u, rho in zip(names, updates, rates):
+                p = params[n] - self.lr * u
+                st = new_states[n]
+                if rho is not None and "imp_prev" in st:  # after the step, the pull back (NetConfig.imp_pull)
+                    p = p - rho * fe.pull_ratio(st["imp_prev"]) * (p - st["anchor"])
+                new_params[n] = p
         return new_params, {"t": torch.tensor(t), "t_task": torch.tensor(t_task), "tensors": new_states}
+
+    def prime(self, params: dict[str, Tensor], state: dict[str, Any], importance: dict[str, Tensor]) -> dict[str, Any]:
+        """Before the first step: old-task importance measured on old data (`features.prime_tensor`)."""
+        tensors = dict(state["tensors"])
+        for n, imp in importance.items():
+            if n in tensors:
+                tensors[n] = fe.prime_tensor(params[n].detach(), tensors[n], imp.detach())
+        return {**state, "tensors": tensors}
 
     def consolidate(self, params: dict[str, Tensor], state: dict[str, Any]) -> dict[str, Any]:
         """End of a task: old-task importance and anchors for the retention features."""

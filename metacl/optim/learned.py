@@ -145,11 +145,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         entries, scal, tokens, fasts = [], [], [], []
         linear, tmp = self.cfg.head == "linear", None
         for p, _ in todo:
-            st = self.state[p]
-            if len(st) == 0:
-                st["step"] = torch.zeros((), dtype=torch.float32)
-                st["task_step"] = torch.zeros((), dtype=torch.float32)
-                st.update(fe.start_state(p.detach().float(), self.cfg.anchor_start))
+            st = self._state_of(p)
             st["step"] += 1
             st["task_step"] += 1
             g = p.grad.float()
@@ -171,9 +167,13 @@ class LearnedOptimizer(torch.optim.Optimizer):
             scal.append(sc)
             tokens.append(tok.to(device))
         # 3) the transformer over tensor tokens: per-tensor conditioning and step scale
-        cond, log_s = nw.tensor_conditioning(meta, nw.tensor_context(meta, self.cfg, torch.stack(tokens)), self.cfg)
+        ctx = nw.tensor_context(meta, self.cfg, torch.stack(tokens))
+        cond, log_s = nw.tensor_conditioning(meta, ctx, self.cfg)
         if self.cfg.head == "linear":
             self._apply_linear(todo, entries, scal, cond, log_s, meta, fasts, pulls)
+            rho = nw.pull_rates(meta, self.cfg, ctx)
+            if rho is not None:
+                self._apply_pull(todo, rho.tolist())
             return loss
         b1 = (meta["mlp1.b"] + cond).unsqueeze(-1)             # (T, H, 1)
         scales = torch.exp(meta["log_scale"] + log_s)           # (T,)
@@ -270,6 +270,58 @@ class LearnedOptimizer(torch.optim.Optimizer):
                                   row, lr * scales[i], num_mem[: e - s], den_mem[: e - s])
             if not direct:
                 p.copy_(target.view_as(p))
+
+    def _apply_pull(self, todo, rates: list[float]) -> None:
+        """`NetConfig.imp_pull`, after the step: p -= rho * pull_ratio(old importance) * (p - anchor)."""
+        for (p, lr), rho in zip(todo, rates):
+            st = self.state[p]
+            if lr == 0 or "imp_prev" not in st:
+                continue
+            pf = p.detach().float()
+            delta = torch.sub(pf, st["anchor"]).mul_(fe.pull_ratio(st["imp_prev"])).mul_(rho)
+            p.sub_(delta.to(p.dtype))
+
+    def _state_of(self, p: Tensor) -> dict[str, Any]:
+        """p's statistics, created (fresh, or consolidated at p with `anchor_start`) on first use."""
+        st = self.state[p]
+        if len(st) == 0:
+            st["step"] = torch.zeros((), dtype=torch.float32)
+            st["task_step"] = torch.zeros((), dtype=torch.float32)
+            st.update(fe.start_state(p.detach().float(), self.cfg.anchor_start))
+        return st
+
+    def prime(self, closures: Iterable[Callable[[], Tensor]]) -> int:
+        """Before training: measure the old-task importance on old data and anchor at the current weights.
+
+        Each closure returns a loss on one batch of old data (e.g. pre-training text); the importance
+        is the mean over them of |grad * p|, the statistic the optimizer accumulates during a task
+        (`features.advance_state`), folded in as `consolidate()` folds a finished task. Why: in CKL
+        the old task is pre-training, which this optimizer never saw; without priming its old-task
+        importance is 0 and `NetConfig.imp_pull` has nothing to hold. Returns the number of batches.
+        Gradients are cleared before each closure and after the last.
+        """
+        params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        acc = {p: torch.zeros_like(p, dtype=torch.float32) for p in params}
+        n = 0
+        for closure in closures:
+            for p in params:
+                p.grad = None
+            with torch.enable_grad():
+                closure().backward()
+            with torch.no_grad():
+                for p in params:
+                    if p.grad is not None:
+                        acc[p].add_((p.grad.float() * p.detach().float()).abs_())
+            n += 1
+        if n == 0:
+            raise MetaclError("LearnedOptimizer.prime got no batches; give at least one closure over old data")
+        with torch.no_grad():
+            for p in params:
+                p.grad = None
+                st = self._state_of(p)
+                inner = {k: v for k, v in st.items() if k not in _COUNTERS}
+                st.update(fe.prime_tensor(p.detach().float(), inner, acc[p] / n))
+        return n
 
     @staticmethod
     def _advance_inplace(p: Tensor, g: Tensor, st: dict[str, Tensor], chunk: int = 1 << 16) -> None:

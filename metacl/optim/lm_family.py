@@ -165,6 +165,29 @@ def _base_state(hidden: int, settings: LMFamily) -> tuple[nn.Module, dict[str, T
     return model, state, final
 
 
+@lru_cache(maxsize=8)
+def _old_importance(hidden: int, settings: LMFamily, n_batches: int) -> dict[str, Tensor]:
+    """Mean |grad * p| of the pretrained base LM on `n_batches` pre-training batches (its old task).
+
+    Fixed batches (seeded by the size), computed once per process: what `LearnedOptimizer.prime` measures
+    at deployment on the base LM's own corpus.
+    """
+    model, state, _ = _base_state(hidden, settings)
+    tok = _tokenizer(settings)
+    docs = [r["text"] for r in _world(settings)["pretrain_corpus"]]
+    g = torch.Generator().manual_seed(7000 + hidden)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in state.items()}
+    acc = {k: torch.zeros_like(v) for k, v in state.items()}
+    for _ in range(n_batches):
+        idx = torch.randint(0, len(docs), (settings.pretrain_batch,), generator=g).tolist()
+        grads = torch.autograd.grad(lm_loss(model, params, doc_batch(tok, [docs[i] for i in idx], settings.block_size)),
+                                    list(params.values()), allow_unused=True)
+        for (k, p), gr in zip(params.items(), grads):
+            if gr is not None:
+                acc[k] += (gr * p.detach()).abs()
+    return {k: v / n_batches for k, v in acc.items()}
+
+
 def base_lm(hidden: int, settings: LMFamily | None = None) -> tuple[nn.Module, Any, float]:
     """(model, tokenizer, pretraining loss) of the cached pretrained base LM of this size."""
     s = settings or LM
@@ -212,7 +235,9 @@ def lm_episode(rng: random.Random, cfg, pool: str = "meta", settings: LMFamily |
                                              s.block_size))
         tasks.append((batches, (probe_batch(tok, rows), old_batch)))
     params = {k: v.clone() for k, v in state.items()}
-    return Episode(model, params, tasks, _lm_loss, tl_loss_fn=_tl_loss)
+    n_prime = int(getattr(cfg, "prime_batches", 0) or 0)
+    old_imp = _old_importance(hidden, s, n_prime) if n_prime > 0 else None
+    return Episode(model, params, tasks, _lm_loss, tl_loss_fn=_tl_loss, old_importance=old_imp)
 
 
 def lm2_episode(rng: random.Random, cfg, pool: str = "meta"):

@@ -85,6 +85,9 @@ class MetaTrainConfig:
     head: str = "mlp"                # the optimizer network's per-parameter head (metacl.optim.network.HEADS)
     anchor_start: bool = False       # consolidate at the start of every episode (NetConfig.anchor_start)
     coef_scale: tuple[float, ...] | None = None  # linear head: NetConfig.coef_scale (None = the module default)
+    imp_pull: bool = False           # linear head: NetConfig.imp_pull (the importance-weighted pull to the anchor)
+    prime_batches: int = 0           # lm families: prime the old importance on this many pre-training batches per
+                                     # base LM at the start of every episode (LearnedOptimizer.prime at deployment)
     init_from: str | None = None     # start from these weights (a run dir or a shipped name), not a fresh init:
                                      # a horizon curriculum continues short-horizon weights on longer tasks
     # meta-validation: every val_every steps (and at step 0) score the learned optimizer on val_episodes
@@ -125,6 +128,10 @@ class MetaTrainConfig:
                               f"{self.plasticity_form!r} one of hinge, ratio")
         if self.plasticity_lr is not None and not self.plasticity_lr > 0:
             raise MetaclError(f"--plasticity-lr {self.plasticity_lr} must be > 0 (the reference AdamW's lr)")
+        if self.imp_pull and self.head != "linear":
+            raise MetaclError("--imp-pull needs --head linear (the MLP head has no separate pull)")
+        if self.prime_batches < 0:
+            raise MetaclError(f"--prime-batches {self.prime_batches} must be >= 0 (0 = no priming)")
         from metacl.precision import check_precision
 
         check_precision(self.precision)
@@ -162,6 +169,8 @@ def episode_loss(ep: Episode, opt, cfg: MetaTrainConfig, differentiable: bool = 
     for i, (train_batches, _) in enumerate(ep.tasks):
         if state is None:
             state = opt.init(params)
+            if ep.old_importance is not None and hasattr(opt, "prime"):
+                state = opt.prime(params, state, ep.old_importance)
         params, state = unroll(
             ep.model, params, ep.loss_fn, train_batches, optimizer=opt,
             first_order=cfg.first_order or not differentiable,
@@ -270,12 +279,12 @@ class OptimizerMetaLearner:
     def __init__(self, cfg: MetaTrainConfig, out: str | Path, info, net: nw.NetConfig | None = None,
                  command: str | None = None):
         self.cfg, self.out, self.dist = cfg, Path(out), info
-        shared = ("head", "anchor_start", "coef_scale")  # set on both: the net must be what cfg asks for
+        shared = ("head", "anchor_start", "coef_scale", "imp_pull")  # set on both: the net must be what cfg asks for
         if net is not None and any(getattr(net, k) != getattr(cfg, k) for k in shared):
             got = ", ".join(f"{k}={getattr(net, k)!r} vs {getattr(cfg, k)!r}" for k in shared if getattr(net, k) != getattr(cfg, k))
             raise MetaclError(f"meta_train: net and cfg disagree ({got}); set both the same")
         self.net = net or nw.NetConfig(init_lr=cfg.init_lr, head=cfg.head, anchor_start=cfg.anchor_start,
-                                       coef_scale=cfg.coef_scale)
+                                       coef_scale=cfg.coef_scale, imp_pull=cfg.imp_pull)
         self.command = command or " ".join(["metacl"] + sys.argv[1:])
         # read now, not when the run ends: the code that trains is the code of the commit checked out at start
         self.git_commit, self.git_dirty = _git_commit(), _git_dirty()

@@ -52,6 +52,12 @@ class NetConfig:
     anchor_start: bool = False
     # linear head: the per-feature scale of its coefficients (None = COEF_FEATURE_SCALE); saved with the weights
     coef_scale: tuple[float, ...] | None = None
+    # linear head: an importance-weighted pull back to the anchor, applied beside the step and not scaled by
+    # lr: p -= rho_T * pull_ratio(old importance) * (p - anchor), rho_T = PULL_MAX * sigmoid(per-tensor logit
+    # from the transformer). Why: the linear head mixes features additively, so the old importance can
+    # only push a parameter by a constant, never hold it where it matters (the product importance x drift,
+    # EWC's gradient, is not among its features). Useful with old importance measured on old data (`prime`).
+    imp_pull: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,6 +69,10 @@ class NetConfig:
             from metacl.errors import MetaclError
 
             raise MetaclError(f"NetConfig head={cfg.head!r} is unknown; use one of {', '.join(HEADS)}")
+        if cfg.imp_pull and cfg.head != "linear":
+            from metacl.errors import MetaclError
+
+            raise MetaclError("NetConfig imp_pull=True needs head='linear'; pass --head linear or drop --imp-pull")
         return cfg
 
 
@@ -92,6 +102,10 @@ CTX_COEF_SCALE = 0.1
 # meta-trainings diverge (held-out meta-loss 182 against a tuned AdamW's 1.02, seed 1). At 0.01
 # the same meta-step moves them as much as an Adam-like weight decay of 1e-4 per unit of lr.
 COEF_FEATURE_SCALE = (1.0, 1.0, 1.0, 1.0, 0.01, 0.01, 0.01, 0.01)
+# The importance-weighted pull (`NetConfig.imp_pull`): its per-step rate is at most PULL_MAX (with
+# `features.pull_ratio` < 1 every step is a contraction towards the anchor) and starts at PULL_MAX / 10.
+PULL_MAX = 0.1
+PULL_INIT_LOGIT = -math.log(9.0)  # sigmoid = 0.1
 
 
 def coef_scale(cfg: NetConfig | None) -> tuple[float, ...]:
@@ -134,6 +148,9 @@ def init_meta(cfg: NetConfig, seed: int = 0) -> dict[str, Tensor]:
         meta["coef.b"] = torch.zeros(Fp)
         meta["coef.b"][SKIP_FEATURE] = 1.0
         meta["log_scale"] = torch.tensor(math.log(cfg.init_lr))
+        if cfg.imp_pull:
+            meta["pull.w"] = torch.zeros(d)
+            meta["pull.b"] = torch.tensor(PULL_INIT_LOGIT)
         return meta
     meta["ctx_h.w"] = w(d, H, std=0.1 / math.sqrt(d))
     meta["ctx_s.w"] = torch.zeros(d)
@@ -179,6 +196,13 @@ def tensor_conditioning(meta: dict[str, Tensor], ctx: Tensor, cfg: NetConfig | N
         scale = torch.tensor(coef_scale(cfg), dtype=ctx.dtype, device=ctx.device)
         return (meta["coef.b"] + CTX_COEF_SCALE * (ctx @ meta["coef.w"])) * scale, log_s
     return ctx @ meta["ctx_h.w"], log_s
+
+
+def pull_rates(meta: dict[str, Tensor], cfg: NetConfig, ctx: Tensor) -> Tensor | None:
+    """(T,) per-tensor rates of the importance-weighted pull (`NetConfig.imp_pull`), or None without it."""
+    if not cfg.imp_pull:
+        return None
+    return PULL_MAX * torch.sigmoid(meta["pull.b"] + CTX_COEF_SCALE * (ctx @ meta["pull.w"]))
 
 
 def linear_update(meta: dict[str, Tensor], feats: Tensor, coef: Tensor, log_s: Tensor) -> Tensor:
