@@ -17,6 +17,8 @@
 #   choose  meta_val detection of A13 and A17 -> RUNS/detector_lm4/choice.json
 #   rows    if A17 is chosen: taalm and random with it on the test world, seeds 0-5, and the retention variant chosen
 #           by taalm_retention_keep.sh on top of it (seeds 0-5)
+#   controls345  random (A17 shuffled) and salient_span on seeds 3-5 (run after the rows, for the 6-seed table)
+#   table   the 3-seed table (seeds 0-2) and the 6-seed one -> $TABLE (docs/results/taalm_v2_table_lm4/a17)
 set -euo pipefail
 RUNS=${1:?runs dir}; shift
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TQDM_DISABLE=1
@@ -67,6 +69,23 @@ EOF
       esac
       once "$RUNS/w2/world_v2_d3-5_taalm_retention_A17_lm4" "${COMMON[@]}" --seeds 0 1 2 --strategy taalm "${r[@]}" --taalm-predictor "$P"
       once "$RUNS/seeds345/taalm_retention_A17" "${COMMON[@]}" --seeds 3 4 5 --strategy taalm "${r[@]}" --taalm-predictor "$P" ;;
+    controls345)  # the random (A17 shuffled) and salient_span controls on seeds 3-5 too, so the 6-seed table has them
+      P=$RUNS/taalm_v2_abl/tw_A17/best
+      once "$RUNS/seeds345/random_A17" "${COMMON[@]}" --seeds 3 4 5 --strategy random --random-predictor "$P"
+      once "$RUNS/seeds345/salient_span" "${COMMON[@]}" --seeds 3 4 5 --strategy salient_span ;;
+    table)  # FINETUNE, ORACLE: run folders of the same settings, seeds 0-2 (3-5: RUNS/seeds345/{finetune,oracle})
+      T=${TABLE:-docs/results/taalm_v2_table_lm4/a17}; S=$RUNS/seeds345; W=$RUNS/w2/world_v2_d3-5
+      python experiments/taalm_table.py --epochs 8 --out "$T" finetune="${FINETUNE:?}" oracle="${ORACLE:?}" \
+        random=${W}_random_A17_lm4 salient_span=${W}_salient_span taalm=${W}_taalm_A17_lm4 \
+        taalm_retention=${W}_taalm_retention_A17_lm4
+      python experiments/taalm_closure.py "$T/summary.json" --json "$T/closure.json"
+      python experiments/taalm_closure.py "$T/summary.json" --protocol paper --json "$T/closure_paper.json"
+      six=(finetune="$FINETUNE",$S/finetune oracle="$ORACLE",$S/oracle taalm=${W}_taalm_A17_lm4,$S/taalm_A17
+           taalm_retention=${W}_taalm_retention_A17_lm4,$S/taalm_retention_A17)
+      [ -f "$S/random_A17/summary.json" ] && six+=(random=${W}_random_A17_lm4,$S/random_A17)
+      [ -f "$S/salient_span/summary.json" ] && six+=(salient_span=${W}_salient_span,$S/salient_span)
+      python experiments/taalm_table.py --epochs 8 --out "$T/six_seeds" "${six[@]}"
+      python experiments/taalm_closure.py "$T/six_seeds/summary.json" --json "$T/six_seeds/closure.json" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done

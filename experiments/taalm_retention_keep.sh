@@ -20,7 +20,8 @@
 #   vw_choose RUNS/ret_keep_vw/choice.json (and the max_nf rule's choice, for the record)
 #   rows      the chosen candidate on the test world (RUNS/w2, weighter RUNS/taalm_v2_abl/tw_A13), seeds 0 1 2
 #             -> RUNS/w2/world_v2_d3-5_taalm_retention_keep, and seeds 3 4 5 -> RUNS/seeds345/taalm_retention_keep
-#   table     the 3-seed table (with FINETUNE, ORACLE) -> $TABLE, and the 6-seed comparison -> $TABLE/keep6.json
+#   table     the 3-seed table (with FINETUNE, ORACLE: run folders of the same settings) -> $TABLE, and the 6-seed
+#             one -> $TABLE/six_seeds
 set -euo pipefail
 RUNS=${1:?runs dir}; shift
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TQDM_DISABLE=1
@@ -61,9 +62,13 @@ for stage in "$@"; do
         random=$RUNS/w2/world_v2_d3-5_random_A13 taalm=$RUNS/w2/world_v2_d3-5_taalm_A13 \
         taalm_retention=$RUNS/w2/world_v2_d3-5_taalm_retention_keep
       python experiments/taalm_closure.py "$TABLE/summary.json" --json "$TABLE/closure.json"
-      python experiments/taalm_table.py --epochs 8 --out "$TABLE/seeds345" finetune=$RUNS/seeds345/finetune \
-        oracle=$RUNS/seeds345/oracle taalm=$RUNS/seeds345/taalm taalm_retention=$RUNS/seeds345/taalm_retention_keep
-      python experiments/taalm_closure.py "$TABLE/seeds345/summary.json" --json "$TABLE/seeds345/closure.json" ;;
+      # the 6 seeds declared in the header: 0-2 above plus 3-5 (finetune, oracle and taalm of seeds 3-5 are the
+      # committed runs of taalm_v2_table_lm4/seeds345/command.sh, same flags)
+      python experiments/taalm_table.py --epochs 8 --out "$TABLE/six_seeds" \
+        finetune="${FINETUNE:?}",$RUNS/seeds345/finetune oracle="${ORACLE:?}",$RUNS/seeds345/oracle \
+        taalm=$RUNS/w2/world_v2_d3-5_taalm_A13,$RUNS/seeds345/taalm \
+        taalm_retention=$RUNS/w2/world_v2_d3-5_taalm_retention_keep,$RUNS/seeds345/taalm_retention_keep
+      python experiments/taalm_closure.py "$TABLE/six_seeds/summary.json" --json "$TABLE/six_seeds/closure.json" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done
