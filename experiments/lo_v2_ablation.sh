@@ -33,6 +33,11 @@
 #            hold the weights that matter (EWC's importance x drift is not among its features), and in CKL the old
 #            importance is 0 without priming; every pull tried so far (drift, pull1) held all weights alike.
 #            Declared 2026-12-04 before its meta-training; same grid (GRID=0.5,...,32), seeds and threads as pull1.
+#   drift_plr3_imp_scale  drift_plr3_imp's weights with its pull scaled at deployment (--learned-pull-scale, one
+#            change against drift_plr3_imp's row), tuned on tl_val with the multiplier: learned_lr 4,8,16 x
+#            pull scale 0,0.1,0.3. Why: at scale 1 the pull (not scaled by lr) held NF at 0.84 but TL at 0.40, and
+#            no multiplier reached AdamW's TL; a weaker pull trades some of that NF for TL. Declared 2026-12-04
+#            after drift_plr3_imp's row, before any run of this id.
 #   (docs/results/lo_v2_ablation3/ holds long48 and the widened noplast; lo_v2.md has their numbers)
 #   table    experiments/lo_v2_report.py over the table's rows (adamw and oracle required; learned and random
 #            if present) plus every ablation present -> docs/results/lo_v2_ablation/ (DOCS to write elsewhere)
@@ -61,10 +66,16 @@ for id in "$@"; do
       metacl ckl tune "${SET[@]}" --strategy finetune --optimizer learned --optimizer-path "$RUNS/lo_lm2_drift_plr3" \
         --learned-anchor-lr 1 --grid learned_lr="${GRID:-0.5,1,2,4,8,16}" --seeds 0 --then-seeds 0 1 2 --out "$T/learned_$id"
       continue ;;
+    drift_plr3_imp_scale)
+      [ -f "$RUNS/lo_lm2_drift_plr3_imp/optimizer.safetensors" ] || { echo "run the drift_plr3_imp id first" >&2; exit 2; }
+      metacl ckl tune "${SET[@]}" --strategy finetune --optimizer learned --optimizer-path "$RUNS/lo_lm2_drift_plr3_imp" \
+        --learned-prime-docs 128 --grid learned_lr=4,8,16 learned_pull_scale=0,0.1,0.3 --seeds 0 --then-seeds 0 1 2 \
+        --out "$T/learned_$id"
+      continue ;;
     table)
       rows=(adamw="$T/adamw" oracle="$T/oracle")
       for r in learned random; do [ -f "$T/$r/final/summary.json" ] && rows+=($r="$T/$r"); done
-      for a in drift noplast drift_plr3 drift_p10 long48 drift_plr3_pull1 drift_plr3_imp; do [ -f "$T/learned_$a/final/summary.json" ] && rows+=(learned_$a="$T/learned_$a"); done
+      for a in drift noplast drift_plr3 drift_p10 long48 drift_plr3_pull1 drift_plr3_imp drift_plr3_imp_scale; do [ -f "$T/learned_$a/final/summary.json" ] && rows+=(learned_$a="$T/learned_$a"); done
       python experiments/lo_v2_report.py --out "${DOCS:-docs/results/lo_v2_ablation}" "${rows[@]}"
       continue ;;
     *) echo "unknown ablation $id" >&2; exit 2 ;;

@@ -173,3 +173,33 @@ def test_ckl_config_refuses_priming_without_the_learned_optimizer():
         CklConfig(model="m", data="x", out="y", learned_prime_docs=8).validate()
     with pytest.raises(MetaclError, match=">= 0"):
         CklConfig(model="m", data="x", out="y", optimizer="learned", learned_prime_docs=-1).validate()
+
+
+def test_pull_scale_scales_the_pull_alone_and_is_refused_where_it_has_no_meaning():
+    meta, cfg = _meta(pull_logit=2.0)
+    meta["coef.w"].zero_()
+    meta["coef.b"].zero_()
+    meta["pull.w"].zero_()
+    moved = {}
+    for scale in (1.0, 0.5, 0.0):
+        model = nn.Linear(4, 1, bias=False)
+        with torch.no_grad():
+            model.weight.copy_(torch.tensor([[1.0, 2.0, -1.0, 0.5]]))
+        opt = LearnedOptimizer(model.parameters(), meta=meta, config=cfg, pull_scale=scale)
+        opt.prime([lambda: model(torch.tensor([[1.0, 0.1, 0.0, 0.0]])).sum()])
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        start = model.weight.detach().clone()
+        model.weight.grad = torch.zeros_like(model.weight)
+        opt.step()
+        moved[scale] = start - model.weight.detach()
+    torch.testing.assert_close(moved[0.5], 0.5 * moved[1.0], rtol=1e-5, atol=1e-6)
+    assert float(moved[0.0].abs().max()) == 0.0 and float(moved[1.0].abs().max()) > 0
+    with pytest.raises(MetaclError, match="imp_pull"):
+        LearnedOptimizer(_model().parameters(), config=NetConfig(head="linear"), pull_scale=0.5)
+    with pytest.raises(MetaclError, match="negative"):
+        LearnedOptimizer(_model().parameters(), meta=meta, config=cfg, pull_scale=-1.0)
+    from metacl.ckl.config import CklConfig
+
+    with pytest.raises(MetaclError, match="--learned-pull-scale applies"):
+        CklConfig(model="m", data="x", out="y", learned_pull_scale=0.5).validate()

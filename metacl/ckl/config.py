@@ -43,6 +43,7 @@ class CklConfig:
     learned_lr: float = 1.0
     learned_anchor_lr: float | None = None  # the learned optimizer's pull to the start at this multiplier; None = learned_lr
     learned_prime_docs: int = 0          # learned optimizer: measure its old-task importance on N old-corpus docs first
+    learned_pull_scale: float | None = None  # learned optimizer meta-trained with imp_pull: factor on that pull (None = 1)
     lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -86,6 +87,11 @@ class CklConfig:
         if self.optimizer == "learned" and not float(self.learned_lr) > 0:
             raise MetaclError(f"--learned-lr must be > 0, got {self.learned_lr}; pass e.g. --learned-lr 1")
         check_learned_anchor_lr(self.optimizer, self.learned_anchor_lr)
+        if self.learned_pull_scale is not None:
+            if self.optimizer != "learned":
+                raise MetaclError(f"--learned-pull-scale applies to --optimizer learned only (this run uses {self.optimizer}); leave it out")
+            if not float(self.learned_pull_scale) >= 0:
+                raise MetaclError(f"--learned-pull-scale must be >= 0, got {self.learned_pull_scale}")
         if int(self.learned_prime_docs) != 0:
             if self.optimizer != "learned":
                 raise MetaclError(f"--learned-prime-docs applies to --optimizer learned only (this run uses {self.optimizer}); leave it out")

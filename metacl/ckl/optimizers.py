@@ -18,14 +18,16 @@ OPTIMIZERS = ("adamw", "sgd", "learned")
 
 def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
                     path: str | None = None, total_steps: int | None = None,
-                    learned_lr: float = 1.0, learned_anchor_lr: float | None = None) -> torch.optim.Optimizer:
+                    learned_lr: float = 1.0, learned_anchor_lr: float | None = None,
+                    learned_pull_scale: float | None = None) -> torch.optim.Optimizer:
     """An optimizer over `params`.
 
     `lr` is the step size of AdamW/SGD. The learned optimizer predicts its own step size, so it
     ignores `lr` and takes `learned_lr` (a multiplier on its step, 1.0 = as meta-trained);
     `path` selects its weights (default: the weights shipped with metacl); `learned_anchor_lr`, if
     given, applies its pull back to the starting weights at that multiplier instead of `learned_lr`
-    (`LearnedOptimizer(anchor_lr=...)`).
+    (`LearnedOptimizer(anchor_lr=...)`); `learned_pull_scale` scales an importance-weighted pull
+    (`LearnedOptimizer(pull_scale=...)`, weights meta-trained with `imp_pull`).
     """
     params = list(params)
     if lr <= 0 and name != "learned":
@@ -39,6 +41,8 @@ def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, 
         kwargs = {"lr": learned_lr}
         if learned_anchor_lr is not None:
             kwargs["anchor_lr"] = float(learned_anchor_lr)
+        if learned_pull_scale is not None:
+            kwargs["pull_scale"] = float(learned_pull_scale)
         if total_steps:
             kwargs["total_steps"] = int(total_steps)
         return load_optimizer(path, params, **kwargs)  # a folder, a shipped name (`digits`) or None = the default

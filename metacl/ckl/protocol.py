@@ -245,6 +245,7 @@ def run_ckl(cfg: CklConfig, log: Callable[[str], None] = print) -> dict[str, Any
         summary["learned_lr"] = cfg.learned_lr
         summary["learned_anchor_lr"] = cfg.learned_anchor_lr
         summary["learned_prime_docs"] = cfg.learned_prime_docs
+        summary["learned_pull_scale"] = cfg.learned_pull_scale
     write_json_atomic(out / "summary.json", summary)
     table = table_markdown([(name, summ)])
     (out / "table.md").write_text(table)

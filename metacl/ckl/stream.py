@@ -69,7 +69,8 @@ def optimizer_factory(cfg, ctx: TrainContext) -> Callable[[list[torch.nn.Paramet
     def make(params):
         opt = build_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                               path=cfg.optimizer_path, total_steps=ctx.total_steps, learned_lr=cfg.learned_lr,
-                              learned_anchor_lr=getattr(cfg, "learned_anchor_lr", None))
+                              learned_anchor_lr=getattr(cfg, "learned_anchor_lr", None),
+                              learned_pull_scale=getattr(cfg, "learned_pull_scale", None))
         n_prime = int(getattr(cfg, "learned_prime_docs", 0) or 0)
         if n_prime > 0 and hasattr(opt, "prime"):
             prime_on_old_corpus(opt, ctx, n_prime)

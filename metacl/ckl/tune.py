@@ -22,7 +22,7 @@ chosen point's `metrics.jsonl`, not retrained: a seed's rows depend only on the 
 Resuming: a point whose folder already holds a finished run of the same options for the tuning
 seeds is not rerun; one cut off half-way resumes as any `ckl run` does; so does `final/`.
 
-Grid keys: `lr`, `weight_decay`, `learned_lr`, `learned_anchor_lr`, `grad_clip`, `batch_size` and the options the
+Grid keys: `lr`, `weight_decay`, `learned_lr`, `learned_anchor_lr`, `learned_pull_scale`, `grad_clip`, `batch_size` and the options the
 chosen strategies declare (`Strategy.options`, parsed with their declared type or the type of
 their default; list-valued options cannot be tuned here).
 """
@@ -46,7 +46,7 @@ from metacl.utils import write_json_atomic
 
 # Run options a grid may vary, with their types; everything else is fixed by the base options.
 RUN_KEYS: dict[str, type] = {"lr": float, "weight_decay": float, "learned_lr": float,
-                             "learned_anchor_lr": float, "grad_clip": float, "batch_size": int}
+                             "learned_anchor_lr": float, "learned_pull_scale": float, "grad_clip": float, "batch_size": int}
 
 
 def _bool(text: str) -> bool:

@@ -38,6 +38,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--learned-anchor-lr", type=float, default=d.learned_anchor_lr,
                    help="multiplier on the learned optimizer's pull back to the starting weights alone (linear head; "
                    "default: --learned-lr, as meta-trained)")
+    p.add_argument("--learned-pull-scale", type=float, default=d.learned_pull_scale, metavar="X",
+                   help="learned optimizer meta-trained with --imp-pull: factor on its importance-weighted pull "
+                   "(default 1, as meta-trained)")
     p.add_argument("--learned-prime-docs", type=int, default=d.learned_prime_docs, metavar="N",
                    help="learned optimizer: before training, measure its old-task importance on N documents of the old "
                    "corpus (LearnedOptimizer.prime; for weights meta-trained with --prime-batches; default 0 = off)")

@@ -65,6 +65,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             it keeps the balance between moving and returning, so a larger `lr` buys new knowledge only
             slowly (docs/results/lo_v2.md, ablation `drift`). With `anchor_lr` fixed, `lr` moves the
             learning part only and the pull stays the strength it was meta-trained at (anchor_lr=1).
+        pull_scale: weights meta-trained with `NetConfig.imp_pull` only: a factor on the importance-weighted
+            pull's per-step rate (1 = as meta-trained; that pull is not scaled by `lr`, so this is its knob).
         total_steps: expected number of steps per task (the clock restarts at `consolidate()`), for the "fraction of training done" feature;
             None = not known yet: 1000 until `metacl.optim.hf.LearnedOptimizerCallback` sets Trainer's max_steps.
         chunk_size: parameters per chunk of the per-parameter step (bounds extra memory); None = 2^16 for
@@ -88,6 +90,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         chunk_size: int | None = None,
         compile: bool = False,
         anchor_lr: float | None = None,
+        pull_scale: float = 1.0,
     ):
         if lr < 0:
             raise MetaclError(f"LearnedOptimizer lr={lr} is negative; pass lr >= 0 (it multiplies the learned step)")
@@ -104,6 +107,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if cfg.head != "linear" and any(g.get("anchor_lr") is not None for g in self.param_groups):
             raise MetaclError(f"LearnedOptimizer anchor_lr needs the linear head (these weights use head={cfg.head!r}, "
                               "whose MLP mixes the drift feature with the others); leave anchor_lr out")
+        if not pull_scale >= 0:
+            raise MetaclError(f"LearnedOptimizer pull_scale={pull_scale} is negative; pass pull_scale >= 0")
+        if pull_scale != 1.0 and not cfg.imp_pull:
+            raise MetaclError("LearnedOptimizer pull_scale needs weights meta-trained with imp_pull "
+                              "(these have no importance-weighted pull); leave pull_scale out")
+        self.pull_scale = float(pull_scale)
         self.cfg = cfg
         self.meta = {k: v.detach().to(torch.float32).clone() for k, v in meta.items()}
         self.total_steps = int(total_steps)
@@ -172,8 +181,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if self.cfg.head == "linear":
             self._apply_linear(todo, entries, scal, cond, log_s, meta, fasts, pulls)
             rho = nw.pull_rates(meta, self.cfg, ctx)
-            if rho is not None:
-                self._apply_pull(todo, rho.tolist())
+            if rho is not None and self.pull_scale > 0:
+                self._apply_pull(todo, (rho * self.pull_scale).tolist())
             return loss
         b1 = (meta["mlp1.b"] + cond).unsqueeze(-1)             # (T, H, 1)
         scales = torch.exp(meta["log_scale"] + log_s)           # (T,)

@@ -20,6 +20,11 @@ loop composes them:
         after_epoch(ctx)                              # then TL/NF probes are evaluated
       after_task(ctx)                                 # Fisher, importance, freeze columns
 
+The loop stores the combined weights `w` in `ctx.token_weights` before the `extra_loss` hooks, so a
+loss term can act where the other strategies' weights are low (`lwf --lwf-tokens complement`).
+`check_composition(strategies)` runs once when a run builds its strategies and refuses a
+composition that cannot work, before anything is written.
+
 A strategy that must not train at all (in-context learning) sets `trains = False` and
 provides `probe_prefix`. Old data reaches a strategy only through `ctx.old_corpus` (the
 pre-training text) and `ctx.seen_docs` (documents of earlier tasks): never the probe sets.
