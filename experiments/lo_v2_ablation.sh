@@ -69,7 +69,7 @@ for id in "$@"; do
     drift_plr3_imp_scale)
       [ -f "$RUNS/lo_lm2_drift_plr3_imp/optimizer.safetensors" ] || { echo "run the drift_plr3_imp id first" >&2; exit 2; }
       metacl ckl tune "${SET[@]}" --strategy finetune --optimizer learned --optimizer-path "$RUNS/lo_lm2_drift_plr3_imp" \
-        --learned-prime-docs 128 --grid learned_lr=4,8,16 learned_pull_scale=0,0.1,0.3 --seeds 0 --then-seeds 0 1 2 \
+        --learned-prime-docs 128 --grid learned_lr=4,8,16 --grid learned_pull_scale=0,0.1,0.3 --seeds 0 --then-seeds 0 1 2 \
         --out "$T/learned_$id"
       continue ;;
     table)

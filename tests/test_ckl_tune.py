@@ -180,3 +180,14 @@ def test_bad_choice_and_tune_out_checks(world, tmp_path, capsys):
     assert main(tune_args(world, busy, "--grid", "lr=1e-3")) == 2
     assert "holds no `ckl tune` run" in capsys.readouterr().err
     assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
+
+
+def test_tune_help_lists_every_run_key(capsys):
+    """The --grid help names each run option a grid may vary (it is written out to keep the CLI import light)."""
+    from metacl.ckl.tune import RUN_KEYS
+    from metacl.cli.main import main
+
+    assert main(["ckl", "tune", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    grid = text[text.index("--grid KEY=V1,V2 one grid axis"):]
+    assert all(k in grid for k in RUN_KEYS), [k for k in RUN_KEYS if k not in grid]

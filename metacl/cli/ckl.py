@@ -93,8 +93,9 @@ def register(sub) -> None:
     _add_run_args(tn)
     _add_strategy_args(tn)
     tn.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                    help="one grid axis (repeat for more; the grid is their product): lr, weight_decay, learned_lr, "
-                    "grad_clip, batch_size or an option of the chosen strategies, e.g. --grid lr=3e-4,1e-3 "
+                    help="one grid axis (repeat for more; the grid is their product): "
+                    "lr, weight_decay, learned_lr, learned_anchor_lr, learned_pull_scale, grad_clip, batch_size "
+                    "(metacl.ckl.tune.RUN_KEYS) or an option of the chosen strategies, e.g. --grid lr=3e-4,1e-3 "
                     "--grid ewc_lambda=10,100")
     tn.add_argument("--nf-floor", type=float, default=None, metavar="X",
                     help="choose only among points whose NF accuracy at their honest epoch is >= X")
